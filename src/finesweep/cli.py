@@ -1,0 +1,308 @@
+"""The command line, and the only module that touches Hydra's runtime.
+
+``finesweep run SWEEP [OVERRIDE ...]`` composes ``conf/`` + the sweep file + overrides with Hydra,
+crosses into typed dataclasses once, validates everything, prepares the data once, and only then
+starts Ray and MLflow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from rich.console import Console
+from rich.table import Table
+
+import finesweep
+from finesweep.config import ExperimentConfig, Sampler
+from finesweep.errors import ConfigError, FinesweepError, SearchSpaceError, SweepFailedError, UserError
+from finesweep.search_space import Param, grid_size, parse_space, planned_trials
+
+SWEEP_KEYS = ("defaults", "objective", "search", "scheduler", "space")
+DEFAULT_UI_PORT = 5000
+
+
+@dataclass(frozen=True)
+class Composed:
+    """A composed, validated sweep: the typed config, its parsed space, and where it came from."""
+
+    config: ExperimentConfig
+    params: Tuple[Param, ...]
+    sweep_file: Path
+    yaml_text: str
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of the ``finesweep`` command; returns the exit code."""
+    args = _parser().parse_args(argv)
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # keep MLflow's migration notes off the terminal
+    console = Console(stderr=False, highlight=False)
+    try:
+        return int(args.func(args, console) or 0)
+    except UserError as exc:
+        if os.environ.get("FINESWEEP_FULL_ERROR") == "1":
+            raise
+        Console(stderr=True, highlight=False).print(f"[red]error:[/red] {exc}", soft_wrap=True)
+        return exc.exit_code
+    except SweepFailedError as exc:
+        Console(stderr=True, highlight=False).print(f"[red]sweep failed:[/red] {exc}", soft_wrap=True)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        Console(stderr=True).print("interrupted")
+        return 130
+
+
+def compose(sweep: str, overrides: Sequence[str]) -> Composed:
+    """Compose conf/ + sweep file + overrides, convert to typed config and validate all of it.
+
+    Raises:
+        UserError: any rule broken; the message names the sweep file and the key.
+    """
+    sweep_file = resolve_sweep(sweep)
+    document = _read_sweep(sweep_file)
+    try:
+        cfg = _compose(document, [f"name={sweep_file.stem}", *overrides])
+        config: ExperimentConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
+        params = parse_space(config.space, config)
+        _check_budget(config, params)
+    except UserError as exc:
+        raise type(exc)(f"{_display(sweep_file)}: {exc}") from None
+    except (OmegaConfBaseException, ValueError) as exc:
+        raise ConfigError(f"{_display(sweep_file)}: {_one_line(exc)}") from None
+    return Composed(config, params, sweep_file, OmegaConf.to_yaml(cfg, resolve=True))
+
+
+def resolve_sweep(sweep: str) -> Path:
+    """A sweep name (file in sweeps/ without .yaml) or a path -> the sweep file."""
+    candidate = Path(sweep).expanduser()
+    if candidate.suffix in (".yaml", ".yml") or os.sep in sweep:
+        if candidate.is_file():
+            return candidate.resolve()
+        raise UserError(f"sweep file {sweep} not found. Give a path to a sweep YAML or a name from sweeps/.")
+    named = project_dir() / "sweeps" / f"{sweep}.yaml"
+    if named.is_file():
+        return named
+    known = sorted(p.stem for p in (project_dir() / "sweeps").glob("*.yaml"))
+    raise UserError(f"sweep {sweep!r} not found in {project_dir() / 'sweeps'}. "
+                    f"Use one of: {', '.join(known) or '(none)'}, or a path to a sweep YAML.")
+
+
+def project_dir() -> Path:
+    """Folder holding conf/ and sweeps/: $FINESWEEP_PROJECT, else the cwd, else the source checkout."""
+    for candidate in (os.environ.get("FINESWEEP_PROJECT"), Path.cwd(), Path(finesweep.__file__).parents[2]):
+        if candidate and (Path(candidate) / "conf" / "config.yaml").is_file():
+            return Path(candidate).resolve()
+    raise UserError("no conf/config.yaml found in $FINESWEEP_PROJECT, the current folder or the finesweep "
+                    "checkout. Run finesweep from the project folder or set FINESWEEP_PROJECT.")
+
+
+# --- commands -------------------------------------------------------------------------------------
+
+def cmd_run(args: argparse.Namespace, console: Console) -> int:
+    """finesweep run: validate, prepare data once, run the sweep, log it, print the winners."""
+    from finesweep import data, runner
+
+    composed = compose(args.sweep, args.overrides)
+    started = time.monotonic()
+    with console.status("reading, splitting and tokenising the data once"):
+        cache = data.prepare_all(composed.config, composed.params)
+    console.print(f"data ready in {time.monotonic() - started:.1f}s: "
+                  + "; ".join(f"{len(v.train)}/{len(v.val)}/{len(v.test)} train/val/test rows, "
+                              f"{v.num_labels} classes" for v in cache.variants.values()))
+    return runner.run(composed, cache, console)
+
+
+def cmd_show(args: argparse.Namespace, console: Console) -> int:
+    """finesweep show: print the composed config and the search space; validate; start nothing."""
+    from finesweep import data
+    from finesweep.search_space import Distribution
+
+    composed = compose(args.sweep, args.overrides)
+    for variant in data.data_variants(composed.params):
+        data.check(_with(composed.config, variant).data)
+    console.print(f"# composed config of {_display(composed.sweep_file)}")
+    console.print(composed.yaml_text, markup=False)
+    table = Table(title="search space")
+    for column in ("key", "distribution", "values"):
+        table.add_column(column)
+    for param in composed.params:
+        values = (f"{list(param.choices)}" if param.distribution is Distribution.categorical
+                  else f"[{param.low}, {param.high}]" + (f" step {param.step}" if param.step else "")
+                  + (" log" if param.log or param.distribution is Distribution.loguniform else ""))
+        table.add_row(param.key, param.distribution.value, values)
+    console.print(table)
+    config = composed.config
+    console.print(f"{config.search.sampler.value} sampler, {planned_trials(config, composed.params)} trials, "
+                  f"{config.search.max_concurrent} at a time; {config.scheduler.kind.value} scheduler over "
+                  f"{config.scheduler.max_epochs} epochs; objective: {config.objective.mode.value} "
+                  f"{config.objective.metric}")
+    console.print("[green]valid[/green]: nothing was started.")
+    return 0
+
+
+def cmd_ls(args: argparse.Namespace, console: Console) -> int:
+    """finesweep ls: past sweeps in the tracking store."""
+    from finesweep.tracking import list_sweeps
+
+    uri = _tracking(args.overrides)["uri"]
+    if _sqlite_missing(uri):
+        console.print(f"no sweeps yet in {uri}")
+        return 0
+    rows = list_sweeps(uri)
+    table = Table(title=f"sweeps in {uri}")
+    for column in ("experiment", "sweep", "started", "status", "done", "stopped", "failed", "objective", "best"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(row.experiment, row.run_name, time.strftime("%Y-%m-%d %H:%M", time.localtime(row.start_time)),
+                      row.status, str(row.counts["completed"]), str(row.counts["early_stopped"]),
+                      str(row.counts["failed"]), row.objective,
+                      "-" if row.best_value is None else f"{row.best_value:.4f}")
+    console.print(table if rows else f"no sweeps yet in {uri}")
+    return 0
+
+
+def cmd_ui(args: argparse.Namespace, console: Console) -> int:
+    """finesweep ui: the MLflow UI for the configured store, on 127.0.0.1 unless told otherwise."""
+    tracking = _tracking(args.overrides)
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracking["uri"],
+               "--default-artifact-root", tracking["artifact_root"], "--host", args.host, "--port", str(args.port)]
+    console.print(f"MLflow UI for {tracking['uri']}: http://{args.host}:{args.port}  (Ctrl-C stops it)")
+    with subprocess.Popen(command) as process:
+        try:
+            return process.wait()
+        except KeyboardInterrupt:
+            process.terminate()
+            return 0
+
+
+# --- Hydra ----------------------------------------------------------------------------------------
+
+def _compose(document: Dict[str, Any], overrides: Sequence[str]) -> DictConfig:
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.config_store import ConfigStore
+    from hydra.errors import HydraException
+
+    _register_resolvers()
+    store = ConfigStore.instance()
+    store.store(name="finesweep_schema", node=ExperimentConfig)
+    store.store(group="sweep", name="current", node=document, package="_global_")
+    try:
+        with initialize_config_dir(config_dir=str(project_dir() / "conf"), version_base="1.3", job_name="finesweep"):
+            cfg = hydra_compose(config_name="config", overrides=["+sweep=current", *overrides])
+    except HydraException as exc:
+        raise ConfigError(_one_line(exc)) from None
+    OmegaConf.resolve(cfg)
+    return cfg
+
+
+def _tracking(overrides: Sequence[str]) -> Dict[str, str]:
+    try:
+        cfg = _compose({}, overrides)
+        return {"uri": str(cfg.tracking.uri), "artifact_root": str(cfg.tracking.artifact_root)}
+    except (OmegaConfBaseException, ValueError) as exc:
+        raise ConfigError(_one_line(exc)) from None
+
+
+def _register_resolvers() -> None:
+    if not OmegaConf.has_resolver("abspath"):
+        OmegaConf.register_new_resolver("abspath", lambda p: str(Path(p).expanduser().resolve()))
+    if not OmegaConf.has_resolver("pkg_path"):
+        OmegaConf.register_new_resolver("pkg_path", package_path)
+
+
+def package_path(package: str, relative: str = "") -> str:
+    """Path of a file inside an installed package, found without importing (running) the package."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError(f"package {package!r} is not installed, so its files cannot be used. "
+                          f"Install it (pip install {package.replace('_', '-')}) or set the path yourself.")
+    return str(Path(list(spec.submodule_search_locations)[0]) / relative)
+
+
+def _read_sweep(path: Path) -> Dict[str, Any]:
+    try:
+        document = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{_display(path)}: not valid YAML: {_one_line(exc)}. Fix the syntax.") from None
+    if not isinstance(document, dict):
+        raise ConfigError(f"{_display(path)}: a sweep file must be a mapping (objective:, search:, space: ...), "
+                          f"got {type(document).__name__}. See sweeps/demo.yaml.")
+    if "space" in document and not isinstance(document["space"], dict):
+        raise SearchSpaceError(f"{_display(path)}: space must map config keys to distributions, got "
+                               f"{document['space']!r}. Write e.g. space: {{optim.lr: {{distribution: ...}}}}.")
+    return document
+
+
+def _check_budget(config: ExperimentConfig, params: Sequence[Param]) -> None:
+    if config.search.sampler is Sampler.grid:
+        size = grid_size(params)
+        if config.search.num_trials is not None and config.search.num_trials != size:
+            raise ConfigError(f"search.num_trials: the grid has {size} combinations and runs each once, got "
+                              f"num_trials={config.search.num_trials}. Remove num_trials or set it to {size}.")
+
+
+def _one_line(exc: BaseException) -> str:
+    message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    key = getattr(exc, "full_key", None)
+    return f"{key}: {message}" if key and key not in message else message
+
+
+def _display(path: Path) -> str:
+    with contextlib.suppress(ValueError):
+        return str(path.relative_to(Path.cwd()))
+    return str(path)
+
+
+def _sqlite_missing(uri: str) -> bool:
+    return uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists()
+
+
+def _with(config: ExperimentConfig, values: Dict[str, Any]) -> ExperimentConfig:
+    from finesweep.config import with_overrides
+
+    return with_overrides(config, values)
+
+
+# --- argument parsing -----------------------------------------------------------------------------
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="finesweep", description="Hyperparameter sweeps for fine-tuning pretrained models: Hydra configs, "
+        "Ray Tune + Optuna + ASHA scheduling, PyTorch Lightning trials, MLflow results.")
+    parser.add_argument("--version", action="version", version=f"finesweep {finesweep.__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    overrides_help = "Hydra overrides applied last, e.g. optim.lr=3e-5 search.num_trials=32 model=minilm"
+    for name, func, text in (("run", cmd_run, "run a sweep and log it to MLflow"),
+                             ("show", cmd_show, "print the composed config and search space, validate, start nothing")):
+        sub = commands.add_parser(name, help=text, description=text)
+        sub.add_argument("sweep", metavar="SWEEP", help="a name from sweeps/ (without .yaml) or a path to a sweep YAML")
+        sub.add_argument("overrides", metavar="OVERRIDE", nargs="*", help=overrides_help)
+        sub.set_defaults(func=func)
+    ls = commands.add_parser("ls", help="list past sweeps in the tracking store",
+                             description="List past sweeps: name, start time, status, trials, best value.")
+    ls.add_argument("overrides", metavar="OVERRIDE", nargs="*", help="e.g. tracking.uri=sqlite:////abs/mlflow.db")
+    ls.set_defaults(func=cmd_ls)
+    ui = commands.add_parser("ui", help="start the MLflow UI for the tracking store",
+                             description="Start the MLflow UI for the configured tracking store.")
+    ui.add_argument("overrides", metavar="OVERRIDE", nargs="*", help="e.g. tracking.uri=sqlite:////abs/mlflow.db")
+    ui.add_argument("--port", type=int, default=DEFAULT_UI_PORT, help="port (default %(default)s)")
+    ui.add_argument("--host", default="127.0.0.1",
+                    help="interface to bind (default %(default)s: this machine only)")
+    ui.set_defaults(func=cmd_ui)
+    return parser
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,62 @@
+"""Connecting to Ray: start a local Ray (and stop it after), or join an existing cluster.
+
+Ray's own log output goes to a file, out of the user's way; the CLI prints its path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+import warnings
+from pathlib import Path
+from typing import Iterator
+
+from finesweep.config import ClusterConfig
+
+RAY_LOGGERS = ("ray", "ray.tune", "ray.train", "ray.data", "optuna", "lightning", "transformers", "filelock",
+               "mlflow", "alembic")
+
+
+@contextlib.contextmanager
+def ray_session(cluster: ClusterConfig, sweep_name: str) -> Iterator[Path]:
+    """Connect to Ray for the duration of a sweep; yield the path of the log file.
+
+    An empty ``cluster.address`` starts a local Ray on this machine, bound to 127.0.0.1, and
+    shuts it down afterwards; any other address joins that cluster and only disconnects.
+    """
+    log_file = _log_to_file(Path(cluster.log_dir), sweep_name)
+    os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0 the legacy reporter prints nothing
+    import ray
+
+    kwargs = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
+                  configure_logging=False)
+    if cluster.address:
+        ray.init(address=cluster.address, **kwargs)
+    else:
+        ray.init(address="local", _node_ip_address="127.0.0.1", **kwargs)
+    try:
+        yield log_file
+    finally:
+        ray.shutdown()
+
+
+def _log_to_file(log_dir: Path, sweep_name: str) -> Path:
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_file = log_dir / f"{sweep_name}-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    handler = logging.FileHandler(log_file)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    # ray.init(configure_logging=False) clears the "ray" logger's handlers, so its records must
+    # reach the root's file handler by propagation rather than by a handler of their own.
+    for name in RAY_LOGGERS:
+        logger = logging.getLogger(name)
+        logger.handlers[:] = []
+        logger.propagate = True
+    logging.captureWarnings(True)
+    warnings.simplefilter("default")
+    return log_file

@@ -1,0 +1,200 @@
+"""Load, split and tokenise the labelled data once per sweep, on the driver.
+
+Trials never read or tokenise: they receive ``EncodedData`` (numpy arrays, shared zero-copy through
+Ray's object store) and only batch it. When a key that changes tokenisation is searched (the model,
+``data.max_length``), every choice is prepared up front and trials pick theirs by fingerprint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+import pandas as pd
+
+from finesweep.config import DataConfig, ExperimentConfig, with_overrides
+from finesweep.errors import DataError
+from finesweep.search_space import Distribution, Param, affects_tokenisation
+
+READERS = {".csv": "csv", ".tsv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
+
+
+@dataclass(frozen=True)
+class Split:
+    """One tokenised split: padded int32 token arrays (rows x max_length) and int64 labels."""
+
+    features: Dict[str, np.ndarray]
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass(frozen=True)
+class EncodedData:
+    """Train/validation/test splits of one data configuration, tokenised for one model."""
+
+    train: Split
+    val: Split
+    test: Split
+    label_names: Tuple[str, ...]
+
+    @property
+    def num_labels(self) -> int:
+        """Number of classes."""
+        return len(self.label_names)
+
+
+@dataclass(frozen=True)
+class DataCache:
+    """Every tokenised variant a sweep needs, keyed by the config values that shaped it."""
+
+    variants: Dict[str, EncodedData]
+
+    def for_config(self, config: ExperimentConfig) -> EncodedData:
+        """The variant prepared for this trial's config."""
+        return self.variants[fingerprint(config)]
+
+
+def fingerprint(config: ExperimentConfig) -> str:
+    """Identity of everything that changes the tokenised data (not the batch size)."""
+    return repr((config.model.name_or_path, dataclasses.replace(config.data, batch_size=1)))
+
+
+def read_table(data: DataConfig) -> pd.DataFrame:
+    """Read the data file and check it has the configured columns.
+
+    Raises:
+        DataError: missing or unreadable file, unknown format, missing column, too few rows.
+    """
+    path = Path(data.path)
+    if not path.is_file():
+        raise DataError(f"data.path: file not found, got {data.path}. "
+                        "Point data.path at a CSV, JSONL or Parquet file (data.path=/abs/file.csv).")
+    fmt = READERS.get(path.suffix.lower())
+    if fmt is None:
+        raise DataError(f"data.path: unknown file type {path.suffix!r}, got {data.path}. "
+                        f"Use one of {', '.join(sorted(READERS))}.")
+    try:
+        frame = _read(path, fmt, data.encoding)
+    except (ValueError, OSError, UnicodeError) as exc:
+        raise DataError(f"data.path: cannot read {data.path} as {fmt}: {str(exc).splitlines()[0]}. "
+                        "Check the file format.") from None
+    _check_columns(frame, data)
+    return frame
+
+
+def check(data: DataConfig) -> None:
+    """Validate the data file fully (columns, rows per split) without tokenising it."""
+    frame = read_table(data)
+    _split_indices(_labels_of(frame, data)[1], data)
+
+
+def prepare(config: ExperimentConfig) -> EncodedData:
+    """Read, subsample, split (stratified) and tokenise the data for one config."""
+    data = config.data
+    frame = _subsample(read_table(data), data)
+    label_names, label_ids = _labels_of(frame, data)
+    train_idx, val_idx, test_idx = _split_indices(label_ids, data)
+    features = _tokenise(frame, config)
+    return EncodedData(
+        train=_take(features, label_ids, train_idx),
+        val=_take(features, label_ids, val_idx),
+        test=_take(features, label_ids, test_idx),
+        label_names=label_names,
+    )
+
+
+def prepare_all(config: ExperimentConfig, params: Sequence[Param]) -> DataCache:
+    """Prepare one ``EncodedData`` per combination of searched tokenisation-changing values."""
+    variants: Dict[str, EncodedData] = {}
+    for override in data_variants(params):
+        variant = with_overrides(config, override)
+        key = fingerprint(variant)
+        if key not in variants:
+            variants[key] = prepare(variant)
+    return DataCache(variants)
+
+
+def data_variants(params: Sequence[Param]) -> List[Dict[str, object]]:
+    """Every combination of the categorical choices of tokenisation-changing parameters."""
+    keyed = [p for p in params if affects_tokenisation(p.key) and p.distribution is Distribution.categorical]
+    combos = itertools.product(*(p.choices for p in keyed))
+    return [dict(zip((p.key for p in keyed), combo)) for combo in combos]
+
+
+def _read(path: Path, fmt: str, encoding: str) -> pd.DataFrame:
+    if fmt == "csv":
+        sep = "\t" if path.suffix.lower() == ".tsv" else ","
+        return pd.read_csv(path, sep=sep, encoding=encoding, encoding_errors="replace")
+    if fmt == "jsonl":
+        return pd.read_json(path, lines=path.suffix.lower() == ".jsonl", encoding=encoding,
+                            encoding_errors="replace")
+    return pd.read_parquet(path)
+
+
+def _check_columns(frame: pd.DataFrame, data: DataConfig) -> None:
+    wanted = {"data.text_column": data.text_column, "data.label_column": data.label_column}
+    if data.text_pair_column:
+        wanted["data.text_pair_column"] = data.text_pair_column
+    for key, column in wanted.items():
+        if column not in frame.columns:
+            raise DataError(f"{key}: column {column!r} not in {data.path} (columns: "
+                            f"{', '.join(map(str, frame.columns))}). Set {key} to one of them.")
+
+
+def _subsample(frame: pd.DataFrame, data: DataConfig) -> pd.DataFrame:
+    frame = frame.dropna(subset=[c for c in (data.text_column, data.label_column, data.text_pair_column) if c])
+    if data.max_samples is None or data.max_samples >= len(frame):
+        return frame.reset_index(drop=True)
+    fraction = data.max_samples / len(frame)
+    sampled = frame.groupby(data.label_column, group_keys=False).sample(frac=fraction, random_state=data.seed)
+    return sampled.sort_index().reset_index(drop=True)
+
+
+def _labels_of(frame: pd.DataFrame, data: DataConfig) -> Tuple[Tuple[str, ...], np.ndarray]:
+    raw = frame[data.label_column].astype(str)
+    names = tuple(sorted(raw.unique()))
+    if len(names) < 2:
+        raise DataError(f"data.label_column: column {data.label_column!r} needs at least 2 classes, "
+                        f"got {list(names)}. Point data.label_column at the label column.")
+    lookup = {name: i for i, name in enumerate(names)}
+    return names, raw.map(lookup).to_numpy(dtype=np.int64)
+
+
+def _split_indices(labels: np.ndarray, data: DataConfig) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(data.seed)
+    parts: Tuple[List[np.ndarray], List[np.ndarray], List[np.ndarray]] = ([], [], [])
+    for cls in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == cls))
+        n_test = int(round(len(idx) * data.test_fraction))
+        n_val = int(round(len(idx) * data.val_fraction))
+        parts[2].append(idx[:n_test])
+        parts[1].append(idx[n_test:n_test + n_val])
+        parts[0].append(idx[n_test + n_val:])
+    train, val, test = (np.sort(np.concatenate(p)) for p in parts)
+    if len(train) == 0 or len(val) == 0:
+        raise DataError(f"data: {data.path} has {len(labels)} usable rows, too few for a train and a "
+                        f"validation split (val_fraction={data.val_fraction}). Use more rows.")
+    return train, val, test
+
+
+def _tokenise(frame: pd.DataFrame, config: ExperimentConfig) -> Dict[str, np.ndarray]:
+    from transformers import AutoTokenizer
+
+    data = config.data
+    tokenizer = AutoTokenizer.from_pretrained(config.model.name_or_path)
+    tokenizer.padding_side = "right"  # batches are trimmed from the right (finetune/datamodule.py)
+    texts = frame[data.text_column].astype(str).tolist()
+    pairs: Optional[List[str]] = frame[data.text_pair_column].astype(str).tolist() if data.text_pair_column else None
+    encoded: Mapping[str, np.ndarray] = tokenizer(
+        texts, pairs, truncation=True, max_length=data.max_length, padding="max_length", return_tensors="np")
+    return {name: np.ascontiguousarray(array, dtype=np.int32) for name, array in encoded.items()}
+
+
+def _take(features: Dict[str, np.ndarray], labels: np.ndarray, idx: np.ndarray) -> Split:
+    return Split({name: array[idx] for name, array in features.items()}, labels[idx])

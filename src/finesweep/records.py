@@ -1,0 +1,90 @@
+"""What the driver knows about each trial, and the listener interface that consumes it.
+
+The tuner turns Ray Tune's callbacks into these events; the MLflow tracker and the terminal view
+listen. Deciding (Optuna, ASHA), executing (Ray) and reporting (listeners) stay separate.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Protocol, Sequence
+
+from finesweep.config import Mode
+
+
+class TrialStatus(str, enum.Enum):
+    """Lifecycle of a trial as the user sees it (MLflow tag ``finesweep.trial_status``)."""
+
+    running = "running"
+    completed = "completed"
+    early_stopped = "early_stopped"
+    failed = "failed"
+
+
+@dataclass
+class TrialRecord:
+    """One trial: its sampled values, its per-epoch history and how it ended."""
+
+    trial_id: str
+    number: int
+    params: Dict[str, Any]
+    status: TrialStatus = TrialStatus.running
+    history: List[Dict[str, float]] = field(default_factory=list)
+    best_value: Optional[float] = None
+    best_epoch: Optional[int] = None
+    checkpoint: Optional[str] = None
+    error: Optional[str] = None
+
+    @property
+    def epochs_run(self) -> int:
+        """Epochs completed and reported."""
+        return len(self.history)
+
+    def add_result(self, metrics: Dict[str, float], metric: str, mode: Mode) -> None:
+        """Record one epoch's metrics, tracking the best objective value (not the last)."""
+        self.history.append(metrics)
+        value = metrics.get(metric)
+        if value is None or math.isnan(value):
+            return
+        if self.best_value is None or (value > self.best_value if mode is Mode.max else value < self.best_value):
+            self.best_value = value
+            self.best_epoch = int(metrics.get("epoch", len(self.history)))
+
+
+def best_trial(records: Sequence[TrialRecord], mode: Mode) -> Optional[TrialRecord]:
+    """The trial with the best objective value at any epoch; ties go to the earlier trial."""
+    scored = [r for r in records if r.best_value is not None and r.status is not TrialStatus.failed]
+    if not scored:
+        return None
+    sign = -1.0 if mode is Mode.max else 1.0
+    return min(scored, key=lambda r: (sign * (r.best_value or 0.0), r.number))
+
+
+def ranked(records: Sequence[TrialRecord], mode: Mode) -> List[TrialRecord]:
+    """Trials with a value, best first."""
+    scored = [r for r in records if r.best_value is not None]
+    sign = -1.0 if mode is Mode.max else 1.0
+    return sorted(scored, key=lambda r: (sign * (r.best_value or 0.0), r.number))
+
+
+class SweepListener(Protocol):
+    """Receives the life of a sweep from the driver, in order, on the driver's thread."""
+
+    def trial_started(self, record: TrialRecord) -> None: ...
+
+    def trial_result(self, record: TrialRecord, metrics: Dict[str, float]) -> None: ...
+
+    def trial_ended(self, record: TrialRecord) -> None: ...
+
+
+def format_params(params: Dict[str, Any]) -> str:
+    """Compact one-line rendering of sampled values."""
+    return ", ".join(f"{k}={short(v)}" for k, v in params.items())
+
+
+def short(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return str(value)

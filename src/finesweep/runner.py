@@ -1,0 +1,58 @@
+"""Runs a composed, validated sweep: Ray up, MLflow parent run, trials, winner, Ray down.
+
+Whatever happens after the parent run exists (a failed trial, Ctrl-C, a crash), the runs already
+logged are closed with an honest status and the best trial so far is still recorded.
+"""
+
+from __future__ import annotations
+
+from typing import List
+
+from rich.console import Console
+
+from finesweep.cli import Composed
+from finesweep.cluster import ray_session
+from finesweep.data import DataCache
+from finesweep.errors import SweepFailedError
+from finesweep.records import TrialRecord, TrialStatus, best_trial
+from finesweep.search_space import planned_trials
+from finesweep.tracking import SweepTracker
+from finesweep.trial import run_trial
+from finesweep.view import SweepView, results_table
+
+
+def run(composed: Composed, cache: DataCache, console: Console) -> int:
+    """Run the sweep; return 0 when at least one trial finished (completed or early-stopped)."""
+    from finesweep.tuner import run_sweep
+
+    config = composed.config
+    space = {p.key: _describe(p) for p in composed.params}
+    tracker = SweepTracker(config, space, composed.sweep_file, composed.yaml_text)
+    view = SweepView(config, planned_trials(config, composed.params), console)
+    records: List[TrialRecord] = []
+    interrupted = True
+    with ray_session(config.cluster, config.name) as log_file:
+        parent_id = tracker.start()
+        try:
+            with view:
+                records = run_sweep(config, composed.params, run_trial, [tracker, view], base=config, cache=cache)
+            interrupted = any(r.status is TrialStatus.running for r in records)
+        finally:
+            records = records or view.records
+            tracker.finish(records, best_trial(records, config.objective.mode), interrupted)
+    console.print(results_table(config, records))
+    finished = [r for r in records if r.status in (TrialStatus.completed, TrialStatus.early_stopped)]
+    console.print(f"MLflow: experiment {config.experiment_name!r}, parent run {parent_id}. "
+                  f"Browse it with: finesweep ui   (Ray's log: {log_file})")
+    if not finished:
+        failed = [r for r in records if r.error]
+        reason = failed[0].error if failed else "no trial reported a result"
+        raise SweepFailedError(f"no trial finished ({len(records)} started). First error: {reason}")
+    return 0
+
+
+def _describe(param: object) -> dict:
+    from dataclasses import asdict
+
+    return {k: (v.value if hasattr(v, "value") else list(v) if isinstance(v, tuple) else v)
+            for k, v in asdict(param).items() if v not in (None, (), False) and k != "key"}  # type: ignore[arg-type]

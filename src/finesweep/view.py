@@ -1,0 +1,89 @@
+"""The terminal: a live view of the sweep while it runs and a table of the top trials after."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Dict, List, Optional, Sequence
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from finesweep.config import ExperimentConfig
+from finesweep.records import TrialRecord, TrialStatus, short, best_trial, format_params, ranked
+
+STATUS_STYLE = {TrialStatus.running: "cyan", TrialStatus.completed: "green",
+                TrialStatus.early_stopped: "yellow", TrialStatus.failed: "red"}
+
+
+class SweepView:
+    """Live terminal view of a sweep; a ``SweepListener``. Use as a context manager."""
+
+    def __init__(self, config: ExperimentConfig, total: int, console: Console) -> None:
+        self.config = config
+        self.total = total
+        self.console = console
+        self.records: List[TrialRecord] = []
+        self.started = time.monotonic()
+        self._live: Optional[Live] = None
+
+    def __enter__(self) -> "SweepView":
+        self._live = Live(self._render(), console=self.console, refresh_per_second=2, transient=False)
+        self._live.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._live is not None:
+            self._live.update(self._render(), refresh=True)
+            self._live.__exit__(*exc)
+            self.console.print()
+
+    def trial_started(self, record: TrialRecord) -> None:
+        self.records.append(record)
+        self._refresh()
+
+    def trial_result(self, record: TrialRecord, metrics: Dict[str, float]) -> None:
+        self._refresh()
+
+    def trial_ended(self, record: TrialRecord) -> None:
+        self._refresh()
+
+    def _refresh(self) -> None:
+        if self._live is not None:
+            self._live.update(self._render())
+
+    def _render(self) -> Group:
+        counts = {s: sum(r.status is s for r in self.records) for s in TrialStatus}
+        head = Text.assemble(
+            (f"{self.config.name}  ", "bold"),
+            f"{len(self.records)}/{self.total} started  ",
+            *[(f"{s.value.replace('_', '-')} {counts[s]}  ", STATUS_STYLE[s]) for s in TrialStatus],
+            f"{time.monotonic() - self.started:.0f}s")
+        best = best_trial(self.records, self.config.objective.mode)
+        metric = self.config.objective.metric
+        best_line = Text(f"best {metric}: " + (f"{best.best_value:.4f} (trial {best.number}: "
+                                               f"{format_params(best.params)})" if best else "-"))
+        running = [r for r in self.records if r.status is TrialStatus.running]
+        table = Table(box=None, pad_edge=False, show_header=bool(running))
+        for column in ("trial", "epoch", metric, "params"):
+            table.add_column(column)
+        for record in running[-8:]:
+            last = record.history[-1].get(metric) if record.history else None
+            table.add_row(str(record.number), f"{record.epochs_run}/{self.config.scheduler.max_epochs}",
+                          "-" if last is None else f"{last:.4f}", format_params(record.params))
+        return Group(head, best_line, table)
+
+
+def results_table(config: ExperimentConfig, records: Sequence[TrialRecord], top: int = 10) -> Table:
+    """The top trials by their best objective value."""
+    metric = config.objective.metric
+    table = Table(title=f"Top trials by {config.objective.mode.value} {metric}")
+    keys = list(dict.fromkeys(k for r in records for k in r.params))
+    for column in ("rank", "trial", metric, "best epoch", "epochs", "status", *keys):
+        table.add_column(column)
+    for rank, record in enumerate(ranked(records, config.objective.mode)[:top], start=1):
+        table.add_row(str(rank), str(record.number), f"{record.best_value:.4f}", str(record.best_epoch),
+                      str(record.epochs_run), Text(record.status.value, STATUS_STYLE[record.status]),
+                      *[short(record.params[k]) if k in record.params else "-" for k in keys])
+    return table

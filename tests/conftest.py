@@ -1,0 +1,71 @@
+"""Fixtures: a tiny BERT saved locally and a small labelled CSV, built fresh (no downloads)."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import List
+
+import pytest
+
+POSITIVE = ["good", "great", "love", "happy", "nice", "superb"]
+NEGATIVE = ["bad", "awful", "hate", "sad", "poor", "worst"]
+FILLER = ["the", "movie", "was", "a", "day", "it", "really", "so", "this", "and", "we", "felt"]
+SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def _sentence(rng: random.Random, label: str) -> str:
+    words = rng.choices(FILLER, k=rng.randint(4, 9))
+    if label != "neutral":
+        pool = POSITIVE if label == "positive" else NEGATIVE
+        for _ in range(rng.randint(1, 2)):
+            words.insert(rng.randrange(len(words) + 1), rng.choice(pool))
+    return " ".join(words)
+
+
+def write_csv(path: Path, rows: int = 240, seed: int = 0) -> Path:
+    """A three-class sentiment CSV whose label is readable from its words."""
+    rng = random.Random(seed)
+    labels = ["negative", "neutral", "positive"]
+    lines = ["text,label"]
+    for i in range(rows):
+        label = labels[i % 3]
+        lines.append(f"{_sentence(rng, label)},{label}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def build_tiny_bert(folder: Path) -> Path:
+    """A 2-layer, 32-wide BERT with a word-level vocabulary, saved with save_pretrained."""
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab: List[str] = SPECIAL + sorted(set(POSITIVE + NEGATIVE + FILLER))
+    tokenizer = BertTokenizer(vocab={word: i for i, word in enumerate(vocab)}, do_lower_case=True)
+    tokenizer.save_pretrained(folder)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64, num_labels=3)
+    BertForSequenceClassification(config).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Path of a tiny pretrained-style BERT folder."""
+    return build_tiny_bert(tmp_path_factory.mktemp("models") / "tiny-bert")
+
+
+@pytest.fixture(scope="session")
+def tiny_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Path of a small three-class CSV (columns text, label)."""
+    return write_csv(tmp_path_factory.mktemp("data") / "tiny.csv")
+
+
+@pytest.fixture(autouse=True)
+def _no_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keep every library's caches and Ray's temp files out of $HOME and the checkout."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("MPLCONFIGDIR", str(tmp_path / "mpl"))
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
