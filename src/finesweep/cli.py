@@ -202,9 +202,42 @@ def _compose(document: Dict[str, Any], overrides: Sequence[str]) -> DictConfig:
         with initialize_config_dir(config_dir=str(project_dir() / "conf"), version_base="1.3", job_name="finesweep"):
             cfg = hydra_compose(config_name="config", overrides=["+sweep=current", *overrides])
     except HydraException as exc:
-        raise ConfigError(_one_line(exc)) from None
+        raise ConfigError(_hydra_message(exc)) from None
     OmegaConf.resolve(cfg)
+    _reject_unknown_keys(cfg, ExperimentConfig)
     return cfg
+
+
+def _hydra_message(exc: BaseException) -> str:
+    """One line out of Hydra's multi-line, chained composition errors: the rule, the value, the fix."""
+    chain = [exc]
+    while chain[-1].__cause__ is not None or chain[-1].__context__ is not None:
+        chain.append(chain[-1].__cause__ or chain[-1].__context__)  # type: ignore[arg-type]
+    keyed = next((e for e in chain if getattr(e, "full_key", None)), None)
+    if keyed is not None:
+        message = str(keyed).strip().splitlines()[0]
+        fix = ("Check the spelling; finesweep show prints every key." if "not in" in message
+               else "Use one of those." if "expected one of" in message else "Give a value of that type.")
+        return f"{keyed.full_key}: {message}. {fix}"  # type: ignore[attr-defined]
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    if "Available options" in str(exc):
+        start = next(i for i, line in enumerate(lines) if line.startswith("Available options"))
+        options = [line for line in lines[start + 1:] if not line.startswith(("Config search path", "provider="))]
+        return f"{lines[0]}. {lines[start]} {', '.join(options)}."
+    return " ".join(line for line in lines if not line.startswith("To append"))
+
+
+def _reject_unknown_keys(cfg: Any, schema: type, prefix: str = "") -> None:
+    import dataclasses
+
+    fields = {f.name: f for f in dataclasses.fields(schema)}
+    for key in cfg:
+        if key not in fields:
+            raise ConfigError(f"{prefix}{key}: not a config key. Check the spelling; finesweep show prints every key.")
+        nested = fields[key].type
+        nested_cls = getattr(sys.modules[schema.__module__], nested, None) if isinstance(nested, str) else nested
+        if dataclasses.is_dataclass(nested_cls) and isinstance(cfg[key], DictConfig):
+            _reject_unknown_keys(cfg[key], nested_cls, f"{prefix}{key}.")
 
 
 def _tracking(overrides: Sequence[str]) -> Dict[str, str]:

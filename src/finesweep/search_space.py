@@ -183,8 +183,15 @@ def _parse_param(key: str, spec: Any, config: ExperimentConfig) -> Param:
 def _check_key(key: str, config: ExperimentConfig) -> None:
     if key.split(".")[0] in SWEEP_SECTIONS or not has_key(config, key):
         known = _leaf_keys(config)
-        close = difflib.get_close_matches(key, known, n=1)
-        hint = f"Did you mean {close[0]}?" if close else "Use a dotted path into the composed config, e.g. optim.lr."
+        section = key.rsplit(".", 1)[0] + "."
+        siblings = [k for k in known if k.startswith(section) and "." not in k[len(section):]]
+        close = difflib.get_close_matches(key, known, n=1, cutoff=0.8)
+        if close:
+            hint = f"Did you mean {close[0]}?"
+        elif siblings:
+            hint = f"Keys under {section[:-1]}: {', '.join(k[len(section):] for k in siblings)}."
+        else:
+            hint = "Use a dotted path into the composed config, e.g. optim.lr."
         raise SearchSpaceError(f"space.{key}: unknown config key {key!r}. {hint}")
 
 
