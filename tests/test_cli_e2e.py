@@ -1,0 +1,154 @@
+"""End to end through the real CLI: local Ray, a real MLflow store, real Lightning fits on a tiny BERT."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict, List
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from finesweep.cli import project_dir
+
+pytestmark = pytest.mark.slow
+
+
+def run_cli(args: List[str], cwd: Path, timeout: int = 420) -> subprocess.CompletedProcess:
+    # Ray's socket paths must stay under 107 characters, so its temp dir is short, beside cwd's name.
+    ray_tmp = ray_tmpdir(cwd)
+    env = {**os.environ, "HOME": str(cwd / "home"), "FINESWEEP_PROJECT": str(project_dir()),
+           "RAY_TMPDIR": str(ray_tmp), "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}
+    return subprocess.run([sys.executable, "-m", "finesweep", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def ray_tmpdir(cwd: Path) -> Path:
+    return Path("/tmp") / f"fsr-{abs(hash(str(cwd))) % 10**8}"
+
+
+def write_sweep(path: Path, body: str) -> Path:
+    path.write_text(body)
+    return path
+
+
+def data_overrides(tiny_model: Path, tiny_csv: Path) -> List[str]:
+    return [f"model.name_or_path={tiny_model}", f"data.path={tiny_csv}", "data.label_column=label",
+            "data.max_length=32", "data.max_samples=null"]
+
+
+def runs_of(cwd: Path, experiment: str) -> Dict[str, list]:
+    client = MlflowClient(tracking_uri=f"sqlite:///{cwd / 'mlruns' / 'mlflow.db'}")
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    return {"parents": parents, "children": children, "client": [client]}
+
+
+GRID = """
+objective: {metric: val/accuracy, mode: max}
+search: {sampler: grid, max_concurrent: 2, seed: 0}
+scheduler: {kind: fifo, max_epochs: 2}
+space:
+  optim.lr: {distribution: categorical, choices: [3.0e-3, 1.0e-2]}
+  data.batch_size: {distribution: categorical, choices: [16, 32]}
+"""
+
+
+def test_grid_sweep_logs_one_parent_and_four_children(tmp_path: Path, tiny_model: Path, tiny_csv: Path) -> None:
+    sweep = write_sweep(tmp_path / "grid4.yaml", GRID)
+    result = run_cli(["run", str(sweep), *data_overrides(tiny_model, tiny_csv)], tmp_path)
+    assert result.returncode == 0, result.stderr + result.stdout
+    runs = runs_of(tmp_path, "grid4")
+    client = runs["client"][0]
+    assert len(runs["parents"]) == 1 and len(runs["children"]) == 4
+    parent = runs["parents"][0]
+    assert parent.info.status == "FINISHED"
+    assert parent.data.params["sampler"] == "grid" and parent.data.params["scheduler"] == "fifo"
+    assert '"optim.lr"' in parent.data.params["search_space"]
+    assert parent.data.tags["finesweep.version"] and parent.data.tags["finesweep.git_dirty"] in ("true", "false",
+                                                                                                 "unknown")
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"config.yaml", "sweep", "best_model"} <= artifacts
+    combos = set()
+    for child in runs["children"]:
+        assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert child.data.tags["finesweep.trial_status"] == "completed"
+        assert child.data.tags["finesweep.epochs_run"] == "2"
+        combos.add((child.data.params["optim.lr"], child.data.params["data.batch_size"]))
+        for metric in ("train/loss", "val/loss", "val/accuracy", "val/f1_macro"):
+            history = client.get_metric_history(child.info.run_id, metric)
+            assert sorted(m.step for m in history) == [1, 2], metric
+    assert len(combos) == 4, "the grid runs every combination exactly once"
+    best_id = parent.data.tags["finesweep.best_run_id"]
+    best = next(c for c in runs["children"] if c.info.run_id == best_id)
+    best_acc = max(m.value for m in client.get_metric_history(best_id, "val/accuracy"))
+    assert parent.data.metrics["best/val/accuracy"] == pytest.approx(best_acc)
+    assert all(max(m.value for m in client.get_metric_history(c.info.run_id, "val/accuracy")) <= best_acc
+               for c in runs["children"])
+    assert parent.data.params["best.optim.lr"] == best.data.params["optim.lr"]
+    assert "finesweep ui" in result.stdout
+
+    listing = run_cli(["ls"], tmp_path, timeout=120)
+    assert listing.returncode == 0, listing.stderr
+    assert "grid4" in listing.stdout and "FINISHED" in listing.stdout
+
+
+ASHA = """
+objective: {metric: val/accuracy, mode: max}
+search: {sampler: tpe, num_trials: 8, max_concurrent: 2, seed: 3}
+scheduler: {kind: asha, max_epochs: 4, grace_period: 1, reduction_factor: 2}
+space:
+  optim.lr: {distribution: loguniform, low: 1.0e-5, high: 3.0e-2}
+  optim.warmup_ratio: {distribution: float, low: 0.0, high: 0.2, step: 0.1}
+"""
+
+
+def test_tpe_asha_stops_weak_trials_early(tmp_path: Path, tiny_model: Path, tiny_csv: Path) -> None:
+    sweep = write_sweep(tmp_path / "asha8.yaml", ASHA)
+    result = run_cli(["run", str(sweep), *data_overrides(tiny_model, tiny_csv)], tmp_path)
+    assert result.returncode == 0, result.stderr + result.stdout
+    runs = runs_of(tmp_path, "asha8")
+    assert len(runs["parents"]) == 1 and len(runs["children"]) == 8
+    statuses = [c.data.tags["finesweep.trial_status"] for c in runs["children"]]
+    assert "early_stopped" in statuses and "completed" in statuses
+    for child in runs["children"]:
+        epochs = int(child.data.tags["finesweep.epochs_run"])
+        if child.data.tags["finesweep.trial_status"] == "early_stopped":
+            assert epochs < 4
+        else:
+            assert epochs == 4
+        assert child.info.status == "FINISHED"
+    assert runs["parents"][0].data.tags["finesweep.best_run_id"] in {c.info.run_id for c in runs["children"]}
+
+
+BAD_INPUTS = [
+    ("low-gt-high", "space:\n  optim.lr: {distribution: uniform, low: 0.1, high: 0.01}\n", [],
+     "space.optim.lr: low must be <= high"),
+    ("unknown-key", "space:\n  optim.lrr: {distribution: uniform, low: 0.01, high: 0.1}\n", [],
+     "space.optim.lrr: unknown config key"),
+    ("missing-file", "space:\n  optim.lr: {distribution: uniform, low: 0.01, high: 0.1}\n",
+     ["data.path=/nonexistent/train.csv"], "data.path: file not found, got /nonexistent/train.csv"),
+    ("missing-column", "space:\n  optim.lr: {distribution: uniform, low: 0.01, high: 0.1}\n",
+     ["data.text_column=tweet"], "data.text_column: column 'tweet' not in"),
+    ("grace-gt-max", "space:\n  optim.lr: {distribution: uniform, low: 0.01, high: 0.1}\n",
+     ["scheduler.grace_period=9"], "scheduler.grace_period must be between 1 and scheduler.max_epochs"),
+]
+
+
+@pytest.mark.parametrize("space,extra,message", [b[1:] for b in BAD_INPUTS], ids=[b[0] for b in BAD_INPUTS])
+@pytest.mark.parametrize("command", ["run", "show"])
+def test_bad_input_exits_2_with_one_line_and_starts_nothing(
+        command: str, space: str, extra: List[str], message: str, tmp_path: Path, tiny_model: Path,
+        tiny_csv: Path) -> None:
+    sweep = write_sweep(tmp_path / "bad.yaml", "objective: {metric: val/accuracy, mode: max}\n"
+                                              "search: {sampler: random, num_trials: 2}\n" + space)
+    result = run_cli([command, str(sweep), *data_overrides(tiny_model, tiny_csv), *extra], tmp_path, timeout=120)
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and message in lines[0] and "bad.yaml" in lines[0], result.stderr
+    assert not ray_tmpdir(tmp_path).exists(), "Ray must not start"
+    assert not (tmp_path / "mlruns").exists(), "no MLflow store or run may be made"

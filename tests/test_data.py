@@ -1,0 +1,95 @@
+"""Data: formats, column checks, stratified split, subsample, tokenise-once cache."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from finesweep import data
+from finesweep.cli import compose
+from finesweep.config import DataConfig, ExperimentConfig
+from finesweep.errors import DataError
+from finesweep.search_space import parse_space
+
+
+@pytest.fixture()
+def config(tiny_model: Path, tiny_csv: Path) -> ExperimentConfig:
+    return compose("demo", [f"model.name_or_path={tiny_model}", f"data.path={tiny_csv}", "data.label_column=label",
+                            "data.max_samples=null", "data.max_length=16"]).config
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".parquet", ".tsv"])
+def test_reads_every_format(suffix: str, tiny_csv: Path, tmp_path: Path) -> None:
+    frame = pd.read_csv(tiny_csv)
+    path = tmp_path / f"d{suffix}"
+    {".csv": lambda: frame.to_csv(path, index=False), ".tsv": lambda: frame.to_csv(path, sep="\t", index=False),
+     ".jsonl": lambda: frame.to_json(path, orient="records", lines=True),
+     ".parquet": lambda: frame.to_parquet(path)}[suffix]()
+    read = data.read_table(DataConfig(path=str(path), label_column="label"))
+    assert list(read["label"]) == list(frame["label"])
+
+
+def test_undecodable_bytes_are_replaced_not_fatal(tmp_path: Path) -> None:
+    path = tmp_path / "latin.csv"
+    path.write_bytes(b"text,label\n" + b"caf\xe9 ok,a\n" * 5 + b"fine,b\n" * 5)
+    assert len(data.read_table(DataConfig(path=str(path), label_column="label"))) == 10
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"path": "/nonexistent/x.csv"}, r"data\.path: file not found, got /nonexistent/x\.csv\. Point data\.path at"),
+    ({"text_column": "tweet"}, r"data\.text_column: column 'tweet' not in .*tiny\.csv \(columns: text, label\)\. "
+                               r"Set data\.text_column to one of them\."),
+    ({"label_column": "sentiment"}, r"data\.label_column: column 'sentiment' not in"),
+    ({"text_pair_column": "hypothesis"}, r"data\.text_pair_column: column 'hypothesis' not in"),
+], ids=["missing-file", "missing-text", "missing-label", "missing-pair"])
+def test_bad_data_is_a_clear_error(change: dict, message: str, tiny_csv: Path) -> None:
+    cfg = dataclasses.replace(DataConfig(path=str(tiny_csv), label_column="label"), **change)
+    with pytest.raises(DataError, match=message):
+        data.check(cfg)
+
+
+def test_unknown_format(tmp_path: Path) -> None:
+    path = tmp_path / "d.xlsx"
+    path.write_text("x")
+    with pytest.raises(DataError, match=r"data\.path: unknown file type '\.xlsx'"):
+        data.check(DataConfig(path=str(path)))
+
+
+def test_split_is_stratified_disjoint_and_seeded(config: ExperimentConfig) -> None:
+    encoded = data.prepare(config)
+    assert encoded.label_names == ("negative", "neutral", "positive")
+    assert len(encoded.train) + len(encoded.val) + len(encoded.test) == 240
+    for split in (encoded.train, encoded.val, encoded.test):
+        counts = np.bincount(split.labels, minlength=3)
+        assert counts.max() - counts.min() <= 1, "each class keeps its share in every split"
+    rows = [tuple(r) for s in (encoded.train, encoded.val, encoded.test) for r in s.features["input_ids"]]
+    assert len(encoded.val) == 24 and len(encoded.test) == 24
+    again = data.prepare(config)
+    assert np.array_equal(again.val.features["input_ids"], encoded.val.features["input_ids"])
+    assert len(rows) == 240
+
+
+def test_subsample_keeps_class_balance(config: ExperimentConfig) -> None:
+    small = dataclasses.replace(config, data=dataclasses.replace(config.data, max_samples=60))
+    encoded = data.prepare(small)
+    total = np.concatenate([encoded.train.labels, encoded.val.labels, encoded.test.labels])
+    assert len(total) == 60 and set(np.bincount(total)) == {20}
+
+
+def test_tokenised_once_per_variant(config: ExperimentConfig, monkeypatch: pytest.MonkeyPatch) -> None:
+    params = parse_space({"data.max_length": {"distribution": "categorical", "choices": [8, 16]},
+                          "data.batch_size": {"distribution": "categorical", "choices": [8, 16, 32]}}, config)
+    calls = []
+    real = data._tokenise
+    monkeypatch.setattr(data, "_tokenise", lambda frame, cfg: calls.append(cfg.data.max_length) or real(frame, cfg))
+    cache = data.prepare_all(config, params)
+    assert sorted(calls) == [8, 16], "batch size does not change tokenisation; each max_length is tokenised once"
+    from finesweep.config import with_overrides
+    for length in (8, 16):
+        for batch in (8, 16, 32):
+            variant = cache.for_config(with_overrides(config, {"data.max_length": length, "data.batch_size": batch}))
+            assert variant.train.features["input_ids"].shape[1] == length
