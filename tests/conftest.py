@@ -38,7 +38,10 @@ def write_csv(path: Path, rows: int = 240, seed: int = 0) -> Path:
 
 def build_tiny_bert(folder: Path) -> Path:
     """A 2-layer, 32-wide BERT with a word-level vocabulary, saved with save_pretrained."""
+    import torch
     from transformers import BertConfig, BertForSequenceClassification, BertTokenizer
+
+    torch.manual_seed(0)  # the same "pretrained" weights in every test session
 
     folder.mkdir(parents=True, exist_ok=True)
     vocab: List[str] = SPECIAL + sorted(set(POSITIVE + NEGATIVE + FILLER))

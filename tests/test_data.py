@@ -12,7 +12,7 @@ import pytest
 from finesweep import data
 from finesweep.cli import compose
 from finesweep.config import DataConfig, ExperimentConfig
-from finesweep.errors import DataError
+from finesweep.errors import ConfigError, DataError
 from finesweep.search_space import parse_space
 
 
@@ -93,3 +93,10 @@ def test_tokenised_once_per_variant(config: ExperimentConfig, monkeypatch: pytes
         for batch in (8, 16, 32):
             variant = cache.for_config(with_overrides(config, {"data.max_length": length, "data.batch_size": batch}))
             assert variant.train.features["input_ids"].shape[1] == length
+
+
+def test_model_without_tokenizer_is_a_clear_error(config: ExperimentConfig, tmp_path: Path) -> None:
+    broken = dataclasses.replace(config, model=dataclasses.replace(config.model, name_or_path=str(tmp_path)))
+    with pytest.raises(ConfigError, match=r"model\.name_or_path: cannot load a tokenizer from '.*'.*\. Point it at "
+                                          r"a Hugging Face model folder"):
+        data.prepare(broken)

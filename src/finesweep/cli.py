@@ -71,16 +71,27 @@ def compose(sweep: str, overrides: Sequence[str]) -> Composed:
     """
     sweep_file = resolve_sweep(sweep)
     document = _read_sweep(sweep_file)
-    try:
-        cfg = _compose(document, [f"name={sweep_file.stem}", *overrides])
-        config: ExperimentConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
+    with _blame(sweep_file):
+        try:
+            cfg = _compose(document, [f"name={sweep_file.stem}", *overrides])
+            config: ExperimentConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
+        except (OmegaConfBaseException, ValueError) as exc:
+            raise ConfigError(_one_line(exc)) from None
         params = parse_space(config.space, config)
         _check_budget(config, params)
-    except UserError as exc:
-        raise type(exc)(f"{_display(sweep_file)}: {exc}") from None
-    except (OmegaConfBaseException, ValueError) as exc:
-        raise ConfigError(f"{_display(sweep_file)}: {_one_line(exc)}") from None
     return Composed(config, params, sweep_file, OmegaConf.to_yaml(cfg, resolve=True))
+
+
+@contextlib.contextmanager
+def _blame(sweep_file: Path) -> Iterator[None]:
+    """Prefix user errors raised inside with the sweep file they concern."""
+    try:
+        yield
+    except UserError as exc:
+        prefix = f"{_display(sweep_file)}: "
+        if str(exc).startswith(prefix):
+            raise
+        raise type(exc)(prefix + str(exc)) from None
 
 
 def resolve_sweep(sweep: str) -> Path:
@@ -115,7 +126,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
 
     composed = compose(args.sweep, args.overrides)
     started = time.monotonic()
-    with console.status("reading, splitting and tokenising the data once"):
+    with console.status("reading, splitting and tokenising the data once"), _blame(composed.sweep_file):
         cache = data.prepare_all(composed.config, composed.params)
     console.print(f"data ready in {time.monotonic() - started:.1f}s: "
                   + "; ".join(f"{len(v.train)}/{len(v.val)}/{len(v.test)} train/val/test rows, "
@@ -129,8 +140,9 @@ def cmd_show(args: argparse.Namespace, console: Console) -> int:
     from finesweep.search_space import Distribution
 
     composed = compose(args.sweep, args.overrides)
-    for variant in data.data_variants(composed.params):
-        data.check(_with(composed.config, variant).data)
+    with _blame(composed.sweep_file):
+        for variant in data.data_variants(composed.params):
+            data.check(_with(composed.config, variant).data)
     console.print(f"# composed config of {_display(composed.sweep_file)}")
     console.print(composed.yaml_text, markup=False)
     table = Table(title="search space")

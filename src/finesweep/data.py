@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from finesweep.config import DataConfig, ExperimentConfig, with_overrides
-from finesweep.errors import DataError
+from finesweep.errors import ConfigError, DataError
 from finesweep.search_space import Distribution, Param, affects_tokenisation
 
 READERS = {".csv": "csv", ".tsv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
@@ -187,7 +187,12 @@ def _tokenise(frame: pd.DataFrame, config: ExperimentConfig) -> Dict[str, np.nda
     from transformers import AutoTokenizer
 
     data = config.data
-    tokenizer = AutoTokenizer.from_pretrained(config.model.name_or_path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(config.model.name_or_path)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"model.name_or_path: cannot load a tokenizer from {config.model.name_or_path!r} "
+                          f"({str(exc).strip().splitlines()[0]}). Point it at a Hugging Face model folder "
+                          "(with config.json) or, when online, a hub id.") from None
     tokenizer.padding_side = "right"  # batches are trimmed from the right (finetune/datamodule.py)
     texts = frame[data.text_column].astype(str).tolist()
     pairs: Optional[List[str]] = frame[data.text_pair_column].astype(str).tolist() if data.text_pair_column else None

@@ -44,6 +44,9 @@ def run(composed: Composed, cache: DataCache, console: Console) -> int:
     finished = [r for r in records if r.status in (TrialStatus.completed, TrialStatus.early_stopped)]
     console.print(f"MLflow: experiment {config.experiment_name!r}, parent run {parent_id}. "
                   f"Browse it with: finesweep ui   (Ray's log: {log_file})")
+    if interrupted:
+        console.print(f"interrupted: {len(finished)} finished trial(s) kept; the parent run is marked KILLED.")
+        return 130
     if not finished:
         failed = [r for r in records if r.error]
         reason = failed[0].error if failed else "no trial reported a result"
