@@ -6,7 +6,9 @@ logged are closed with an honest status and the best trial so far is still recor
 
 from __future__ import annotations
 
-from typing import List
+import contextlib
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, List
 
 from rich.console import Console
 
@@ -21,8 +23,15 @@ from finesweep.trial import run_trial
 from finesweep.view import SweepView, results_table
 
 
-def run(composed: Composed, cache: DataCache, console: Console) -> int:
-    """Run the sweep; return 0 when at least one trial finished (completed or early-stopped)."""
+def run(composed: Composed, cache: DataCache, console: Console, trainable: Callable[..., None] = run_trial) -> int:
+    """Run the sweep; return 0 when at least one trial finished (completed or early-stopped).
+
+    Args:
+        composed: the validated sweep.
+        cache: the tokenised data, shared with every trial through Ray's object store.
+        console: where the live view and the results go.
+        trainable: the trial function; the benchmark swaps in a synthetic one, the CLI never does.
+    """
     from finesweep.tuner import run_sweep
 
     config = composed.config
@@ -31,11 +40,15 @@ def run(composed: Composed, cache: DataCache, console: Console) -> int:
     view = SweepView(config, planned_trials(config, composed.params), console)
     records: List[TrialRecord] = []
     interrupted = True
-    with ray_session(config.cluster, config.name) as log_file:
+    with ThreadPoolExecutor(max_workers=1) as pool, contextlib.ExitStack() as stack:
+        # A new MLflow store spends ~2 s on schema migrations: do them while Ray starts (~3 s).
+        store_ready = pool.submit(tracker.prepare)
+        log_file = stack.enter_context(ray_session(config.cluster, config.name))
+        store_ready.result()
         parent_id = tracker.start()
         try:
             with view:
-                records = run_sweep(config, composed.params, run_trial, [tracker, view], base=config, cache=cache)
+                records = run_sweep(config, composed.params, trainable, [tracker, view], base=config, cache=cache)
             interrupted = any(r.status is TrialStatus.running for r in records)
         finally:
             records = records or view.records

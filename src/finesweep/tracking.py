@@ -58,14 +58,26 @@ class SweepTracker:
         self.space = space
         self.sweep_file = sweep_file
         self.composed_yaml = composed_yaml
-        self.client = MlflowClient(tracking_uri=config.tracking.uri)
+        self._client: Optional[MlflowClient] = None
         self.experiment_id = ""
         self.parent_id = ""
         self._children: Dict[str, str] = {}
 
-    def start(self) -> str:
-        """Create (or reuse) the experiment and the parent run; return the parent run id."""
+    @property
+    def client(self) -> MlflowClient:
+        """The MLflow client; opening a new SQLite store runs its migrations (~2 s), so it is lazy."""
+        if self._client is None:
+            self._client = MlflowClient(tracking_uri=self.config.tracking.uri)
+        return self._client
+
+    def prepare(self) -> None:
+        """Open the store (creating its tables on first use) and create or reuse the experiment."""
         self.experiment_id = _experiment_id(self.client, self.config)
+
+    def start(self) -> str:
+        """Create the parent run (preparing the store first if needed); return its run id."""
+        if not self.experiment_id:
+            self.prepare()
         run = self.client.create_run(self.experiment_id, run_name=self.config.name, tags=self._parent_tags())
         self.parent_id = run.info.run_id
         self.client.log_batch(self.parent_id, params=[Param(k, v) for k, v in self._parent_params().items()])

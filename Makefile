@@ -1,0 +1,33 @@
+# Two set-up commands for a fresh machine (Python 3.11 + pip): `make demo` and `make test`.
+# Each creates .venv/ and installs what it needs; later runs reuse it.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml .ci/constraints.txt | cksum | cut -d' ' -f1)
+
+.PHONY: demo test test-fast bench install clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml .ci/constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	# torch first, alone: the CPU build on disk, before anything can ask for a CUDA one.
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -c .ci/constraints.txt -e ".[demo,test]"
+	rm -f $(VENV)/.installed-* && touch $@
+
+demo: install  ## fine-tune MiniLM on tweet sentiment: 10 TPE trials, ASHA, ~10 min on 2 CPU cores
+	$(BIN)/finesweep run demo
+
+test: install  ## the whole suite, end-to-end tests included (~10 min on 2 cores)
+	$(BIN)/python -m pytest
+
+test-fast: install  ## unit tests only
+	$(BIN)/python -m pytest -m "not slow"
+
+bench: install  ## finesweep's orchestration overhead vs a hand-written Ray Tune script
+	$(BIN)/python benchmarks/overhead.py
+
+clean:
+	rm -rf $(VENV)
