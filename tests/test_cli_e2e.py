@@ -153,3 +153,35 @@ def test_bad_input_exits_2_with_one_line_and_starts_nothing(
     assert len(lines) == 1 and message in lines[0] and "bad.yaml" in lines[0], result.stderr
     assert not ray_tmpdir(tmp_path).exists(), "Ray must not start"
     assert not (tmp_path / "mlruns").exists(), "no MLflow store or run may be made"
+
+
+def test_ui_serves_the_store_on_localhost(tmp_path: Path) -> None:
+    import json
+    import signal
+    import socket
+    import time
+    import urllib.request
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "HOME": str(tmp_path / "home"), "FINESWEEP_PROJECT": str(project_dir())}
+    process = subprocess.Popen([sys.executable, "-m", "finesweep", "ui", "--port", str(port)], cwd=tmp_path, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+    try:
+        assert f"http://127.0.0.1:{port}" in (process.stdout.readline() if process.stdout else "")
+        deadline, body = time.monotonic() + 90, ""
+        while time.monotonic() < deadline and not body:
+            try:
+                url = f"http://127.0.0.1:{port}/ajax-api/2.0/mlflow/experiments/search?max_results=10"
+                body = urllib.request.urlopen(url, timeout=5).read().decode()
+            except OSError:
+                assert process.poll() is None, "the UI exited"
+                time.sleep(1)
+        assert "experiments" in json.loads(body)
+        listening = subprocess.run(["ss", "-ltn"], capture_output=True, text=True).stdout if Path("/usr/bin/ss").exists() else ""
+        assert f"0.0.0.0:{port}" not in listening
+        assert (tmp_path / "mlruns" / "mlflow.db").exists()
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)

@@ -11,7 +11,6 @@ import argparse
 import contextlib
 import importlib.util
 import os
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -47,7 +46,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the ``finesweep`` command; returns the exit code."""
     args = _parser().parse_args(argv)
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # keep MLflow's migration notes off the terminal
-    console = Console(stderr=False, highlight=False)
+    console = Console(highlight=False, soft_wrap=True)
     try:
         return int(args.func(args, console) or 0)
     except UserError as exc:
@@ -190,12 +189,9 @@ def cmd_ui(args: argparse.Namespace, console: Console) -> int:
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracking["uri"],
                "--default-artifact-root", tracking["artifact_root"], "--host", args.host, "--port", str(args.port)]
     console.print(f"MLflow UI for {tracking['uri']}: http://{args.host}:{args.port}  (Ctrl-C stops it)")
-    with subprocess.Popen(command) as process:
-        try:
-            return process.wait()
-        except KeyboardInterrupt:
-            process.terminate()
-            return 0
+    sys.stdout.flush()
+    os.execv(sys.executable, command)  # the server takes over this process: signals reach it directly
+    return 0  # not reached
 
 
 # --- Hydra ----------------------------------------------------------------------------------------
