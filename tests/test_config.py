@@ -90,7 +90,7 @@ BAD: List[tuple] = [
      r"sweeps/demo\.yaml: scheduler\.reduction_factor must be >= 2, got 1\.0\. Use 2, 3 or 4\."),
     ("unreported-metric", ["objective.metric=val/auroc"],
      r"sweeps/demo\.yaml: objective\.metric must be a metric every trial reports \(train/loss, val/loss, "
-     r"val/accuracy, val/f1_macro\), got 'val/auroc'\. Pick one of those\."),
+     r"val/accuracy, val/f1_macro, val/rmse, val/pearson\), got 'val/auroc'\. Pick one of those\."),
     ("no-num-trials", ["search.num_trials=null"],
      r"search\.num_trials is required for sampler tpe, got None\. Set search\.num_trials"),
     ("bad-fractions", ["data.val_fraction=0.6", "data.test_fraction=0.5"],

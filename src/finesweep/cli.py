@@ -127,6 +127,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     started = time.monotonic()
     with console.status("reading, splitting and tokenising the data once"), _blame(composed.sweep_file):
         cache = data.prepare_all(composed.config, composed.params)
+        data.check_objective(composed.config.objective.metric, cache.task)
     console.print(f"data ready in {time.monotonic() - started:.1f}s: "
                   + "; ".join(f"{len(v.train)}/{len(v.val)}/{len(v.test)} train/val/test rows, "
                               f"{v.num_labels} classes" for v in cache.variants.values()))
@@ -141,7 +142,8 @@ def cmd_show(args: argparse.Namespace, console: Console) -> int:
     composed = compose(args.sweep, args.overrides)
     with _blame(composed.sweep_file):
         for variant in data.data_variants(composed.params):
-            data.check(_with(composed.config, variant).data)
+            task = data.check(_with(composed.config, variant).data)
+            data.check_objective(composed.config.objective.metric, task)
     console.print(f"# composed config of {_display(composed.sweep_file)}")
     console.print(composed.yaml_text, markup=False)
     table = Table(title="search space")

@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Optional
 from omegaconf import MISSING
 
 from finesweep.errors import ConfigError
-from finesweep.metrics import REPORTED_METRICS
+from finesweep.metrics import OBJECTIVE_METRICS
 
 
 class Sampler(str, enum.Enum):
@@ -51,6 +51,24 @@ class Schedule(str, enum.Enum):
     constant = "constant"
 
 
+class Strategy(str, enum.Enum):
+    """Which weights a trial trains."""
+
+    full = "full"
+    head_only = "head_only"
+    freeze = "freeze"
+    gradual_unfreeze = "gradual_unfreeze"
+    lora = "lora"
+
+
+class Task(str, enum.Enum):
+    """What the label column holds; ``auto`` decides from the data (non-integer numbers = regression)."""
+
+    auto = "auto"
+    classification = "classification"
+    regression = "regression"
+
+
 PRECISIONS = ("32-true", "32", "16-mixed", "bf16-mixed", "bf16-true", "64-true")
 
 
@@ -60,6 +78,8 @@ class ModelConfig:
 
     name_or_path: str = MISSING
     """A local Hugging Face model folder or a hub id (hub ids need network access)."""
+    dropout: Optional[float] = None
+    """Hidden and classifier dropout; null keeps the pretrained model's own."""
 
     def __post_init__(self) -> None:
         if _incomplete(self):
@@ -67,6 +87,10 @@ class ModelConfig:
         local = Path(self.name_or_path).expanduser()
         if local.exists():
             self.name_or_path = str(local.resolve())
+        _raise_problems([
+            _check(self.dropout is None or 0.0 <= self.dropout < 1.0, "model.dropout", self.dropout,
+                   "must be in [0, 1) or null", "Use e.g. 0.1, or null for the model's own."),
+        ])
 
 
 @dataclass
@@ -89,6 +113,8 @@ class DataConfig:
     batch_size: int = 32
     encoding: str = "utf-8"
     """Text encoding of CSV/JSONL files; undecodable bytes are replaced, never fatal."""
+    task: Task = Task.auto
+    """classification, regression, or auto: regression when the labels are non-integer numbers."""
 
     def __post_init__(self) -> None:
         if _incomplete(self):
@@ -144,6 +170,12 @@ class TrainerConfig:
     accelerator: str = "auto"
     seed: int = 0
     """Seed of weight init and batch order, the same for every trial so only hyperparameters differ."""
+    label_smoothing: float = 0.0
+    """Cross-entropy label smoothing (classification only)."""
+    accumulate_grad_batches: int = 1
+    """Batches per optimiser step."""
+    early_stopping_patience: Optional[int] = None
+    """Stop a trial after this many epochs without improving the objective; null = off."""
 
     def __post_init__(self) -> None:
         if _incomplete(self):
@@ -154,6 +186,78 @@ class TrainerConfig:
             _check(self.gradient_clip_val is None or self.gradient_clip_val > 0,
                    "trainer.gradient_clip_val", self.gradient_clip_val, "must be > 0 or null",
                    "Use null to turn clipping off."),
+            _check(0.0 <= self.label_smoothing < 1.0, "trainer.label_smoothing", self.label_smoothing,
+                   "must be in [0, 1)", "Use e.g. 0.1."),
+            _check(self.accumulate_grad_batches >= 1, "trainer.accumulate_grad_batches",
+                   self.accumulate_grad_batches, "must be at least 1", "Use 1 to step every batch."),
+            _check(self.early_stopping_patience is None or self.early_stopping_patience >= 1,
+                   "trainer.early_stopping_patience", self.early_stopping_patience, "must be >= 1 or null",
+                   "Use null to turn early stopping off."),
+        ])
+
+
+@dataclass
+class LoraConfig:
+    """LoRA adapters (peft) for ``finetune.strategy: lora``."""
+
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.1
+    target_modules: List[str] = field(default_factory=lambda: ["query", "value"])
+    """Names of the linear layers that get adapters (BERT: query, key, value, dense)."""
+
+    def __post_init__(self) -> None:
+        _raise_problems([
+            _check(self.r >= 1, "finetune.lora.r", self.r, "must be at least 1", "Use 4, 8 or 16."),
+            _check(self.alpha > 0, "finetune.lora.alpha", self.alpha, "must be > 0", "Use e.g. 2 * r."),
+            _check(0.0 <= self.dropout < 1.0, "finetune.lora.dropout", self.dropout, "must be in [0, 1)",
+                   "Use e.g. 0.1."),
+            _check(len(self.target_modules) > 0, "finetune.lora.target_modules", self.target_modules,
+                   "must name at least one module", "Use e.g. [query, value]."),
+        ])
+
+
+@dataclass
+class FinetuneConfig:
+    """How a trial fine-tunes: which weights train, and at which learning rate."""
+
+    strategy: Strategy = Strategy.full
+    freeze_layers: int = 2
+    """For ``freeze``: the embeddings and this many bottom encoder layers are frozen."""
+    unfreeze_every: int = 1
+    """For ``gradual_unfreeze``: epochs between unfreezing one more encoder layer, from the top."""
+    llrd: float = 1.0
+    """Layer-wise lr decay: encoder layer l of L trains at lr * llrd^(L - l); 1.0 = off."""
+    head_lr_mult: float = 1.0
+    """The classification head's lr is optim.lr * head_lr_mult."""
+    lora: LoraConfig = field(default_factory=LoraConfig)
+
+    def __post_init__(self) -> None:
+        _raise_problems([
+            _check(self.freeze_layers >= 0, "finetune.freeze_layers", self.freeze_layers, "must be >= 0",
+                   "Use e.g. 2."),
+            _check(self.unfreeze_every >= 1, "finetune.unfreeze_every", self.unfreeze_every,
+                   "must be at least 1", "Use e.g. 1."),
+            _check(0.0 < self.llrd <= 1.0, "finetune.llrd", self.llrd, "must be in (0, 1]",
+                   "Use e.g. 0.8, or 1.0 for off."),
+            _check(self.head_lr_mult > 0, "finetune.head_lr_mult", self.head_lr_mult, "must be > 0",
+                   "Use e.g. 1.0."),
+        ])
+
+
+@dataclass
+class FinalConfig:
+    """Model selection after the search."""
+
+    top_k: int = 1
+    """Configurations to re-train with fresh seeds (when seeds > 0)."""
+    seeds: int = 0
+    """Fresh seeds per top-k configuration; the winner is the best mean. 0 = no re-training."""
+
+    def __post_init__(self) -> None:
+        _raise_problems([
+            _check(self.top_k >= 1, "final.top_k", self.top_k, "must be at least 1", "Use e.g. 3."),
+            _check(self.seeds >= 0, "final.seeds", self.seeds, "must be >= 0", "Use 0 to skip re-training."),
         ])
 
 
@@ -167,6 +271,8 @@ class TrackingConfig:
     """Artifact location of experiments this sweep creates (absolute path or URI)."""
     experiment: str = ""
     """MLflow experiment name; empty = the sweep name."""
+    registered_model: str = ""
+    """Model Registry name the winner is registered under; empty = the sweep name."""
 
 
 @dataclass
@@ -204,8 +310,8 @@ class ObjectiveConfig:
         if _incomplete(self):
             return  # a schema default, not yet filled in by YAML
         _raise_problems([
-            _check(self.metric in REPORTED_METRICS, "objective.metric", repr(self.metric),
-                   f"must be a metric every trial reports ({', '.join(REPORTED_METRICS)})",
+            _check(self.metric in OBJECTIVE_METRICS, "objective.metric", repr(self.metric),
+                   f"must be a metric every trial reports ({', '.join(OBJECTIVE_METRICS)})",
                    "Pick one of those."),
         ])
 
@@ -269,6 +375,8 @@ class ExperimentConfig:
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    final: FinalConfig = field(default_factory=FinalConfig)
     space: Dict[str, Any] = field(default_factory=dict)
     """Search space: dotted config key -> distribution (see search_space.py)."""
     name: str = ""
@@ -288,6 +396,11 @@ class ExperimentConfig:
     def experiment_name(self) -> str:
         """MLflow experiment: ``tracking.experiment`` or the sweep name."""
         return self.tracking.experiment or self.name
+
+    @property
+    def registered_model_name(self) -> str:
+        """Model Registry name: ``tracking.registered_model`` or the sweep name."""
+        return self.tracking.registered_model or self.name
 
 
 def with_overrides(config: Any, values: Dict[str, Any]) -> Any:

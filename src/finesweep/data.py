@@ -16,8 +16,9 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 import pandas as pd
 
-from finesweep.config import DataConfig, ExperimentConfig, with_overrides
+from finesweep.config import DataConfig, ExperimentConfig, Task, with_overrides
 from finesweep.errors import ConfigError, DataError
+from finesweep.metrics import task_metrics
 from finesweep.search_space import Distribution, Param, affects_tokenisation
 
 READERS = {".csv": "csv", ".tsv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
@@ -36,17 +37,28 @@ class Split:
 
 @dataclass(frozen=True)
 class EncodedData:
-    """Train/validation/test splits of one data configuration, tokenised for one model."""
+    """Train/validation/test splits of one data configuration, tokenised for one model.
+
+    ``test`` is None in what the search's trials receive: the held-out split never leaves the driver
+    until the winner is evaluated.
+    """
 
     train: Split
     val: Split
-    test: Split
+    test: Optional[Split]
     label_names: Tuple[str, ...]
+    """Class names in label-id order; empty for regression."""
+    task: Task = Task.classification
+    """classification (int64 labels) or regression (float32 labels); never auto."""
 
     @property
     def num_labels(self) -> int:
-        """Number of classes."""
-        return len(self.label_names)
+        """Outputs of the model head: number of classes, or 1 for regression."""
+        return 1 if self.task is Task.regression else len(self.label_names)
+
+    def without_test(self) -> "EncodedData":
+        """The same data minus the held-out test split."""
+        return dataclasses.replace(self, test=None)
 
 
 @dataclass(frozen=True)
@@ -58,6 +70,15 @@ class DataCache:
     def for_config(self, config: ExperimentConfig) -> EncodedData:
         """The variant prepared for this trial's config."""
         return self.variants[fingerprint(config)]
+
+    def without_test(self) -> "DataCache":
+        """What the search's trials get: every variant without its test split."""
+        return DataCache({key: value.without_test() for key, value in self.variants.items()})
+
+    @property
+    def task(self) -> Task:
+        """The task of the data (the same for every variant)."""
+        return next(iter(self.variants.values())).task
 
 
 def fingerprint(config: ExperimentConfig) -> str:
@@ -88,24 +109,40 @@ def read_table(data: DataConfig) -> pd.DataFrame:
     return frame
 
 
-def check(data: DataConfig) -> None:
-    """Validate the data file fully (columns, rows per split) without tokenising it."""
-    frame = read_table(data)
-    _split_indices(_labels_of(frame, data)[1], data)
+def check(data: DataConfig) -> Task:
+    """Validate the data file fully (columns, labels, rows per split) without tokenising it."""
+    frame = _subsample(read_table(data), data)
+    task, _, labels = _labels_of(frame, data)
+    _split_indices(_strata(labels, task), data)
+    return task
+
+
+def check_objective(metric: str, task: Task) -> None:
+    """The objective must be a metric trials of this task report.
+
+    Raises:
+        ConfigError: e.g. val/accuracy on a regression data set.
+    """
+    reported = task_metrics(task.value)
+    if metric not in reported:
+        other = Task.classification if task is Task.regression else Task.regression
+        raise ConfigError(f"objective.metric: {metric} is not reported for a {task.value} task, got {metric}. "
+                          f"Use one of {', '.join(reported)}, or set data.task={other.value}.")
 
 
 def prepare(config: ExperimentConfig) -> EncodedData:
     """Read, subsample, split (stratified) and tokenise the data for one config."""
     data = config.data
     frame = _subsample(read_table(data), data)
-    label_names, label_ids = _labels_of(frame, data)
-    train_idx, val_idx, test_idx = _split_indices(label_ids, data)
+    task, label_names, labels = _labels_of(frame, data)
+    train_idx, val_idx, test_idx = _split_indices(_strata(labels, task), data)
     features = _tokenise(frame, config)
     return EncodedData(
-        train=_take(features, label_ids, train_idx),
-        val=_take(features, label_ids, val_idx),
-        test=_take(features, label_ids, test_idx),
+        train=_take(features, labels, train_idx),
+        val=_take(features, labels, val_idx),
+        test=_take(features, labels, test_idx),
         label_names=label_names,
+        task=task,
     )
 
 
@@ -151,19 +188,44 @@ def _subsample(frame: pd.DataFrame, data: DataConfig) -> pd.DataFrame:
     frame = frame.dropna(subset=[c for c in (data.text_column, data.label_column, data.text_pair_column) if c])
     if data.max_samples is None or data.max_samples >= len(frame):
         return frame.reset_index(drop=True)
+    task, _, labels = _labels_of(frame, data)
+    strata = pd.Series(_strata(labels, task), index=frame.index)
     fraction = data.max_samples / len(frame)
-    sampled = frame.groupby(data.label_column, group_keys=False).sample(frac=fraction, random_state=data.seed)
+    sampled = frame.groupby(strata, group_keys=False).sample(frac=fraction, random_state=data.seed)
     return sampled.sort_index().reset_index(drop=True)
 
 
-def _labels_of(frame: pd.DataFrame, data: DataConfig) -> Tuple[Tuple[str, ...], np.ndarray]:
-    raw = frame[data.label_column].astype(str)
+def _labels_of(frame: pd.DataFrame, data: DataConfig) -> Tuple[Task, Tuple[str, ...], np.ndarray]:
+    column = frame[data.label_column]
+    task = _task_of(column, data)
+    if task is Task.regression:
+        return task, (), column.to_numpy(dtype=np.float32)
+    raw = column.astype(str)
     names = tuple(sorted(raw.unique()))
     if len(names) < 2:
         raise DataError(f"data.label_column: column {data.label_column!r} needs at least 2 classes, "
                         f"got {list(names)}. Point data.label_column at the label column.")
     lookup = {name: i for i, name in enumerate(names)}
-    return names, raw.map(lookup).to_numpy(dtype=np.int64)
+    return task, names, raw.map(lookup).to_numpy(dtype=np.int64)
+
+
+def _task_of(column: pd.Series, data: DataConfig) -> Task:
+    numeric = pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column)
+    if data.task is Task.regression and not numeric:
+        raise DataError(f"data.task: regression needs numeric labels, but column {data.label_column!r} holds "
+                        f"{column.dtype} values such as {column.iloc[0]!r}. Set data.task=classification.")
+    if data.task is not Task.auto:
+        return data.task
+    whole = numeric and bool(np.all(np.mod(column.to_numpy(dtype=np.float64), 1) == 0))
+    return Task.regression if numeric and not whole else Task.classification
+
+
+def _strata(labels: np.ndarray, task: Task) -> np.ndarray:
+    """Split strata: the classes, or for regression the quartile each target falls in."""
+    if task is Task.classification:
+        return labels
+    edges = np.quantile(labels, [0.25, 0.5, 0.75])
+    return np.searchsorted(edges, labels, side="right")
 
 
 def _split_indices(labels: np.ndarray, data: DataConfig) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -48,7 +48,8 @@ def run(composed: Composed, cache: DataCache, console: Console, trainable: Calla
         parent_id = tracker.start()
         try:
             with view:
-                records = run_sweep(config, composed.params, trainable, [tracker, view], base=config, cache=cache)
+                records = run_sweep(config, composed.params, trainable, [tracker, view], base=config,
+                                     cache=cache.without_test())
             interrupted = any(r.status is TrialStatus.running for r in records)
         finally:
             records = records or view.records

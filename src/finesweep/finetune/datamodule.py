@@ -37,6 +37,8 @@ class EncodedDataModule(pl.LightningDataModule):
         return self._loader(self.data.val, shuffle=False)
 
     def test_dataloader(self) -> DataLoader:
+        if self.data.test is None:
+            raise RuntimeError("the test split is held out on the driver; search trials never receive it")
         self.test_loads += 1
         return self._loader(self.data.test, shuffle=False)
 
