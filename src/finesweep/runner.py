@@ -71,5 +71,8 @@ def run(composed: Composed, cache: DataCache, console: Console, trainable: Calla
 def _describe(param: object) -> dict:
     from dataclasses import asdict
 
-    return {k: (v.value if hasattr(v, "value") else list(v) if isinstance(v, tuple) else v)
-            for k, v in asdict(param).items() if v not in (None, (), False) and k != "key"}  # type: ignore[arg-type]
+    described = {k: (v.value if hasattr(v, "value") else list(v) if isinstance(v, tuple) else v)
+                 for k, v in asdict(param).items() if v not in (None, (), False) and k not in ("key", "when")}
+    if param.when:  # type: ignore[attr-defined]
+        described["when"] = {k: list(v) for k, v in param.when}  # type: ignore[attr-defined]
+    return described

@@ -8,7 +8,7 @@ from typing import Callable, Dict, Sequence
 import optuna
 
 from finesweep.config import Sampler, SearchConfig
-from finesweep.search_space import Param, grid
+from finesweep.search_space import Param, grid, is_conditional
 
 
 def make_sampler(search: SearchConfig, params: Sequence[Param]) -> optuna.samplers.BaseSampler:
@@ -19,6 +19,11 @@ def make_sampler(search: SearchConfig, params: Sequence[Param]) -> optuna.sample
 
 
 def _grid(search: SearchConfig, params: Sequence[Param]) -> optuna.samplers.BaseSampler:
+    grid(params)  # raises on continuous ranges
+    if is_conditional(params):
+        # GridSampler needs one fixed space; BruteForceSampler walks each define-by-run branch
+        # exhaustively and skips running leaves, so every active combination runs exactly once.
+        return optuna.samplers.BruteForceSampler(seed=search.seed)
     return optuna.samplers.GridSampler(grid(params), seed=search.seed)
 
 

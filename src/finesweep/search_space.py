@@ -12,6 +12,7 @@ rule once, before anything starts. No Ray import here.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import enum
 import itertools
@@ -45,7 +46,7 @@ class Distribution(str, enum.Enum):
     categorical = "categorical"
 
 
-_FIELDS = {
+_FIELDS = {  # per distribution; every distribution may also have `when`
     Distribution.uniform: {"low", "high", "step"},
     Distribution.float: {"low", "high", "step"},
     Distribution.loguniform: {"low", "high"},
@@ -65,6 +66,12 @@ class Param:
     step: Optional[float] = None
     log: bool = False
     choices: Tuple[Any, ...] = ()
+    when: Tuple[Tuple[str, Tuple[Any, ...]], ...] = ()
+    """Conditions: the parameter exists only while each named categorical holds one of the values."""
+
+    def is_active(self, values: Mapping[str, Any]) -> bool:
+        """Whether this parameter exists given the values sampled so far (its parents come first)."""
+        return all(key in values and values[key] in allowed for key, allowed in self.when)
 
     @property
     def is_finite(self) -> bool:
@@ -99,13 +106,18 @@ def parse_space(space: Mapping[str, Any], config: ExperimentConfig) -> Tuple[Par
     Raises:
         SearchSpaceError: the first rule broken, naming the key, the value and the fix.
     """
-    return tuple(_parse_param(str(key), spec, config) for key, spec in space.items())
+    params: List[Param] = []
+    for key, spec in space.items():
+        params.append(_parse_param(str(key), spec, config, params))
+    return tuple(params)
 
 
 def suggest(trial: Any, params: Sequence[Param]) -> Dict[str, Any]:
-    """Define-by-run: ask an Optuna trial (or Ray's captor of one) for every parameter."""
+    """Define-by-run: ask an Optuna trial (or Ray's captor of one) for every active parameter."""
     values: Dict[str, Any] = {}
     for param in params:
+        if not param.is_active(values):
+            continue
         dist = param.to_optuna()
         if isinstance(dist, optuna.distributions.CategoricalDistribution):
             values[param.key] = trial.suggest_categorical(param.key, list(dist.choices))
@@ -135,8 +147,15 @@ def grid(params: Sequence[Param]) -> Dict[str, List[Any]]:
 
 
 def grid_size(params: Sequence[Param]) -> int:
-    """Number of combinations the grid sampler runs."""
-    return math.prod(len(values) for values in grid(params).values())
+    """Number of combinations the grid sampler runs (each conditional branch counted separately)."""
+    if not is_conditional(params):
+        return math.prod(len(values) for values in grid(params).values())
+    return sum(1 for _ in iter_grid(params))
+
+
+def is_conditional(params: Sequence[Param]) -> bool:
+    """Whether any parameter exists only under a value of another."""
+    return any(param.when for param in params)
 
 
 def planned_trials(config: ExperimentConfig, params: Sequence[Param]) -> int:
@@ -147,10 +166,21 @@ def planned_trials(config: ExperimentConfig, params: Sequence[Param]) -> int:
 
 
 def iter_grid(params: Sequence[Param]) -> Iterator[Dict[str, Any]]:
-    """Every combination of a finite space, as dotted-key dicts."""
+    """Every combination of a finite space, as dotted-key dicts holding only active parameters."""
     values = grid(params)
-    for combo in itertools.product(*values.values()):
-        yield dict(zip(values, combo))
+    yield from _branches(list(params), values, {})
+
+
+def _branches(params: List[Param], values: Dict[str, List[Any]], chosen: Dict[str, Any]) -> Iterator[Dict[str, Any]]:
+    if not params:
+        yield dict(chosen)
+        return
+    head, rest = params[0], params[1:]
+    if not head.is_active(chosen):
+        yield from _branches(rest, values, chosen)
+        return
+    for value in values[head.key]:
+        yield from _branches(rest, values, {**chosen, head.key: value})
 
 
 def affects_tokenisation(key: str) -> bool:
@@ -158,7 +188,7 @@ def affects_tokenisation(key: str) -> bool:
     return key in TOKENISATION_KEYS or (key.startswith("data.") and key not in NOT_TOKENISATION_KEYS)
 
 
-def _parse_param(key: str, spec: Any, config: ExperimentConfig) -> Param:
+def _parse_param(key: str, spec: Any, config: ExperimentConfig, earlier: Sequence[Param] = ()) -> Param:
     where = f"space.{key}"
     _check_key(key, config)
     if not isinstance(spec, Mapping) or "distribution" not in spec:
@@ -166,7 +196,7 @@ def _parse_param(key: str, spec: Any, config: ExperimentConfig) -> Param:
             f"{where}: each entry must be a mapping with a distribution, got {spec!r}. "
             "Write e.g. {distribution: loguniform, low: 1.0e-5, high: 1.0e-3}.")
     dist = _distribution(where, spec["distribution"])
-    extra = set(spec) - _FIELDS[dist] - {"distribution"}
+    extra = set(spec) - _FIELDS[dist] - {"distribution", "when"}
     if extra:
         raise SearchSpaceError(
             f"{where}: unknown field(s) {', '.join(sorted(map(str, extra)))} for distribution "
@@ -177,7 +207,30 @@ def _parse_param(key: str, spec: Any, config: ExperimentConfig) -> Param:
             f"{where}: data is tokenised once per sweep for each value of {key}, so it can only be "
             f"searched as categorical, got {dist.value}. Use {{distribution: categorical, choices: [...]}}.")
     _check_types(where, key, param, config)
+    if "when" in spec:
+        param = dataclasses.replace(param, when=_conditions(where, spec["when"], earlier))
     return param
+
+
+def _conditions(where: str, when: Any, earlier: Sequence[Param]) -> Tuple[Tuple[str, Tuple[Any, ...]], ...]:
+    if not isinstance(when, Mapping) or not when:
+        raise SearchSpaceError(f"{where}: when must map a categorical key to its value(s), got when={when!r}. "
+                               "Write e.g. when: {finetune.strategy: freeze}.")
+    parents = {p.key: p for p in earlier if p.distribution is Distribution.categorical}
+    conditions = []
+    for key, allowed in when.items():
+        if key not in parents:
+            raise SearchSpaceError(
+                f"{where}: when refers to {key!r}, which is not a categorical key listed before it in space "
+                f"(known: {', '.join(parents) or 'none'}). Declare {key} as categorical above this entry.")
+        values = tuple(allowed) if isinstance(allowed, (list, tuple)) else (allowed,)
+        unknown = [v for v in values if v not in parents[key].choices]
+        if unknown or not values:
+            raise SearchSpaceError(
+                f"{where}: when {key} = {unknown[0] if unknown else values!r} can never hold, {key} takes "
+                f"{list(parents[key].choices)}. Use one of those values.")
+        conditions.append((str(key), values))
+    return tuple(conditions)
 
 
 def _check_key(key: str, config: ExperimentConfig) -> None:
@@ -196,8 +249,6 @@ def _check_key(key: str, config: ExperimentConfig) -> None:
 
 
 def _leaf_keys(config: Any, prefix: str = "") -> List[str]:
-    import dataclasses
-
     keys = []
     for f in dataclasses.fields(config):
         if f.name in SWEEP_SECTIONS:
