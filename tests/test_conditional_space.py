@@ -107,7 +107,7 @@ BAD = [
     ("parent-listed-after", {"finetune.freeze_layers": {"distribution": "int", "low": 1, "high": 3,
                                                         "when": {"finetune.strategy": "freeze"}},
                              "finetune.strategy": SPACE["finetune.strategy"]},
-     r"when refers to 'finetune\.strategy', which is not a categorical key listed before it \(known: none\)"),
+     r"when refers to 'finetune\.strategy', which is not a categorical key listed before it in space \(known: none\)"),
     ("not-a-mapping", {"finetune.strategy": SPACE["finetune.strategy"],
                        "finetune.freeze_layers": {"distribution": "int", "low": 1, "high": 3, "when": "freeze"}},
      r"when must map a categorical key to its value\(s\), got when='freeze'"),
