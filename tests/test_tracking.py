@@ -91,3 +91,30 @@ def test_interrupted_sweep_closes_running_trials(config: ExperimentConfig, tmp_p
 
 def test_git_state_outside_a_repo(tmp_path: Path) -> None:
     assert git_state(tmp_path) == ("unknown", "unknown")
+
+
+def test_registered_model_reloads_and_predicts(config: ExperimentConfig, tiny_model: Path, tmp_path: Path) -> None:
+    import mlflow
+    import pandas as pd
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tracker = SweepTracker(config, {}, Path("sweeps/demo.yaml").resolve(), "")
+    tracker.start()
+    meta = {"task": "classification", "label_names": ["negative", "neutral", "positive"], "text_column": "text",
+            "text_pair_column": None, "max_length": 32, "objective": "val/accuracy"}
+    version = tracker.register(tiny_model, str(tiny_model), meta)
+    assert version == "demo/1"
+    mlflow.set_tracking_uri(config.tracking.uri)
+    model = mlflow.pyfunc.load_model("models:/demo/1")
+    texts = ["the movie was good", "a sad awful day"]
+    predicted = model.predict(pd.DataFrame({"text": texts}))
+    assert list(predicted.columns) == ["label", "score"]
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    reference = AutoModelForSequenceClassification.from_pretrained(tiny_model).eval()
+    with torch.no_grad():
+        logits = reference(**tokenizer(texts, padding=True, return_tensors="pt")).logits
+    assert list(predicted["label"]) == [meta["label_names"][i] for i in logits.argmax(dim=1).tolist()]
+    client = MlflowClient(config.tracking.uri)
+    assert client.get_registered_model("demo").name == "demo"
+    assert client.get_run(tracker.parent_id).data.tags["finesweep.registered_model"] == "demo/1"

@@ -130,6 +130,14 @@ def check_objective(metric: str, task: Task) -> None:
                           f"Use one of {', '.join(reported)}, or set data.task={other.value}.")
 
 
+def split_rows(data: DataConfig) -> Dict[str, pd.DataFrame]:
+    """The raw rows of each split (train, val, test), exactly as ``prepare`` splits them."""
+    frame = _subsample(read_table(data), data)
+    task, _, labels = _labels_of(frame, data)
+    indices = _split_indices(_strata(labels, task), data)
+    return {name: frame.iloc[idx].reset_index(drop=True) for name, idx in zip(("train", "val", "test"), indices)}
+
+
 def prepare(config: ExperimentConfig) -> EncodedData:
     """Read, subsample, split (stratified) and tokenise the data for one config."""
     data = config.data

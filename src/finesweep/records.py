@@ -36,6 +36,8 @@ class TrialRecord:
     best_epoch: Optional[int] = None
     checkpoint: Optional[str] = None
     error: Optional[str] = None
+    phase: str = "search"
+    """search, or final (re-training the best configurations with fresh seeds)."""
 
     @property
     def epochs_run(self) -> int:

@@ -7,8 +7,11 @@ in-trial logger's run FAILED or RUNNING without its last epoch. The driver knows
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import shutil
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,10 +24,12 @@ import finesweep
 from finesweep.config import ExperimentConfig
 from finesweep.errors import ConfigError
 from finesweep.records import TrialRecord, TrialStatus
+from finesweep.selection import Selection, test_summary
 
 ROLE_TAG = "finesweep.role"
 STATUS_TAG = "finesweep.trial_status"
 PARENT_TAG = "mlflow.parentRunId"
+PHASE_TAG = "finesweep.phase"
 MAX_PARAM_CHARS = 6000  # MLflow's limit on one param value
 
 
@@ -88,8 +93,9 @@ class SweepTracker:
 
     def trial_started(self, record: TrialRecord) -> None:
         tags = {PARENT_TAG: self.parent_id, ROLE_TAG: "trial", STATUS_TAG: TrialStatus.running.value,
-                "finesweep.trial_id": record.trial_id}
-        run = self.client.create_run(self.experiment_id, run_name=f"trial-{record.number:03d}", tags=tags)
+                "finesweep.trial_id": record.trial_id, PHASE_TAG: record.phase}
+        prefix = "trial" if record.phase == "search" else record.phase
+        run = self.client.create_run(self.experiment_id, run_name=f"{prefix}-{record.number:03d}", tags=tags)
         self._children[record.trial_id] = run.info.run_id
         params = [Param(k, _param_value(v)) for k, v in record.params.items()]
         if params:
@@ -124,6 +130,50 @@ class SweepTracker:
             self._log_best(best)
         status = RunStatus.KILLED if interrupted else (RunStatus.FINISHED if best else RunStatus.FAILED)
         self.client.set_terminated(self.parent_id, RunStatus.to_string(status))
+
+    def log_selection(self, selection: "Selection", board: List[Dict[str, Any]]) -> None:
+        """Record model selection on the parent: test metrics, mean +- std, leaderboard, latency."""
+        metric = self.config.objective.metric
+        metrics = dict(selection.test_metrics)
+        metrics[f"final/val/{metric}/mean"] = selection.winner.mean
+        metrics[f"final/val/{metric}/std"] = selection.winner.std
+        for name, (mean, std) in test_summary(selection.winner).items():
+            metrics[f"final/{name}/mean"], metrics[f"final/{name}/std"] = mean, std
+        metrics["inference/latency_ms_per_example"] = selection.latency_ms
+        now = int(time.time() * 1000)
+        self.client.log_batch(self.parent_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
+                              tags=[RunTag("finesweep.inference_device", selection.device),
+                                    RunTag("finesweep.final_runs", str(len(selection.winner.runs)))])
+        import pandas as pd
+
+        frame = pd.DataFrame(board)
+        self.client.log_text(self.parent_id, frame.to_csv(index=False), "final/leaderboard.csv")
+        self.client.log_text(self.parent_id, frame.to_markdown(index=False) if _has_tabulate() else frame.to_string(),
+                             "final/leaderboard.md")
+
+    def register(self, weights: Path, tokenizer_source: str, meta: Dict[str, Any]) -> str:
+        """Log the winner as an MLflow model on the parent run and register it; return 'name/version'."""
+        import mlflow
+        from mlflow.models import ModelSignature
+        from mlflow.types import ColSpec, Schema
+
+        name = self.config.registered_model_name
+        with tempfile.TemporaryDirectory(prefix="finesweep-model-") as folder:
+            package = _model_package(Path(folder), weights, tokenizer_source, meta)
+            columns = [ColSpec("string", meta["text_column"])]
+            if meta.get("text_pair_column"):
+                columns.append(ColSpec("string", meta["text_pair_column"]))
+            outputs = ([ColSpec("double", "prediction")] if meta["task"] == "regression"
+                       else [ColSpec("string", "label"), ColSpec("double", "score")])
+            mlflow.set_tracking_uri(self.config.tracking.uri)
+            with mlflow.start_run(run_id=self.parent_id):
+                info = mlflow.pyfunc.log_model(
+                    name="model", python_model=_serving_source(), artifacts={"model": str(package)},
+                    registered_model_name=name, signature=ModelSignature(Schema(columns), Schema(outputs)),
+                    pip_requirements=["mlflow", "torch", "transformers", "safetensors", "pandas", "numpy"])
+        version = str(info.registered_model_version)
+        self.client.set_tag(self.parent_id, "finesweep.registered_model", f"{name}/{version}")
+        return f"{name}/{version}"
 
     def _log_best(self, best: TrialRecord) -> None:
         metric = self.config.objective.metric
@@ -173,7 +223,8 @@ def _row(client: MlflowClient, experiment: str, run: Any) -> SweepRow:
                                   max_results=10000)
     counts: Dict[str, int] = {s.value: 0 for s in TrialStatus}
     for child in children:
-        counts[child.data.tags.get(STATUS_TAG, TrialStatus.running.value)] += 1
+        if child.data.tags.get(PHASE_TAG, "search") == "search":
+            counts[child.data.tags.get(STATUS_TAG, TrialStatus.running.value)] += 1
     objective = run.data.tags.get("finesweep.objective", "")
     metric = objective.split(" ", 1)[-1]
     return SweepRow(experiment, run.info.run_name or "", run.info.run_id, run.info.start_time / 1000.0,
@@ -203,6 +254,26 @@ def _experiment_id(client: MlflowClient, config: ExperimentConfig) -> str:
         raise ConfigError(f"tracking.experiment: MLflow experiment {name!r} is deleted. "
                           f"Restore it (mlflow experiments restore) or set tracking.experiment to a new name.")
     return experiment.experiment_id
+
+
+def _model_package(folder: Path, weights: Path, tokenizer_source: str, meta: Dict[str, Any]) -> Path:
+    from transformers import AutoTokenizer
+
+    for item in weights.iterdir():
+        if item.is_file():
+            shutil.copy2(item, folder / item.name)
+    AutoTokenizer.from_pretrained(tokenizer_source).save_pretrained(folder)
+    (folder / "finesweep.json").write_text(json.dumps(meta, indent=2))
+    return folder
+
+
+def _serving_source() -> str:
+    spec = importlib.util.find_spec("finesweep.serving")
+    return str(spec.origin) if spec and spec.origin else ""
+
+
+def _has_tabulate() -> bool:
+    return importlib.util.find_spec("tabulate") is not None
 
 
 def _param_value(value: Any) -> str:

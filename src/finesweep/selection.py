@@ -1,0 +1,182 @@
+"""Model selection after the search, done the way a careful practitioner would.
+
+1. The search only ever saw train and validation data (trials never receive the test split).
+2. With ``final.seeds > 0`` the ``final.top_k`` best configurations are re-trained with fresh seeds
+   and ranked by their mean validation score, so a lucky seed does not win.
+3. Only then is the winning configuration evaluated on the test split: once per model of the
+   winner (once in total without re-training). No other configuration ever touches it.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+from finesweep.config import ExperimentConfig, Mode, with_overrides
+from finesweep.data import DataCache, EncodedData
+from finesweep.records import TrialRecord, TrialStatus, ranked
+
+SEED_KEY = "trainer.seed"
+
+
+@dataclass
+class Candidate:
+    """One configuration in the final ranking, with every run that scored it."""
+
+    params: Dict[str, Any]
+    runs: List[TrialRecord]
+    test: List[Dict[str, float]] = field(default_factory=list)
+
+    @property
+    def scores(self) -> List[float]:
+        """Best objective value of each run."""
+        return [r.best_value for r in self.runs if r.best_value is not None]
+
+    @property
+    def mean(self) -> float:
+        """Mean of the runs' best objective values."""
+        return statistics.fmean(self.scores) if self.scores else float("nan")
+
+    @property
+    def std(self) -> float:
+        """Sample standard deviation of the runs' best values (0 for a single run)."""
+        return statistics.stdev(self.scores) if len(self.scores) > 1 else 0.0
+
+
+@dataclass
+class Selection:
+    """The outcome of model selection."""
+
+    candidates: List[Candidate]
+    """Ranked, best first; candidates[0] is the winning configuration."""
+    chosen: TrialRecord
+    """The run whose weights are the winner's model (best validation among the winner's runs)."""
+    test_metrics: Dict[str, float]
+    """Test metrics of the chosen model."""
+    final_records: List[TrialRecord]
+    latency_ms: float
+    device: str
+
+    @property
+    def winner(self) -> Candidate:
+        """The winning configuration."""
+        return self.candidates[0]
+
+
+def candidates(records: Sequence[TrialRecord], config: ExperimentConfig) -> List[Candidate]:
+    """The top-k distinct configurations of the search, best first (failed trials excluded)."""
+    chosen: List[Candidate] = []
+    for record in ranked([r for r in records if r.status is not TrialStatus.failed], config.objective.mode):
+        if all(c.params != record.params for c in chosen):
+            chosen.append(Candidate(dict(record.params), [record]))
+        if len(chosen) == config.final.top_k:
+            break
+    return chosen
+
+
+def seed_points(config: ExperimentConfig, ranked_candidates: Sequence[Candidate]) -> List[Dict[str, Any]]:
+    """Each candidate's values once per fresh seed (seeds the search never used)."""
+    seeds = [config.trainer.seed + 1 + i for i in range(config.final.seeds)]
+    return [{**c.params, SEED_KEY: seed} for c in ranked_candidates for seed in seeds]
+
+
+def regroup(ranked_candidates: List[Candidate], final_records: Sequence[TrialRecord], mode: Mode) -> List[Candidate]:
+    """Replace each candidate's runs by its re-training runs and rank by their mean."""
+    for candidate in ranked_candidates:
+        candidate.runs = [r for r in final_records
+                          if {k: v for k, v in r.params.items() if k != SEED_KEY} == candidate.params
+                          and r.status is not TrialStatus.failed and r.best_value is not None]
+    scored = [c for c in ranked_candidates if c.runs]
+    sign = -1.0 if mode is Mode.max else 1.0
+    return sorted(scored, key=lambda c: sign * c.mean)
+
+
+def select(config: ExperimentConfig, records: Sequence[TrialRecord], cache: DataCache,
+           retrain: Callable[[List[Dict[str, Any]], int], List[TrialRecord]],
+           evaluate: Callable[[ExperimentConfig, EncodedData, Path, str], Dict[str, float]]) -> Optional[Selection]:
+    """Run model selection; None when no trial produced a checkpoint.
+
+    Args:
+        config: the sweep's config.
+        records: the search's trials.
+        cache: the full data, test split included (the driver's copy).
+        retrain: runs fixed configurations (values incl. ``trainer.seed``) to their full budget.
+        evaluate: computes ``<split>/<metric>`` of saved weights on a split.
+    """
+    ranked_candidates = candidates(records, config)
+    final_records: List[TrialRecord] = []
+    if config.final.seeds > 0 and ranked_candidates:
+        final_records = retrain(seed_points(config, ranked_candidates), len(records))
+        ranked_candidates = regroup(ranked_candidates, final_records, config.objective.mode) or ranked_candidates
+    ranked_candidates = [c for c in ranked_candidates if any(r.checkpoint for r in c.runs)]
+    if not ranked_candidates:
+        return None
+    winner = ranked_candidates[0]
+    winner_config = with_overrides(config, winner.params)
+    data = cache.for_config(winner_config)
+    for run in winner.runs:  # the only place the test split is read
+        if run.checkpoint:
+            winner.test.append(evaluate(winner_config, data, Path(run.checkpoint), "test"))
+    chosen = _best_run(winner.runs, config.objective.mode)
+    test_metrics = winner.test[[r for r in winner.runs if r.checkpoint].index(chosen)]
+    latency, device = measure_latency(Path(str(chosen.checkpoint)), data, winner_config.data.batch_size)
+    return Selection(ranked_candidates, chosen, test_metrics, final_records, latency, device)
+
+
+def leaderboard(selection: Selection, metric: str) -> List[Dict[str, Any]]:
+    """Rows of the final ranking: values, runs, mean +- std of validation (and test for the winner)."""
+    rows = []
+    for rank, candidate in enumerate(selection.candidates, start=1):
+        row: Dict[str, Any] = {"rank": rank, **candidate.params, "runs": len(candidate.runs),
+                               f"val {metric} mean": candidate.mean, f"val {metric} std": candidate.std}
+        for name, (mean, std) in test_summary(candidate).items():
+            row[f"{name} mean"], row[f"{name} std"] = mean, std
+        rows.append(row)
+    return rows
+
+
+def test_summary(candidate: Candidate) -> Dict[str, Tuple[float, float]]:
+    """Mean and std of each test metric over the candidate's evaluated runs (the winner only)."""
+    if not candidate.test:
+        return {}
+    summary = {}
+    for name in candidate.test[0]:
+        values = [t[name] for t in candidate.test]
+        summary[name] = (statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0)
+    return summary
+
+
+def measure_latency(weights: Path, data: EncodedData, batch_size: int, examples: int = 256) -> Tuple[float, str]:
+    """Milliseconds per example of the saved model's forward pass on validation batches, and the device."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = AutoModelForSequenceClassification.from_pretrained(weights).to(device).eval()
+    features = {k: torch.from_numpy(v[:examples].astype("int64")) for k, v in data.val.features.items()}
+    count = len(features["input_ids"])
+    batches = [_trimmed(features, i, batch_size, device) for i in range(0, count, batch_size)]
+    with torch.no_grad():
+        model(**batches[0])  # warm-up
+        start = time.perf_counter()
+        for batch in batches:
+            model(**batch)
+        if device == "cuda":
+            torch.cuda.synchronize()
+    return 1000.0 * (time.perf_counter() - start) / max(1, count), device
+
+
+def _trimmed(features: Dict[str, Any], start: int, size: int, device: str) -> Dict[str, Any]:
+    # Cut padding the way training batches are cut (finetune/datamodule.py), so latency is realistic.
+    width = max(1, int(features["attention_mask"][start:start + size].sum(dim=1).max()))
+    return {k: v[start:start + size, :width].to(device) for k, v in features.items()}
+
+
+def _best_run(runs: Sequence[TrialRecord], mode: Mode) -> TrialRecord:
+    with_weights = [r for r in runs if r.checkpoint and r.best_value is not None]
+    sign = -1.0 if mode is Mode.max else 1.0
+    return min(with_weights, key=lambda r: (sign * float(r.best_value or 0.0), r.number))
+

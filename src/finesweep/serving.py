@@ -1,0 +1,67 @@
+"""The MLflow model of a sweep's winner: raw text in, predicted labels (or values) and scores out.
+
+Logged as an MLflow "model from code": MLflow keeps this file's source next to the weights and
+runs it on load, so no pickled object is ever executed, and the weights load from safetensors.
+Load it anywhere MLflow, torch and transformers are installed::
+
+    model = mlflow.pyfunc.load_model("models:/demo/latest")
+    model.predict(pandas.DataFrame({"text": ["what a great day", "my flight got cancelled"]}))
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import mlflow
+import numpy as np
+import pandas as pd
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+META_FILE = "finesweep.json"
+BATCH = 64
+
+
+class TextModel(mlflow.pyfunc.PythonModel):  # type: ignore[misc]
+    """Tokenises raw text exactly as during fine-tuning and runs the classifier or regressor."""
+
+    def load_context(self, context: Any) -> None:
+        folder = Path(context.artifacts["model"])
+        self.meta: Dict[str, Any] = json.loads((folder / META_FILE).read_text())
+        self.tokenizer = AutoTokenizer.from_pretrained(folder)
+        self.model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
+
+    # No type hints here on purpose: MLflow turns predict()'s hints into a schema of its own and warns;
+    # the logged signature (text columns in; label + score, or prediction, out) is the schema.
+    def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
+        frame = self._frame(model_input)
+        outputs = [self._logits(frame.iloc[i:i + BATCH]) for i in range(0, len(frame), BATCH)]
+        logits = np.concatenate(outputs) if outputs else np.zeros((0, max(1, len(self.meta["label_names"]))))
+        if self.meta["task"] == "regression":
+            return pd.DataFrame({"prediction": logits[:, 0]})
+        probs = torch.softmax(torch.from_numpy(logits), dim=-1).numpy()
+        names = self.meta["label_names"]
+        return pd.DataFrame({"label": [names[i] for i in probs.argmax(axis=1)], "score": probs.max(axis=1)})
+
+    def _frame(self, model_input: Any) -> pd.DataFrame:
+        text, pair = self.meta["text_column"], self.meta.get("text_pair_column")
+        if isinstance(model_input, pd.DataFrame):
+            if text not in model_input.columns and len(model_input.columns) >= 1:
+                model_input = model_input.rename(columns={model_input.columns[0]: text})
+            return model_input
+        rows: List[Any] = list(model_input)
+        return pd.DataFrame({text: rows}) if not pair else pd.DataFrame(rows, columns=[text, pair])
+
+    @torch.no_grad()
+    def _logits(self, frame: pd.DataFrame) -> np.ndarray:
+        pair = self.meta.get("text_pair_column")
+        encoded = self.tokenizer(frame[self.meta["text_column"]].astype(str).tolist(),
+                                 frame[pair].astype(str).tolist() if pair else None,
+                                 truncation=True, max_length=self.meta["max_length"], padding=True,
+                                 return_tensors="pt")
+        return self.model(**encoded).logits.float().numpy()
+
+
+mlflow.models.set_model(TextModel())

@@ -1,0 +1,90 @@
+"""Model selection: top-k with fresh seeds ranked by the mean, test split read only for the winner."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Dict, List
+
+import pytest
+
+from finesweep import data
+from finesweep.cli import compose
+from finesweep.config import ExperimentConfig, Mode
+from finesweep.data import EncodedData
+from finesweep.records import TrialRecord, TrialStatus
+from finesweep.selection import candidates, leaderboard, select, seed_points
+
+
+@pytest.fixture()
+def config(tiny_model: Path, tiny_csv: Path) -> ExperimentConfig:
+    return compose("demo", [f"model.name_or_path={tiny_model}", f"data.path={tiny_csv}", "data.label_column=label",
+                            "data.max_samples=null", "data.max_length=16", "final.top_k=2", "final.seeds=3"]).config
+
+
+def record(number: int, lr: float, values: List[float], checkpoint: str = "", phase: str = "search",
+           seed: int = -1, status: TrialStatus = TrialStatus.completed) -> TrialRecord:
+    params: Dict[str, Any] = {"optim.lr": lr} if seed < 0 else {"optim.lr": lr, "trainer.seed": seed}
+    rec = TrialRecord(f"t{number}", number, params, phase=phase)
+    for epoch, value in enumerate(values, start=1):
+        rec.add_result({"val/accuracy": value, "epoch": float(epoch)}, "val/accuracy", Mode.max)
+    rec.status, rec.checkpoint = status, checkpoint or None
+    return rec
+
+
+def test_candidates_are_distinct_top_k(config: ExperimentConfig) -> None:
+    records = [record(0, 0.1, [0.9]), record(1, 0.1, [0.8]), record(2, 0.2, [0.85]),
+               record(3, 0.3, [0.99], status=TrialStatus.failed)]
+    top = candidates(records, config)
+    assert [c.params for c in top] == [{"optim.lr": 0.1}, {"optim.lr": 0.2}]
+    assert seed_points(config, top) == [{"optim.lr": 0.1, "trainer.seed": s} for s in (1, 2, 3)] + \
+        [{"optim.lr": 0.2, "trainer.seed": s} for s in (1, 2, 3)]
+
+
+def test_lucky_seed_does_not_win_and_only_the_winner_reads_test(config: ExperimentConfig, tmp_path: Path) -> None:
+    cache = data.prepare_all(config, ())
+    search = [record(0, 0.1, [0.95], "s0"), record(1, 0.2, [0.90], "s1")]
+    # lr 0.1 was lucky in the search: re-trained with fresh seeds it averages 0.70; lr 0.2 averages 0.88.
+    final = {0.1: [0.60, 0.70, 0.80], 0.2: [0.86, 0.88, 0.90]}
+    retrained: List[List[Dict[str, Any]]] = []
+
+    def retrain(points: List[Dict[str, Any]], first: int) -> List[TrialRecord]:
+        retrained.append(points)
+        return [record(first + i, p["optim.lr"], [final[p["optim.lr"]][p["trainer.seed"] - 1]],
+                       str(tmp_path / f"w{i}"), "final", p["trainer.seed"]) for i, p in enumerate(points)]
+
+    evaluated: List[tuple] = []
+
+    def evaluate(cfg: ExperimentConfig, encoded: EncodedData, weights: Path, split: str) -> Dict[str, float]:
+        evaluated.append((cfg.optim.lr, weights.name, split))
+        assert encoded.test is not None
+        return {"test/accuracy": 0.5 + 0.1 * len(evaluated)}
+
+    import finesweep.selection as selection
+
+    selection_latency = selection.measure_latency
+    selection.measure_latency = lambda *a, **k: (1.5, "cpu")  # type: ignore[assignment]
+    try:
+        outcome = select(config, search, cache, retrain, evaluate)
+    finally:
+        selection.measure_latency = selection_latency  # type: ignore[assignment]
+    assert outcome is not None and len(retrained[0]) == 6
+    assert outcome.winner.params == {"optim.lr": 0.2}
+    assert outcome.winner.mean == pytest.approx(0.88) and outcome.winner.std == pytest.approx(0.02)
+    assert {lr for lr, _, _ in evaluated} == {0.2} and {s for _, _, s in evaluated} == {"test"}
+    assert len(evaluated) == 3, "each of the winner's models is evaluated on test once; no other configuration"
+    assert outcome.chosen.best_value == 0.90 and outcome.chosen.params["trainer.seed"] == 3
+    board = leaderboard(outcome, "val/accuracy")
+    assert [row["optim.lr"] for row in board] == [0.2, 0.1]
+    assert board[0]["test/accuracy mean"] == pytest.approx(0.7) and "test/accuracy mean" not in board[1]
+
+
+def test_without_reseeding_the_search_winner_is_evaluated_once(config: ExperimentConfig) -> None:
+    config = dataclasses.replace(config, final=dataclasses.replace(config.final, seeds=0))
+    cache = data.prepare_all(config, ())
+    calls: List[str] = []
+    search = [record(0, 0.1, [0.7, 0.9, 0.8], str(config.model.name_or_path)), record(1, 0.2, [0.85], "x")]
+    outcome = select(config, search, cache, lambda p, f: pytest.fail("no re-training"),
+                     lambda c, d, w, s: calls.append(s) or {"test/accuracy": 0.8})
+    assert outcome is not None and calls == ["test"]
+    assert outcome.chosen is search[0] and outcome.latency_ms > 0 and outcome.device == "cpu"
