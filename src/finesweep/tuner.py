@@ -30,9 +30,12 @@ WORKER_ENV = {
 }
 
 
+POINT_KEY = "__finesweep_point__"
+
+
 def run_sweep(config: ExperimentConfig, params: Sequence[Param], trainable: Callable[..., None],
               listeners: Sequence[SweepListener], **trainable_kwargs: Any) -> List[TrialRecord]:
-    """Run every trial on the Ray cluster Ray is connected to; return what happened to each.
+    """Run the search on the Ray cluster Ray is connected to; return what happened to each trial.
 
     Args:
         config: the validated experiment config (handed to every trial as ``base``).
@@ -41,24 +44,48 @@ def run_sweep(config: ExperimentConfig, params: Sequence[Param], trainable: Call
         listeners: receive trial events on the driver, in order.
         trainable_kwargs: large read-only inputs, put once into Ray's object store.
     """
-    os.environ.update(WORKER_ENV)
     scheduler = _scheduler(config)
-    bridge = _EventBridge(config, scheduler, listeners)
+    tune_config = tune.TuneConfig(
+        metric=config.objective.metric,
+        mode=config.objective.mode.value,
+        search_alg=_searcher(config, params),
+        scheduler=scheduler,
+        num_samples=planned_trials(config, params),
+        max_concurrent_trials=config.search.max_concurrent,
+        reuse_actors=True,  # warm workers: ~0.01 s per trial instead of ~5.5 s
+    )
+    bridge = _EventBridge(config, scheduler, listeners, phase="search", first_number=0)
+    _fit(config, tune.with_parameters(trainable, **trainable_kwargs), tune_config, bridge, {}, "search")
+    return bridge.records
+
+
+def run_points(config: ExperimentConfig, points: Sequence[Dict[str, Any]], trainable: Callable[..., None],
+               listeners: Sequence[SweepListener], first_number: int, **trainable_kwargs: Any) -> List[TrialRecord]:
+    """Run fixed configurations for their full budget (no searcher, no early termination).
+
+    The final phase uses this to re-train the best configurations with fresh seeds.
+    """
+    tune_config = tune.TuneConfig(metric=config.objective.metric, mode=config.objective.mode.value,
+                                  max_concurrent_trials=config.search.max_concurrent, reuse_actors=True)
+    bridge = _EventBridge(config, FIFOScheduler(), listeners, phase="final", first_number=first_number)
+    wrapped = tune.with_parameters(_run_point, trainable=trainable, **trainable_kwargs)
+    _fit(config, wrapped, tune_config, bridge, {POINT_KEY: tune.grid_search(list(points))}, "final")
+    return bridge.records
+
+
+def _run_point(config: Dict[str, Any], *, trainable: Callable[..., None], **trainable_kwargs: Any) -> None:
+    trainable(config[POINT_KEY], **trainable_kwargs)
+
+
+def _fit(config: ExperimentConfig, trainable: Any, tune_config: tune.TuneConfig, bridge: "_EventBridge",
+         param_space: Dict[str, Any], phase: str) -> None:
+    os.environ.update(WORKER_ENV)
     tuner = tune.Tuner(
-        tune.with_resources(
-            tune.with_parameters(trainable, **trainable_kwargs),
-            {"cpu": config.cluster.cpus_per_trial, "gpu": config.cluster.gpus_per_trial}),
-        tune_config=tune.TuneConfig(
-            metric=config.objective.metric,
-            mode=config.objective.mode.value,
-            search_alg=_searcher(config, params),
-            scheduler=scheduler,
-            num_samples=planned_trials(config, params),
-            max_concurrent_trials=config.search.max_concurrent,
-            reuse_actors=True,  # warm workers: ~0.01 s per trial instead of ~5.5 s
-        ),
+        tune.with_resources(trainable, {"cpu": config.cluster.cpus_per_trial, "gpu": config.cluster.gpus_per_trial}),
+        param_space=param_space,
+        tune_config=tune_config,
         run_config=tune.RunConfig(
-            name=f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}",
+            name=f"{config.name}-{phase}-{time.strftime('%Y%m%d-%H%M%S')}",
             storage_path=config.cluster.storage_path,
             callbacks=[bridge],
             verbose=0,
@@ -67,7 +94,6 @@ def run_sweep(config: ExperimentConfig, params: Sequence[Param], trainable: Call
         ),
     )
     tuner.fit()
-    return bridge.records
 
 
 def _searcher(config: ExperimentConfig, params: Sequence[Param]) -> OptunaSearch:
@@ -106,11 +132,13 @@ class _RecordingASHA(ASHAScheduler):  # type: ignore[misc]
 class _EventBridge(tune.Callback):  # type: ignore[misc]
     """Turns Ray Tune's callbacks into ``TrialRecord`` events for the listeners."""
 
-    def __init__(self, config: ExperimentConfig, scheduler: TrialScheduler,
-                 listeners: Sequence[SweepListener]) -> None:
+    def __init__(self, config: ExperimentConfig, scheduler: TrialScheduler, listeners: Sequence[SweepListener],
+                 phase: str, first_number: int) -> None:
         self.config = config
         self.scheduler = scheduler
         self.listeners = list(listeners)
+        self.phase = phase
+        self.first_number = first_number
         self.records: List[TrialRecord] = []
         self._by_id: Dict[str, TrialRecord] = {}
 
@@ -120,7 +148,8 @@ class _EventBridge(tune.Callback):  # type: ignore[misc]
         return {**self.__dict__, "listeners": []}
 
     def on_trial_start(self, iteration: int, trials: List[Trial], trial: Trial, **info: Any) -> None:
-        record = TrialRecord(trial.trial_id, len(self.records), dict(trial.config))
+        params = dict(trial.config.get(POINT_KEY, trial.config))
+        record = TrialRecord(trial.trial_id, self.first_number + len(self.records), params, phase=self.phase)
         self.records.append(record)
         self._by_id[trial.trial_id] = record
         for listener in self.listeners:
