@@ -8,7 +8,7 @@ from typing import List
 import pytest
 import yaml
 
-from finesweep.cli import compose, project_dir
+from finesweep.cli import check_data, compose, project_dir
 from finesweep.config import Mode, Sampler, Schedule, with_overrides
 from finesweep.errors import ConfigError, UserError
 
@@ -27,7 +27,7 @@ def test_every_shipped_sweep_composes_and_validates(sweep: str) -> None:
     composed = compose(sweep, [])
     assert composed.config.name == sweep
     assert composed.params, "a shipped sweep searches something"
-    assert Path(composed.config.data.path).is_file()
+    check_data(composed)  # what `finesweep show` checks: file, columns, labels, splits, objective
 
 
 @pytest.mark.parametrize("group,option", OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])

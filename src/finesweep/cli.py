@@ -93,6 +93,16 @@ def _blame(sweep_file: Path) -> Iterator[None]:
         raise type(exc)(prefix + str(exc)) from None
 
 
+def check_data(composed: Composed) -> None:
+    """Validate every data variant a sweep uses (file, columns, labels, splits, objective vs task)."""
+    from finesweep import data
+
+    with _blame(composed.sweep_file):
+        for variant in data.data_variants(composed.params):
+            task = data.check(_with(composed.config, variant).data)
+            data.check_objective(composed.config.objective.metric, task)
+
+
 def resolve_sweep(sweep: str) -> Path:
     """A sweep name (file in sweeps/ without .yaml) or a path -> the sweep file."""
     candidate = Path(sweep).expanduser()
@@ -136,24 +146,21 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
 
 def cmd_show(args: argparse.Namespace, console: Console) -> int:
     """finesweep show: print the composed config and the search space; validate; start nothing."""
-    from finesweep import data
     from finesweep.search_space import Distribution
 
     composed = compose(args.sweep, args.overrides)
-    with _blame(composed.sweep_file):
-        for variant in data.data_variants(composed.params):
-            task = data.check(_with(composed.config, variant).data)
-            data.check_objective(composed.config.objective.metric, task)
+    check_data(composed)
     console.print(f"# composed config of {_display(composed.sweep_file)}")
     console.print(composed.yaml_text, markup=False)
     table = Table(title="search space")
-    for column in ("key", "distribution", "values"):
+    for column in ("key", "distribution", "values", "only when"):
         table.add_column(column)
     for param in composed.params:
         values = (f"{list(param.choices)}" if param.distribution is Distribution.categorical
                   else f"[{param.low}, {param.high}]" + (f" step {param.step}" if param.step else "")
                   + (" log" if param.log or param.distribution is Distribution.loguniform else ""))
-        table.add_row(param.key, param.distribution.value, values)
+        when = ", ".join(f"{k} in {list(v)}" for k, v in param.when)
+        table.add_row(param.key, param.distribution.value, values, when)
     console.print(table)
     config = composed.config
     console.print(f"{config.search.sampler.value} sampler, {planned_trials(config, composed.params)} trials, "
