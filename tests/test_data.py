@@ -100,3 +100,49 @@ def test_model_without_tokenizer_is_a_clear_error(config: ExperimentConfig, tmp_
     with pytest.raises(ConfigError, match=r"model\.name_or_path: cannot load a tokenizer from '.*'.*\. Point it at "
                                           r"a Hugging Face model folder"):
         data.prepare(broken)
+
+
+def write_regression_csv(path: Path, rows: int = 120) -> Path:
+    import random
+
+    rng = random.Random(0)
+    lines = ["premise,hypothesis,score"]
+    for i in range(rows):
+        good = rng.randint(0, 3)
+        lines.append(f"{' '.join(['good'] * good + ['movie'])},{'the day was nice' if i % 2 else 'sad'},{good / 3 + 0.05:.3f}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_numeric_labels_make_a_regression_task_with_pairs(config: ExperimentConfig, tmp_path: Path) -> None:
+    from finesweep.config import Task
+
+    path = write_regression_csv(tmp_path / "reg.csv")
+    cfg = dataclasses.replace(config, data=dataclasses.replace(
+        config.data, path=str(path), text_column="premise", text_pair_column="hypothesis", label_column="score"))
+    assert data.check(cfg.data) is Task.regression
+    encoded = data.prepare(cfg)
+    assert encoded.task is Task.regression and encoded.num_labels == 1 and encoded.label_names == ()
+    assert encoded.train.labels.dtype == np.float32
+    assert set(encoded.train.features) >= {"input_ids", "attention_mask", "token_type_ids"}
+    assert (encoded.train.features["token_type_ids"] == 1).any(), "the pair is encoded as the second segment"
+    with pytest.raises(ConfigError, match=r"objective\.metric: val/accuracy is not reported for a regression task, "
+                                          r"got val/accuracy\. Use one of train/loss, val/loss, val/rmse, val/pearson, "
+                                          r"or set data\.task=classification\."):
+        data.check_objective("val/accuracy", Task.regression)
+    forced = dataclasses.replace(cfg.data, task=Task.classification)
+    assert data.check(forced) is Task.classification
+
+
+def test_regression_on_text_labels_is_an_error(config: ExperimentConfig) -> None:
+    from finesweep.config import Task
+
+    with pytest.raises(DataError, match=r"data\.task: regression needs numeric labels, but column 'label' holds"):
+        data.check(dataclasses.replace(config.data, task=Task.regression))
+
+
+def test_trials_never_receive_the_test_split(config: ExperimentConfig) -> None:
+    cache = data.prepare_all(config, ())
+    shipped = cache.without_test()
+    assert all(v.test is None for v in shipped.variants.values())
+    assert all(v.test is not None and len(v.test) for v in cache.variants.values())

@@ -54,13 +54,16 @@ class SweepView:
             self._live.update(self._render())
 
     def _render(self) -> Group:
-        counts = {s: sum(r.status is s for r in self.records) for s in TrialStatus}
+        search = [r for r in self.records if r.phase == "search"]
+        final = [r for r in self.records if r.phase != "search"]
+        counts = {s: sum(r.status is s for r in search) for s in TrialStatus}
         head = Text.assemble(
             (f"{self.config.name}  ", "bold"),
-            f"{len(self.records)}/{self.total} started  ",
+            f"{len(search)}/{self.total} started  ",
             *[(f"{s.value.replace('_', '-')} {counts[s]}  ", STATUS_STYLE[s]) for s in TrialStatus],
+            f"re-training {sum(r.status is TrialStatus.running for r in final)} of {len(final)}  " if final else "",
             f"{time.monotonic() - self.started:.0f}s")
-        best = best_trial(self.records, self.config.objective.mode)
+        best = best_trial(search, self.config.objective.mode)
         metric = self.config.objective.metric
         best_line = Text(f"best {metric}: " + (f"{best.best_value:.4f} (trial {best.number}: "
                                                f"{format_params(best.params)})" if best else "-"))
