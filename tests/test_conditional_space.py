@@ -9,7 +9,7 @@ import optuna
 import pytest
 
 from finesweep.cli import compose
-from finesweep.config import ExperimentConfig, SearchConfig, Sampler
+from finesweep.config import ExperimentConfig, Sampler, SearchConfig
 from finesweep.errors import SearchSpaceError
 from finesweep.samplers import make_sampler
 from finesweep.search_space import grid_size, iter_grid, parse_space, suggest

@@ -82,7 +82,8 @@ BAD: List[tuple] = [
      r"Use one of those\."),
     ("unknown-scheduler", ["scheduler.kind=hyperband"],
      r"scheduler\.kind: Invalid value 'hyperband', expected one of \[asha, fifo\]"),
-    ("bad-mode", ["objective.mode=maximize"], r"objective\.mode: Invalid value 'maximize', expected one of \[max, min\]"),
+    ("bad-mode", ["objective.mode=maximize"],
+     r"objective\.mode: Invalid value 'maximize', expected one of \[max, min\]"),
     ("grace-gt-max", ["scheduler.grace_period=5", "scheduler.max_epochs=3"],
      r"sweeps/demo\.yaml: scheduler\.grace_period must be between 1 and scheduler\.max_epochs \(3\), got 5\. "
      r"Lower grace_period or raise max_epochs\."),

@@ -109,7 +109,8 @@ def write_regression_csv(path: Path, rows: int = 120) -> Path:
     lines = ["premise,hypothesis,score"]
     for i in range(rows):
         good = rng.randint(0, 3)
-        lines.append(f"{' '.join(['good'] * good + ['movie'])},{'the day was nice' if i % 2 else 'sad'},{good / 3 + 0.05:.3f}")
+        hypothesis = "the day was nice" if i % 2 else "sad"
+        lines.append(f"{' '.join(['good'] * good + ['movie'])},{hypothesis},{good / 3 + 0.05:.3f}")
     path.write_text("\n".join(lines) + "\n")
     return path
 

@@ -13,7 +13,7 @@ from finesweep.cli import compose
 from finesweep.config import ExperimentConfig, Mode
 from finesweep.data import EncodedData
 from finesweep.records import TrialRecord, TrialStatus
-from finesweep.selection import candidates, leaderboard, select, seed_points
+from finesweep.selection import candidates, leaderboard, seed_points, select
 
 
 @pytest.fixture()

@@ -15,7 +15,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, Optional, Sequence, Tuple
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
@@ -25,7 +25,7 @@ from rich.table import Table
 
 import finesweep
 from finesweep.config import ExperimentConfig, Sampler
-from finesweep.errors import ConfigError, FinesweepError, SearchSpaceError, SweepFailedError, UserError
+from finesweep.errors import ConfigError, SearchSpaceError, SweepFailedError, UserError
 from finesweep.search_space import Param, grid_size, parse_space, planned_trials
 
 SWEEP_KEYS = ("defaults", "objective", "search", "scheduler", "space")

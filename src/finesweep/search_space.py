@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import enum
-import itertools
 import math
 import typing
 from dataclasses import dataclass

@@ -11,7 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from finesweep.config import ExperimentConfig
-from finesweep.records import TrialRecord, TrialStatus, short, best_trial, format_params, ranked
+from finesweep.records import TrialRecord, TrialStatus, best_trial, format_params, ranked, short
 
 STATUS_STYLE = {TrialStatus.running: "cyan", TrialStatus.completed: "green",
                 TrialStatus.early_stopped: "yellow", TrialStatus.failed: "red"}
