@@ -139,7 +139,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
         cache = data.prepare_all(composed.config, composed.params)
         data.check_objective(composed.config.objective.metric, cache.task)
     console.print(f"data ready in {time.monotonic() - started:.1f}s: "
-                  + "; ".join(f"{len(v.train)}/{len(v.val)}/{len(v.test)} train/val/test rows, "
+                  + "; ".join(f"{len(v.train)}/{len(v.val)}/{len(v.test or ())} train/val/test rows, "
                               f"{v.num_labels} classes" for v in cache.variants.values()))
     return runner.run(composed, cache, console)
 

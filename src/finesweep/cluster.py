@@ -11,7 +11,7 @@ import os
 import time
 import warnings
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Dict, Iterator
 
 from finesweep.config import ClusterConfig
 
@@ -31,7 +31,7 @@ def ray_session(cluster: ClusterConfig, sweep_name: str) -> Iterator[Path]:
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0 the legacy reporter prints nothing
     import ray
 
-    kwargs = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
+    kwargs: Dict[str, Any] = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
                   configure_logging=False)
     if cluster.address:
         ray.init(address=cluster.address, **kwargs)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 import mlflow
+import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 import torch
@@ -24,7 +25,7 @@ META_FILE = "finesweep.json"
 BATCH = 64
 
 
-class TextModel(mlflow.pyfunc.PythonModel):  # type: ignore[misc]
+class TextModel(mlflow.pyfunc.PythonModel):  # type: ignore[name-defined,misc]
     """Tokenises raw text exactly as during fine-tuning and runs the classifier or regressor."""
 
     def load_context(self, context: Any) -> None:

@@ -68,13 +68,13 @@ def run_points(config: ExperimentConfig, points: Sequence[Dict[str, Any]], train
     tune_config = tune.TuneConfig(metric=config.objective.metric, mode=config.objective.mode.value,
                                   max_concurrent_trials=config.search.max_concurrent, reuse_actors=True)
     bridge = _EventBridge(config, FIFOScheduler(), listeners, phase="final", first_number=first_number)
-    wrapped = tune.with_parameters(_run_point, trainable=trainable, **trainable_kwargs)
+    wrapped = tune.with_parameters(_run_point, inner=trainable, **trainable_kwargs)
     _fit(config, wrapped, tune_config, bridge, {POINT_KEY: tune.grid_search(list(points))}, "final")
     return bridge.records
 
 
-def _run_point(config: Dict[str, Any], *, trainable: Callable[..., None], **trainable_kwargs: Any) -> None:
-    trainable(config[POINT_KEY], **trainable_kwargs)
+def _run_point(config: Dict[str, Any], *, inner: Callable[..., None], **trainable_kwargs: Any) -> None:
+    inner(config[POINT_KEY], **trainable_kwargs)
 
 
 def _fit(config: ExperimentConfig, trainable: Any, tune_config: tune.TuneConfig, bridge: "_EventBridge",
@@ -164,7 +164,7 @@ class _EventBridge(tune.Callback):  # type: ignore[misc]
             listener.trial_result(record, metrics)
 
     def on_trial_complete(self, iteration: int, trials: List[Trial], trial: Trial, **info: Any) -> None:
-        stopped = getattr(self.scheduler, "stopped_early", set())
+        stopped: set[str] = getattr(self.scheduler, "stopped_early", set())
         status = TrialStatus.early_stopped if trial.trial_id in stopped else TrialStatus.completed
         self._end(trial, status, None)
 
