@@ -46,6 +46,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the ``finesweep`` command; returns the exit code."""
     args = _parser().parse_args(argv)
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # keep MLflow's migration notes off the terminal
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     console = Console(highlight=False, soft_wrap=True)
     try:
         return int(args.func(args, console) or 0)
@@ -103,6 +104,36 @@ def check_data(composed: Composed) -> None:
             data.check_objective(composed.config.objective.metric, task)
 
 
+def check_model(composed: Composed) -> None:
+    """Validate the strategy settings against the model architecture (no weights loaded), per searched value."""
+    from finesweep.finetune.module import check
+
+    with _blame(composed.sweep_file):
+        for overrides in _model_variants(composed.params):
+            variant = _with(composed.config, overrides)
+            try:
+                check(variant)
+            except (OSError, ValueError) as exc:
+                raise ConfigError(f"model.name_or_path: cannot read the model config of "
+                                  f"{variant.model.name_or_path!r} ({_one_line(exc)}). Point it at a Hugging Face "
+                                  "model folder (with config.json) or, when online, a hub id.") from None
+
+
+def _model_variants(params: Sequence[Param]) -> List[Dict[str, Any]]:
+    """The base config plus each searched model/fine-tuning value alone (ints at both bounds)."""
+    from finesweep.search_space import Distribution
+
+    variants: List[Dict[str, Any]] = [{}]
+    for param in params:
+        if not param.key.startswith(("model.", "finetune.")):
+            continue
+        values = param.choices if param.distribution is Distribution.categorical else (param.low, param.high)
+        for value in values:
+            variant = {parent: allowed[0] for parent, allowed in param.when}
+            variants.append({**variant, param.key: value})
+    return variants
+
+
 def resolve_sweep(sweep: str) -> Path:
     """A sweep name (file in sweeps/ without .yaml) or a path -> the sweep file."""
     candidate = Path(sweep).expanduser()
@@ -134,6 +165,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     from finesweep import data, runner
 
     composed = compose(args.sweep, args.overrides)
+    check_model(composed)
     started = time.monotonic()
     with console.status("reading, splitting and tokenising the data once"), _blame(composed.sweep_file):
         cache = data.prepare_all(composed.config, composed.params)
@@ -150,6 +182,7 @@ def cmd_show(args: argparse.Namespace, console: Console) -> int:
 
     composed = compose(args.sweep, args.overrides)
     check_data(composed)
+    check_model(composed)
     console.print(f"# composed config of {_display(composed.sweep_file)}")
     console.print(composed.yaml_text, markup=False)
     table = Table(title="search space")

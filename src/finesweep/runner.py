@@ -8,27 +8,30 @@ from __future__ import annotations
 
 import contextlib
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, List
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
 
 from rich.console import Console
 
 from finesweep.cli import Composed
+from finesweep.config import ExperimentConfig, with_overrides
 from finesweep.cluster import ray_session
 from finesweep.data import DataCache
 from finesweep.errors import SweepFailedError
-from finesweep.records import TrialRecord, TrialStatus, best_trial
+from finesweep.records import SweepListener, TrialRecord, TrialStatus, best_trial, format_params
 from finesweep.search_space import planned_trials
+from finesweep.selection import Selection, leaderboard, select
 from finesweep.tracking import SweepTracker
 from finesweep.trial import run_trial
 from finesweep.view import SweepView, results_table
 
 
 def run(composed: Composed, cache: DataCache, console: Console, trainable: Callable[..., None] = run_trial) -> int:
-    """Run the sweep; return 0 when at least one trial finished (completed or early-stopped).
+    """Run the sweep and model selection; return 0 when at least one trial finished.
 
     Args:
         composed: the validated sweep.
-        cache: the tokenised data, shared with every trial through Ray's object store.
+        cache: the tokenised data; trials get it without the test split, through Ray's object store.
         console: where the live view and the results go.
         trainable: the trial function; the benchmark swaps in a synthetic one, the CLI never does.
     """
@@ -39,6 +42,7 @@ def run(composed: Composed, cache: DataCache, console: Console, trainable: Calla
     tracker = SweepTracker(config, space, composed.sweep_file, composed.yaml_text)
     view = SweepView(config, planned_trials(config, composed.params), console)
     records: List[TrialRecord] = []
+    chosen: Optional[Selection] = None
     interrupted = True
     with ThreadPoolExecutor(max_workers=1) as pool, contextlib.ExitStack() as stack:
         # A new MLflow store spends ~2 s on schema migrations: do them while Ray starts (~3 s).
@@ -50,10 +54,15 @@ def run(composed: Composed, cache: DataCache, console: Console, trainable: Calla
             with view:
                 records = run_sweep(config, composed.params, trainable, [tracker, view], base=config,
                                      cache=cache.without_test())
-            interrupted = any(r.status is TrialStatus.running for r in records)
+                interrupted = any(r.status is TrialStatus.running for r in records)
+                if not interrupted:
+                    chosen = _select(config, records, cache, trainable, [tracker, view], console)
+                    interrupted = any(r.status is TrialStatus.running for r in view.records)
+            if chosen is not None:
+                _record_selection(tracker, config, chosen, cache, console)
         finally:
-            records = records or view.records
-            tracker.finish(records, best_trial(records, config.objective.mode), interrupted)
+            best = chosen.chosen if chosen else best_trial(records, config.objective.mode)
+            tracker.finish(view.records, best, interrupted)
     console.print(results_table(config, records))
     finished = [r for r in records if r.status in (TrialStatus.completed, TrialStatus.early_stopped)]
     console.print(f"MLflow: experiment {config.experiment_name!r}, parent run {parent_id}. "
@@ -66,6 +75,39 @@ def run(composed: Composed, cache: DataCache, console: Console, trainable: Calla
         reason = failed[0].error if failed else "no trial reported a result"
         raise SweepFailedError(f"no trial finished ({len(records)} started). First error: {reason}")
     return 0
+
+
+def _select(config: ExperimentConfig, records: List[TrialRecord], cache: DataCache, trainable: Callable[..., None],
+            listeners: List[SweepListener], console: Console) -> Optional[Selection]:
+    from finesweep.trial import evaluate
+    from finesweep.tuner import run_points
+
+    if config.final.seeds > 0:
+        console.print(f"re-training the top {config.final.top_k} configuration(s) with {config.final.seeds} "
+                      "fresh seed(s) each")
+
+    def retrain(points: List[Dict[str, Any]], first_number: int) -> List[TrialRecord]:
+        return run_points(config, points, trainable, listeners, first_number, base=config, cache=cache.without_test())
+
+    return select(config, records, cache, retrain, evaluate)
+
+
+def _record_selection(tracker: SweepTracker, config: ExperimentConfig, chosen: Selection, cache: DataCache,
+                      console: Console) -> None:
+    metric = config.objective.metric
+    tracker.log_selection(chosen, leaderboard(chosen, metric))
+    winner_config = with_overrides(config, chosen.winner.params)
+    data = winner_config.data
+    encoded = cache.for_config(winner_config)
+    meta = {"task": encoded.task.value, "label_names": list(encoded.label_names),
+            "text_column": data.text_column, "text_pair_column": data.text_pair_column,
+            "max_length": data.max_length, "objective": metric}
+    version = tracker.register(Path(str(chosen.chosen.checkpoint)), winner_config.model.name_or_path, meta)
+    spread = f" ± {chosen.winner.std:.4f} over {len(chosen.winner.runs)} runs" if len(chosen.winner.runs) > 1 else ""
+    tests = ", ".join(f"{k} {v:.4f}" for k, v in chosen.test_metrics.items())
+    console.print(f"winner: {format_params(chosen.winner.params)}; val {metric} {chosen.winner.mean:.4f}{spread}; "
+                  f"{tests}; {chosen.latency_ms:.2f} ms/example on {chosen.device}")
+    console.print(f"registered as models:/{version}: mlflow.pyfunc.load_model('models:/{version}')")
 
 
 def _describe(param: object) -> dict:

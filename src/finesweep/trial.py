@@ -10,10 +10,15 @@ import math
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 from finesweep.config import ExperimentConfig, with_overrides
-from finesweep.data import DataCache
+from finesweep.data import DataCache, EncodedData
+
+if TYPE_CHECKING:  # torch and Lightning load inside the worker, not when the driver imports this
+    from finesweep.finetune.callbacks import Reporter
+    from finesweep.finetune.datamodule import EncodedDataModule
+    from finesweep.finetune.module import SequenceClassifier
 
 
 def run_trial(sampled: Dict[str, Any], *, base: ExperimentConfig, cache: DataCache) -> None:
@@ -21,36 +26,107 @@ def run_trial(sampled: Dict[str, Any], *, base: ExperimentConfig, cache: DataCac
     fit(with_overrides(base, sampled), cache, report=_tune_report)
 
 
-def fit(config: ExperimentConfig, cache: DataCache, report: Any) -> None:
-    """Fine-tune the model of ``config`` for ``scheduler.max_epochs`` epochs (unless stopped)."""
+def fit(config: ExperimentConfig, cache: DataCache, report: Reporter, seed: Optional[int] = None) -> SequenceClassifier:
+    """Fine-tune the model of ``config`` for ``scheduler.max_epochs`` epochs (unless stopped).
+
+    Args:
+        config: the trial's resolved config.
+        cache: the tokenised data; the trial takes the variant prepared for ``config``.
+        report: receives every epoch's metrics and, when the objective improved, the weights.
+        seed: weight-init and batch-order seed; None = ``trainer.seed`` (re-training with fresh seeds
+            passes its own).
+
+    Returns:
+        The trained module, as it stands after the last epoch.
+    """
     import lightning.pytorch as pl
     import torch
 
-    from finesweep.finetune.callbacks import EpochReport
+    from finesweep.finetune.callbacks import EpochReport, early_stopping
     from finesweep.finetune.datamodule import EncodedDataModule
     from finesweep.finetune.module import SequenceClassifier
 
     _quiet()
+    seed = config.trainer.seed if seed is None else seed
     torch.set_num_threads(max(1, int(config.cluster.cpus_per_trial)))
-    pl.seed_everything(config.trainer.seed, verbose=False)
+    pl.seed_everything(seed, verbose=False)
     data = cache.for_config(config)
-    steps_per_epoch = math.ceil(len(data.train) / config.data.batch_size)
-    module = SequenceClassifier(config.model.name_or_path, data.num_labels, config.optim,
-                                total_steps=steps_per_epoch * config.scheduler.max_epochs)
-    trainer = pl.Trainer(
-        max_epochs=config.scheduler.max_epochs,
+    module = SequenceClassifier.from_config(config, data, total_steps=optimiser_steps(config, len(data.train)))
+    callbacks: List[pl.Callback] = [EpochReport(config.objective.metric, config.objective.mode, report)]
+    if config.trainer.early_stopping_patience is not None:
+        callbacks.append(early_stopping(config.objective.metric, config.objective.mode,
+                                        config.trainer.early_stopping_patience))
+    trainer = _trainer(config, max_epochs=config.scheduler.max_epochs, callbacks=callbacks)
+    trainer.fit(module, datamodule=EncodedDataModule(data, config.data.batch_size, seed))
+    return module
+
+
+def optimiser_steps(config: ExperimentConfig, train_examples: int) -> int:
+    """AdamW steps in the trial's full budget: the span of the warmup/decay schedule.
+
+    Lightning steps once per ``accumulate_grad_batches`` batches, and once more for an epoch's
+    incomplete last group: 100 batches, accumulating 8 -> 13 steps per epoch.
+    """
+    batches = math.ceil(train_examples / config.data.batch_size)
+    return math.ceil(batches / config.trainer.accumulate_grad_batches) * config.scheduler.max_epochs
+
+
+def evaluate(config: ExperimentConfig, data: EncodedData, weights_dir: Path, split: str,
+             datamodule: Optional[EncodedDataModule] = None) -> Dict[str, float]:
+    """Score saved weights on one split with the task's metrics.
+
+    Args:
+        config: the config the weights were trained with (batch size, precision, accelerator).
+        data: the tokenised data; ``split="test"`` needs its test split.
+        weights_dir: a plain Hugging Face model folder, as ``EpochReport`` saves it.
+        split: "val" or "test".
+        datamodule: serves the batches; pass your own to count ``test_loads`` (model selection
+            must touch the test split once). None = a fresh one over ``data``.
+
+    Returns:
+        ``{split}/loss`` plus ``{split}/accuracy`` and ``{split}/f1_macro`` (classification) or
+        ``{split}/rmse`` and ``{split}/pearson`` (regression).
+
+    Raises:
+        ValueError: an unknown split, or ``split="test"`` on data without a test split.
+    """
+    from finesweep.finetune.datamodule import EncodedDataModule
+    from finesweep.finetune.module import SequenceClassifier
+
+    if split not in ("val", "test"):
+        raise ValueError(f"evaluate: split must be 'val' or 'test', got {split!r}.")
+    if split == "test" and data.test is None:
+        raise ValueError("evaluate: split='test' needs data with its test split, got data.test=None "
+                         "(what search trials receive). Pass the driver's full EncodedData.")
+    _quiet()
+    # Strategy full whatever trained it: the folder holds plain weights (LoRA merged in).
+    module = SequenceClassifier(str(weights_dir), data.num_labels, config.optim, total_steps=1, task=data.task,
+                                new_head=False)
+    if datamodule is None:
+        datamodule = EncodedDataModule(data, config.data.batch_size, config.trainer.seed)
+    trainer = _trainer(config, max_epochs=1, callbacks=[])
+    run = trainer.test if split == "test" else trainer.validate
+    results = run(module, datamodule=datamodule, verbose=False)
+    return {name: float(value) for name, value in results[0].items()}
+
+
+def _trainer(config: ExperimentConfig, max_epochs: int, callbacks: List[Any]) -> Any:
+    import lightning.pytorch as pl
+
+    return pl.Trainer(
+        max_epochs=max_epochs,
         accelerator=config.trainer.accelerator,
         devices=1,
         precision=config.trainer.precision,  # type: ignore[arg-type]
         gradient_clip_val=config.trainer.gradient_clip_val,
-        callbacks=[EpochReport(config.objective.metric, config.objective.mode, report)],
+        accumulate_grad_batches=config.trainer.accumulate_grad_batches,
+        callbacks=callbacks,
         logger=False,  # the driver logs to MLflow; see tracking.py
         enable_checkpointing=False,  # EpochReport keeps the best epoch's weights
         enable_progress_bar=False,
         enable_model_summary=False,
         num_sanity_val_steps=0,
     )
-    trainer.fit(module, datamodule=EncodedDataModule(data, config.data.batch_size, config.trainer.seed))
 
 
 def _tune_report(metrics: Dict[str, float], checkpoint_dir: Optional[Path]) -> None:
@@ -62,5 +138,6 @@ def _tune_report(metrics: Dict[str, float], checkpoint_dir: Optional[Path]) -> N
 
 def _quiet() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    for pattern in (".*does not have many workers.*", ".*LightningModule.*", ".*TPU available.*"):
+    for pattern in (".*does not have many workers.*", ".*LightningModule.*", ".*TPU available.*",
+                    ".*number of training batches.*"):
         warnings.filterwarnings("ignore", message=pattern)

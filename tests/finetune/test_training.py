@@ -4,27 +4,26 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from finesweep import data
-from finesweep.cli import compose
 from finesweep.config import ExperimentConfig, Mode, Schedule
 from finesweep.finetune.callbacks import EpochReport
 from finesweep.finetune.datamodule import EncodedDataModule
-from finesweep.finetune.module import lr_lambda
+from finesweep.finetune.module import SequenceClassifier, lr_lambda
 from finesweep.metrics import f1_macro
 from finesweep.trial import fit
 
+MakeConfig = Callable[..., ExperimentConfig]
+
 
 @pytest.fixture()
-def config(tiny_model: Path, tiny_csv: Path) -> ExperimentConfig:
-    return compose("demo", [f"model.name_or_path={tiny_model}", f"data.path={tiny_csv}", "data.label_column=label",
-                            "data.max_samples=null", "data.max_length=32", "data.batch_size=16", "optim.lr=1e-2",
-                            "scheduler.max_epochs=3"]).config
+def config(make_config: MakeConfig) -> ExperimentConfig:
+    return make_config()
 
 
 @pytest.mark.parametrize("schedule,expected", [
@@ -64,7 +63,9 @@ def test_fit_reports_every_epoch_and_saves_only_improvements(config: ExperimentC
 
     fit(config, cache, report)
     assert [m["epoch"] for m, _ in reports] == [1.0, 2.0, 3.0]
-    assert all(set(m) == {"train/loss", "val/loss", "val/accuracy", "val/f1_macro", "epoch"} for m, _ in reports)
+    assert all(set(m) == {"train/loss", "val/loss", "val/accuracy", "val/f1_macro", "model/trainable_params",
+                          "model/trainable_fraction", "epoch"} for m, _ in reports)
+    assert all(m["model/trainable_params"] == 21347 and m["model/trainable_fraction"] == 1.0 for m, _ in reports)
     assert all(isinstance(v, float) for m, _ in reports for v in m.values())
     best = -1.0
     for metrics, weights in reports:
@@ -83,7 +84,87 @@ def test_epoch_report_minimises_in_min_mode() -> None:
 
 
 def test_module_starts_in_train_mode(config: ExperimentConfig) -> None:
-    from finesweep.finetune.module import SequenceClassifier
-
     module = SequenceClassifier(config.model.name_or_path, 3, config.optim, total_steps=10)
     assert module.model.training, "from_pretrained's eval mode would silently disable dropout"
+
+
+def _reports(config: ExperimentConfig, seed: Optional[int] = None) -> Tuple[SequenceClassifier, List[Dict[str, float]]]:
+    reports: List[Dict[str, float]] = []
+    module = fit(config, data.prepare_all(config, ()), lambda metrics, folder: reports.append(metrics), seed=seed)
+    return module, reports
+
+
+def test_schedule_counts_optimiser_steps_under_gradient_accumulation(make_config: MakeConfig) -> None:
+    # 192 training rows = 12 batches of 16; accumulating 5 -> 3 optimiser steps an epoch (the last one partial)
+    config = make_config("trainer.accumulate_grad_batches=5", "scheduler.max_epochs=2", "optim.schedule=linear")
+    module, _ = _reports(config)
+    assert module.total_steps == module.trainer.global_step == 6
+    assert [g["lr"] for g in module.trainer.optimizers[0].param_groups] == [0.0] * 2, "decay ends with the budget"
+
+
+@pytest.mark.parametrize("patience,epochs", [("null", 4), ("1", 2), ("2", 3)], ids=["off", "patience-1", "patience-2"])
+def test_early_stopping_ends_a_trial_that_stops_improving(make_config: MakeConfig, patience: str, epochs: int) -> None:
+    # lr 1e-9 cannot move val/accuracy: epoch 1 sets the best, and no later epoch beats it
+    config = make_config("optim.lr=1e-9", f"trainer.early_stopping_patience={patience}", "scheduler.max_epochs=4")
+    assert (config.objective.metric, config.objective.mode) == ("val/accuracy", Mode.max)
+    _, reports = _reports(config)
+    assert [m["epoch"] for m in reports] == [float(e) for e in range(1, epochs + 1)]
+    assert len({m["val/accuracy"] for m in reports}) == 1
+
+
+def test_early_stopping_may_watch_the_training_loss(make_config: MakeConfig) -> None:
+    # train/loss exists only once the training epoch ends, after validation: checked there, it is found
+    config = make_config("objective.metric=train/loss", "objective.mode=min", "trainer.early_stopping_patience=1",
+                         "scheduler.max_epochs=2")
+    _, reports = _reports(config)
+    assert [m["epoch"] for m in reports] == [1.0, 2.0] and reports[1]["train/loss"] < reports[0]["train/loss"]
+
+
+@pytest.mark.parametrize("dropout,hidden,classifier", [("0.3", 0.3, 0.3), ("null", 0.1, None)], ids=["set", "null"])
+def test_model_dropout_reaches_the_loaded_model(make_config: MakeConfig, dropout: str, hidden: float,
+                                                classifier: Optional[float]) -> None:
+    config = make_config(f"model.dropout={dropout}")
+    model = SequenceClassifier.from_config(config, data.prepare(config), total_steps=10).model
+    assert (model.config.hidden_dropout_prob, model.config.classifier_dropout) == (hidden, classifier)
+    assert model.config.attention_probs_dropout_prob == 0.1, "attention dropout keeps the pretrained value"
+    assert model.bert.encoder.layer[0].output.dropout.p == hidden
+    assert model.dropout.p == (hidden if classifier is None else classifier)
+
+
+def test_label_smoothing_applies_to_the_training_loss(make_config: MakeConfig) -> None:
+    config = make_config("trainer.label_smoothing=0.2")
+    encoded = data.prepare(config)
+    module = SequenceClassifier.from_config(config, encoded, total_steps=10).eval()  # no dropout: forwards repeat
+    batch = next(iter(EncodedDataModule(encoded, batch_size=16, seed=0).train_dataloader()))
+    with torch.no_grad():
+        logits = module(batch["features"])
+        with pytest.warns(UserWarning, match="self.log"):  # no Trainer attached to log to
+            loss = module.training_step(batch, 0)
+    smoothed = torch.nn.functional.cross_entropy(logits, batch["labels"], label_smoothing=0.2)
+    assert torch.isclose(loss, smoothed, rtol=0, atol=1e-6)
+    assert not torch.isclose(loss, torch.nn.functional.cross_entropy(logits, batch["labels"]), rtol=0, atol=1e-4)
+
+
+def test_label_smoothing_leaves_the_validation_loss_comparable(make_config: MakeConfig) -> None:
+    base = ("optim.lr=1e-9", "scheduler.max_epochs=1")
+    _, plain = _reports(make_config(*base))
+    _, smoothed = _reports(make_config(*base, "trainer.label_smoothing=0.2"))
+    assert smoothed[0]["val/loss"] == pytest.approx(plain[0]["val/loss"], abs=1e-6)
+    assert abs(smoothed[0]["train/loss"] - plain[0]["train/loss"]) > 1e-4
+
+
+def test_fit_seed_overrides_the_configured_seed(make_config: MakeConfig) -> None:
+    config = make_config("scheduler.max_epochs=1")
+    _, default = _reports(config)
+    _, same = _reports(config, seed=config.trainer.seed)
+    _, fresh = _reports(config, seed=config.trainer.seed + 1)
+    assert default[0]["train/loss"] == same[0]["train/loss"] != fresh[0]["train/loss"]
+
+
+def test_parameter_counts_are_reported_exactly_above_float32_precision(make_config: MakeConfig,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    # float32 holds integers exactly only up to 2^24; BERT-base trains 110M parameters
+    monkeypatch.setattr(SequenceClassifier, "trainable_counts", lambda self: (2 ** 24 + 1, 2 ** 25))
+    _, reports = _reports(make_config("scheduler.max_epochs=1"))
+    assert reports[0]["model/trainable_params"] == 16_777_217.0
+    assert reports[0]["model/trainable_fraction"] == (2 ** 24 + 1) / 2 ** 25

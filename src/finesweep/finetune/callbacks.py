@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Callable, Dict, Optional
 
 import lightning.pytorch as pl
+from lightning.pytorch.callbacks import EarlyStopping
 
 from finesweep.config import Mode
 from finesweep.metrics import REPORTED_METRICS
@@ -22,6 +23,8 @@ class EpochReport(pl.Callback):
     Reporting exactly once per epoch keeps ASHA's rungs in epochs. The weights are written as
     safetensors (``save_pretrained``) to a temporary folder handed to the reporter, which persists
     it (Ray Tune copies it into trial storage), so the kept checkpoint is always the best epoch.
+    The folder holds a plain Hugging Face model (LoRA adapters merged in: ``export_model``), which
+    loads with ``AutoModelForSequenceClassification.from_pretrained`` alone.
 
     Args:
         metric: the objective metric name.
@@ -45,7 +48,8 @@ class EpochReport(pl.Callback):
             return
         self.best = value
         with tempfile.TemporaryDirectory(prefix="finesweep-ckpt-") as folder:
-            pl_module.model.save_pretrained(folder, safe_serialization=True)  # type: ignore[operator]
+            # safe_serialization: safetensors on transformers 4.x too (5.x writes nothing else)
+            pl_module.export_model().save_pretrained(folder, safe_serialization=True)  # type: ignore[operator]
             self.report(metrics, Path(folder))
 
     def _improved(self, value: float) -> bool:
@@ -54,3 +58,12 @@ class EpochReport(pl.Callback):
         if self.best is None:
             return True
         return value > self.best if self.mode is Mode.max else value < self.best
+
+
+def early_stopping(metric: str, mode: Mode, patience: int) -> EarlyStopping:
+    """Stop the fit after ``patience`` epochs without improving the objective; the trial then ends normally.
+
+    The check runs at the end of the training epoch, after validation, so every reported metric
+    (``train/loss`` included, which does not exist yet when validation ends) can be the objective.
+    """
+    return EarlyStopping(monitor=metric, mode=mode.value, patience=patience, check_on_train_epoch_end=True)

@@ -1,0 +1,320 @@
+"""Fine-tuning strategies: which weights of a sequence classifier train, and at which learning rate.
+
+Every strategy shares the one training loop of ``module.py``. A strategy only freezes parameters
+before the optimiser is built (head_only, freeze), wraps the model (lora) or adds a Lightning
+callback that unfreezes during the fit (gradual_unfreeze). Layer-wise lr decay is orthogonal to
+all of them: it shapes the optimiser's parameter groups (``param_groups``).
+
+Adding a strategy is one subclass of ``FinetuneStrategy`` and one line in ``STRATEGIES``.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import sys
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Tuple
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import BaseFinetuning
+from torch import nn
+from torch.optim import Optimizer
+
+from finesweep.config import FinetuneConfig, LoraConfig, OptimConfig, Strategy
+from finesweep.errors import ConfigError
+
+LAYER_LISTS = ("encoder.layer", "transformer.layer", "encoder.layers", "layers")
+"""Where BERT-like base models keep their encoder layers (BERT/RoBERTa/MiniLM, DistilBERT, others)."""
+
+LAYER_NAME = re.compile(r"(?:^|\.)layers?\.(\d+)\.")
+"""Fallback when no layer list is found: ``...layer.3.output.dense.weight`` belongs to layer 3."""
+
+NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
+"""Parameters AdamW does not decay: biases and normalisation gains, as in BERT's recipe."""
+
+
+@dataclass(frozen=True)
+class ModelParts:
+    """A sequence classifier's parameter names (as ``named_parameters`` gives them), from the input up.
+
+    Attributes:
+        embeddings: the base model's embedding parameters.
+        layers: each encoder layer's parameters, bottom (index 0) to top.
+        other: base-model parameters in neither, e.g. BERT's pooler; they sit above the top layer.
+        head: every parameter outside the base model: the classification head.
+    """
+
+    embeddings: Tuple[str, ...]
+    layers: Tuple[Tuple[str, ...], ...]
+    other: Tuple[str, ...]
+    head: Tuple[str, ...]
+
+    @property
+    def num_layers(self) -> int:
+        """Number of encoder layers found."""
+        return len(self.layers)
+
+
+def find_parts(model: nn.Module) -> ModelParts:
+    """Group a Hugging Face sequence classifier's parameters into embeddings, layers, other and head.
+
+    The base model is ``model.base_model`` (``bert``, ``distilbert``, ...); everything outside it is
+    the head. Encoder layers are looked up at the paths in ``LAYER_LISTS``, then by parameter name.
+    Pass the plain model (see ``unwrap``), not a peft wrapper.
+    """
+    names = {id(param): name for name, param in model.named_parameters()}
+    base = getattr(model, "base_model", model)
+    in_base = {id(param) for param in base.parameters()}
+    layers = _layer_names(base, names)
+    embedding_module = getattr(base, "embeddings", None)
+    in_layers = {name for layer in layers for name in layer}
+    if isinstance(embedding_module, nn.Module):
+        embeddings = tuple(names[id(p)] for p in embedding_module.parameters())
+    else:
+        embeddings = tuple(names[id(p)] for p in base.parameters()
+                           if "embed" in names[id(p)] and names[id(p)] not in in_layers)
+    placed = in_layers | set(embeddings)
+    return ModelParts(
+        embeddings=embeddings,
+        layers=layers,
+        other=tuple(n for n, p in model.named_parameters() if id(p) in in_base and n not in placed),
+        head=tuple(n for n, p in model.named_parameters() if id(p) not in in_base),
+    )
+
+
+def _layer_names(base: nn.Module, names: Mapping[int, str]) -> Tuple[Tuple[str, ...], ...]:
+    for path in LAYER_LISTS:
+        found: Any = base
+        for attribute in path.split("."):
+            found = getattr(found, attribute, None)
+        if isinstance(found, nn.ModuleList) and len(found) > 0:
+            return tuple(tuple(names[id(p)] for p in layer.parameters()) for layer in found)
+    by_index: Dict[int, List[str]] = {}
+    for param in base.parameters():
+        match = LAYER_NAME.search(names[id(param)])
+        if match:
+            by_index.setdefault(int(match.group(1)), []).append(names[id(param)])
+    return tuple(tuple(by_index[index]) for index in sorted(by_index))
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain Hugging Face model inside a peft wrapper (with its adapters injected), else the model."""
+    peft = sys.modules.get("peft")  # only a LoRA trial imports peft; nothing else can be wrapped
+    if peft is not None and isinstance(model, peft.PeftModel):
+        return model.get_base_model()
+    return model
+
+
+def set_trainable(model: nn.Module, names: Iterable[str]) -> None:
+    """Let exactly the named parameters train; freeze every other one."""
+    wanted = set(names)
+    for name, param in model.named_parameters():
+        param.requires_grad = name in wanted
+
+
+def lr_multipliers(parts: ModelParts, llrd: float, head_lr_mult: float) -> Dict[str, float]:
+    """Each parameter's multiple of ``optim.lr`` under layer-wise lr decay.
+
+    Encoder layer l of L (1-based, top = L) gets llrd^(L - l), the embeddings llrd^L, the head
+    ``head_lr_mult`` and the rest of the base model (it sits above the top layer) 1.
+    """
+    top = parts.num_layers
+    multipliers = {name: llrd ** top for name in parts.embeddings}
+    for depth, layer in enumerate(parts.layers, start=1):
+        multipliers.update({name: llrd ** (top - depth) for name in layer})
+    multipliers.update({name: 1.0 for name in parts.other})
+    multipliers.update({name: head_lr_mult for name in parts.head})
+    return multipliers
+
+
+def param_groups(model: nn.Module, optim: OptimConfig, finetune: FinetuneConfig) -> List[Dict[str, Any]]:
+    """AdamW parameter groups, one per (learning rate, weight decay) pair, holding EVERY parameter.
+
+    Frozen parameters are included on purpose: their ``grad`` stays None, and torch's AdamW skips a
+    parameter without a gradient entirely (no moment update, no weight decay), so they do not move.
+    When gradual unfreezing switches a layer on, it trains from its next step at its own LLRD rate
+    and on the one warmup/decay schedule. BaseFinetuning's ``unfreeze_and_add_param_group`` would
+    instead add groups the LambdaLR scheduler was not built with, leaving those layers off the
+    schedule at an lr of its own choosing.
+
+    Args:
+        model: the plain Hugging Face model (see ``unwrap``), adapters included.
+        optim: base learning rate and weight decay.
+        finetune: ``llrd`` and ``head_lr_mult``.
+
+    Raises:
+        ConfigError: ``finetune.llrd`` below 1 on a model without detectable encoder layers.
+    """
+    parts = find_parts(model)
+    if finetune.llrd != 1.0 and parts.num_layers == 0:
+        raise ConfigError(f"finetune.llrd needs encoder layers, but none were found in {type(model).__name__}, "
+                          f"got llrd={finetune.llrd}. Use finetune.llrd=1.0.")
+    multipliers = lr_multipliers(parts, finetune.llrd, finetune.head_lr_mult)
+    groups: Dict[Tuple[float, float], List[nn.Parameter]] = {}
+    for name, param in model.named_parameters():
+        decay = 0.0 if name.endswith(NO_DECAY) else optim.weight_decay
+        groups.setdefault((optim.lr * multipliers[name], decay), []).append(param)
+    return [{"params": params, "lr": lr, "weight_decay": decay} for (lr, decay), params in groups.items()]
+
+
+class FinetuneStrategy:
+    """Full fine-tuning (every weight trains), and the base every other strategy refines."""
+
+    def apply(self, model: nn.Module) -> nn.Module:
+        """Set which parameters train (or wrap the model) before the optimiser is built.
+
+        Returns:
+            The model to train: the same one, or a wrapper around it.
+        """
+        return model
+
+    def callbacks(self, model: nn.Module) -> List[pl.Callback]:
+        """Lightning callbacks the strategy needs while ``model`` (what ``apply`` returned) trains."""
+        return []
+
+    def export(self, model: nn.Module) -> nn.Module:
+        """A plain Hugging Face model with the trained weights, ready for ``save_pretrained``."""
+        return model
+
+
+class HeadOnly(FinetuneStrategy):
+    """Linear probe: only the classification head trains; the whole base model (pooler too) is frozen."""
+
+    def apply(self, model: nn.Module) -> nn.Module:
+        set_trainable(model, _require_head(model, Strategy.head_only).head)
+        return model
+
+
+class FreezeBottom(FinetuneStrategy):
+    """The embeddings and the bottom ``layers`` encoder layers are frozen; the rest trains.
+
+    Args:
+        layers: how many encoder layers, from the bottom, stay frozen.
+    """
+
+    def __init__(self, layers: int) -> None:
+        self.layers = layers
+
+    def apply(self, model: nn.Module) -> nn.Module:
+        parts = find_parts(model)
+        if self.layers > parts.num_layers:
+            raise ConfigError(f"finetune.freeze_layers must be <= the model's {parts.num_layers} encoder layers, "
+                              f"got {self.layers}. Lower it.")
+        frozen = set(parts.embeddings).union(*parts.layers[:self.layers])
+        set_trainable(model, [name for name, _ in model.named_parameters() if name not in frozen])
+        return model
+
+
+def unfrozen_at(parts: ModelParts, stage: int) -> Tuple[str, ...]:
+    """Parameters trainable at a gradual-unfreezing stage.
+
+    Stage 0 is the head alone; stage k adds the top k encoder layers (and, from stage 1, the rest of
+    the base model above them, e.g. the pooler); the stage after the bottom layer adds the
+    embeddings, so a long enough trial ends as full fine-tuning.
+    """
+    names = list(parts.head)
+    if stage >= 1:
+        names += parts.other
+    for layer in parts.layers[max(0, parts.num_layers - stage):]:
+        names += layer
+    if stage > parts.num_layers:
+        names += parts.embeddings
+    return tuple(names)
+
+
+class GradualUnfreeze(BaseFinetuning):
+    """Starts with the head only and unfreezes one more encoder layer, from the top, every ``every`` epochs.
+
+    Every parameter is in the optimiser from the start (see ``param_groups``), so unfreezing only
+    flips ``requires_grad``; the optimiser argument of ``finetune_function`` is not needed.
+
+    Args:
+        model: the plain Hugging Face model being trained.
+        every: epochs between two unfreezing steps.
+    """
+
+    def __init__(self, model: nn.Module, every: int) -> None:
+        super().__init__()
+        self.model = model
+        self.parts = _require_head(model, Strategy.gradual_unfreeze)
+        self.every = every
+
+    def freeze_before_training(self, pl_module: pl.LightningModule) -> None:
+        set_trainable(self.model, unfrozen_at(self.parts, 0))
+
+    def finetune_function(self, pl_module: pl.LightningModule, epoch: int, optimizer: Optimizer) -> None:
+        set_trainable(self.model, unfrozen_at(self.parts, epoch // self.every))
+
+
+class GradualUnfreezeStrategy(FinetuneStrategy):
+    """``gradual_unfreeze``: stage 0 (head only) at once, then the ``GradualUnfreeze`` callback's schedule.
+
+    Args:
+        every: ``finetune.unfreeze_every``.
+    """
+
+    def __init__(self, every: int) -> None:
+        self.every = every
+
+    def apply(self, model: nn.Module) -> nn.Module:
+        set_trainable(model, unfrozen_at(_require_head(model, Strategy.gradual_unfreeze), 0))
+        return model
+
+    def callbacks(self, model: nn.Module) -> List[pl.Callback]:
+        return [GradualUnfreeze(model, self.every)]
+
+
+class Lora(FinetuneStrategy):
+    """LoRA adapters (peft) on ``target_modules``; the base model is frozen, the head trains in full.
+
+    Args:
+        lora: rank, alpha, dropout and target modules.
+    """
+
+    def __init__(self, lora: LoraConfig) -> None:
+        self.lora = lora
+
+    def apply(self, model: nn.Module) -> nn.Module:
+        from peft import LoraConfig as PeftLoraConfig
+        from peft import TaskType, get_peft_model
+
+        # SEQ_CLS already keeps "classifier"/"score" trainable; naming the head's own top-level
+        # modules also covers heads with more than one (DistilBERT's pre_classifier + classifier).
+        head_modules = sorted({name.split(".")[0] for name in find_parts(model).head})
+        config = PeftLoraConfig(task_type=TaskType.SEQ_CLS, r=self.lora.r, lora_alpha=self.lora.alpha,
+                                lora_dropout=self.lora.dropout, target_modules=list(self.lora.target_modules),
+                                modules_to_save=head_modules or None)
+        try:
+            return get_peft_model(model, config)
+        except ValueError as exc:
+            raise ConfigError(f"finetune.lora.target_modules must name linear layers of the model, got "
+                              f"{list(self.lora.target_modules)} ({str(exc).splitlines()[0]}). "
+                              "Use e.g. [query, value] for BERT-like models.") from None
+
+    def export(self, model: nn.Module) -> nn.Module:
+        # Merging a deep copy leaves the live model's adapters in place, so training can go on
+        # after a checkpoint; the copy costs one model's memory for the duration of the save.
+        return copy.deepcopy(model).merge_and_unload()  # type: ignore[operator]
+
+
+def _require_head(model: nn.Module, strategy: Strategy) -> ModelParts:
+    parts = find_parts(model)
+    if not parts.head:
+        raise ConfigError(f"finetune.strategy={strategy.value} needs a classification head outside the base "
+                          f"model, but found none in {type(model).__name__}. Use finetune.strategy=full.")
+    return parts
+
+
+STRATEGIES: Dict[Strategy, Callable[[FinetuneConfig], FinetuneStrategy]] = {
+    Strategy.full: lambda finetune: FinetuneStrategy(),
+    Strategy.head_only: lambda finetune: HeadOnly(),
+    Strategy.freeze: lambda finetune: FreezeBottom(finetune.freeze_layers),
+    Strategy.gradual_unfreeze: lambda finetune: GradualUnfreezeStrategy(finetune.unfreeze_every),
+    Strategy.lora: lambda finetune: Lora(finetune.lora),
+}
+
+
+def make_strategy(finetune: FinetuneConfig) -> FinetuneStrategy:
+    """The strategy object ``finetune.strategy`` names."""
+    return STRATEGIES[finetune.strategy](finetune)
