@@ -13,6 +13,7 @@ import importlib.util
 import os
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterator, Optional, Sequence, Tuple
@@ -47,6 +48,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_args(argv)
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # keep MLflow's migration notes off the terminal
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # no weight-loading bars between live views
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     console = Console(highlight=False, soft_wrap=True)
     try:
         return int(args.func(args, console) or 0)
@@ -108,7 +111,8 @@ def check_model(composed: Composed) -> None:
     """Validate the strategy settings against the model architecture (no weights loaded), per searched value."""
     from finesweep.finetune.module import check
 
-    with _blame(composed.sweep_file):
+    with _blame(composed.sweep_file), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # library deprecation notes from building the meta model
         for overrides in _model_variants(composed.params):
             variant = _with(composed.config, overrides)
             try:

@@ -15,8 +15,8 @@ from typing import Any, Dict, Iterator
 
 from finesweep.config import ClusterConfig
 
-RAY_LOGGERS = ("ray", "ray.tune", "ray.train", "ray.data", "optuna", "lightning", "transformers", "filelock",
-               "mlflow", "alembic")
+RAY_LOGGERS = ("ray", "ray.tune", "ray.train", "ray.data", "optuna", "lightning", "lightning.pytorch",
+               "lightning.fabric", "transformers", "filelock", "mlflow", "alembic")
 
 
 @contextlib.contextmanager
@@ -51,12 +51,19 @@ def _log_to_file(log_dir: Path, sweep_name: str) -> Path:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.INFO)
-    # ray.init(configure_logging=False) clears the "ray" logger's handlers, so its records must
-    # reach the root's file handler by propagation rather than by a handler of their own.
+    route_library_logs()
+    logging.captureWarnings(True)
+    warnings.simplefilter("default")
+    return log_file
+
+
+def route_library_logs() -> None:
+    """Send the libraries' log records to the sweep's log file (the root handler), not the terminal.
+
+    ray.init(configure_logging=False) clears the "ray" logger's handlers, and Lightning adds a
+    terminal handler when first imported, so this runs again after the driver imports Lightning.
+    """
     for name in RAY_LOGGERS:
         logger = logging.getLogger(name)
         logger.handlers[:] = []
         logger.propagate = True
-    logging.captureWarnings(True)
-    warnings.simplefilter("default")
-    return log_file

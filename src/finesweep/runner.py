@@ -79,8 +79,13 @@ def run(composed: Composed, cache: DataCache, console: Console, trainable: Calla
 
 def _select(config: ExperimentConfig, records: List[TrialRecord], cache: DataCache, trainable: Callable[..., None],
             listeners: List[SweepListener], console: Console) -> Optional[Selection]:
+    import lightning.pytorch  # noqa: F401  (imported here so its terminal log handler can be rerouted)
+
+    from finesweep.cluster import route_library_logs
     from finesweep.trial import evaluate
     from finesweep.tuner import run_points
+
+    route_library_logs()
 
     if config.final.seeds > 0:
         console.print(f"re-training the top {config.final.top_k} configuration(s) with {config.final.seeds} "
