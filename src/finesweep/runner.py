@@ -16,7 +16,7 @@ from rich.console import Console
 from finesweep.cli import Composed
 from finesweep.config import ExperimentConfig, with_overrides
 from finesweep.cluster import ray_session
-from finesweep.data import DataCache
+from finesweep.data import DataCache, EncodedData
 from finesweep.errors import SweepFailedError
 from finesweep.records import SweepListener, TrialRecord, TrialStatus, best_trial, format_params
 from finesweep.search_space import planned_trials
@@ -79,13 +79,7 @@ def run(composed: Composed, cache: DataCache, console: Console, trainable: Calla
 
 def _select(config: ExperimentConfig, records: List[TrialRecord], cache: DataCache, trainable: Callable[..., None],
             listeners: List[SweepListener], console: Console) -> Optional[Selection]:
-    import lightning.pytorch  # noqa: F401  (imported here so its terminal log handler can be rerouted)
-
-    from finesweep.cluster import route_library_logs
-    from finesweep.trial import evaluate
     from finesweep.tuner import run_points
-
-    route_library_logs()
 
     if config.final.seeds > 0:
         console.print(f"re-training the top {config.final.top_k} configuration(s) with {config.final.seeds} "
@@ -94,7 +88,19 @@ def _select(config: ExperimentConfig, records: List[TrialRecord], cache: DataCac
     def retrain(points: List[Dict[str, Any]], first_number: int) -> List[TrialRecord]:
         return run_points(config, points, trainable, listeners, first_number, base=config, cache=cache.without_test())
 
-    return select(config, records, cache, retrain, evaluate)
+    return select(config, records, cache, retrain, _evaluate)
+
+
+def _evaluate(config: ExperimentConfig, data: EncodedData, weights: Path, split: str) -> Dict[str, float]:
+    # Lightning is imported on the driver only when a winner is evaluated (~4 s), and its terminal
+    # log handler is rerouted to the sweep's log file before it says anything.
+    import lightning.pytorch  # noqa: F401
+
+    from finesweep.cluster import route_library_logs
+    from finesweep.trial import evaluate
+
+    route_library_logs()
+    return evaluate(config, data, weights, split)
 
 
 def _record_selection(tracker: SweepTracker, config: ExperimentConfig, chosen: Selection, cache: DataCache,
