@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml .ci/constraints.txt
 demo: install  ## fine-tune MiniLM on tweet sentiment: 14 TPE trials over strategies, ASHA, ~8 min on 2 CPU cores
 	$(BIN)/finesweep run demo
 
-test: install  ## the whole suite, end-to-end tests included (~10 min on 2 cores)
+test: install  ## the whole suite, end-to-end tests included (~4 min on 2 cores, after install)
 	$(BIN)/python -m pytest
 
 test-fast: install  ## unit tests only
