@@ -88,3 +88,23 @@ def test_without_reseeding_the_search_winner_is_evaluated_once(config: Experimen
                      lambda c, d, w, s: calls.append(s) or {"test/accuracy": 0.8})
     assert outcome is not None and calls == ["test"]
     assert outcome.chosen is search[0] and outcome.latency_ms > 0 and outcome.device == "cpu"
+
+
+def test_test_split_is_served_once_through_the_data_module(config: ExperimentConfig,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Real evaluation of real weights: count what the data module serves, not what is logged."""
+    from finesweep.finetune.datamodule import EncodedDataModule
+    from finesweep.trial import evaluate
+
+    config = dataclasses.replace(config, final=dataclasses.replace(config.final, seeds=0))
+    cache = data.prepare_all(config, ())
+    served: List[str] = []
+    real_test, real_val = EncodedDataModule.test_dataloader, EncodedDataModule.val_dataloader
+    monkeypatch.setattr(EncodedDataModule, "test_dataloader", lambda self: served.append("test") or real_test(self))
+    monkeypatch.setattr(EncodedDataModule, "val_dataloader", lambda self: served.append("val") or real_val(self))
+    weights = str(config.model.name_or_path)  # a saved 3-class model folder stands in for a checkpoint
+    search = [record(0, 0.1, [0.6, 0.9], weights), record(1, 0.2, [0.85], weights), record(2, 0.3, [0.8], weights)]
+    outcome = select(config, search, cache, lambda p, f: pytest.fail("no re-training"), evaluate)
+    assert outcome is not None and outcome.chosen is search[0]
+    assert served == ["test"], "the winner alone is evaluated, on the test split, exactly once"
+    assert set(outcome.test_metrics) == {"test/loss", "test/accuracy", "test/f1_macro"}
