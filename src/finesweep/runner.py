@@ -7,6 +7,7 @@ logged are closed with an honest status and the best trial so far is still recor
 from __future__ import annotations
 
 import contextlib
+import logging
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
@@ -50,16 +51,21 @@ def run(composed: Composed, cache: DataCache, console: Console, trainable: Calla
         log_file = stack.enter_context(ray_session(config.cluster, config.name))
         store_ready.result()
         parent_id = tracker.start()
+        selection_error = ""
         try:
             with view:
                 records = run_sweep(config, composed.params, trainable, [tracker, view], base=config,
                                      cache=cache.without_test())
-                interrupted = any(r.status is TrialStatus.running for r in records)
-                if not interrupted:
-                    chosen = _select(config, records, cache, trainable, [tracker, view], console)
-                    interrupted = any(r.status is TrialStatus.running for r in view.records)
-            if chosen is not None:
-                _record_selection(tracker, config, chosen, cache, console)
+                if not any(r.status is TrialStatus.running for r in records):
+                    try:
+                        chosen = _select(config, records, cache, trainable, [tracker, view], console)
+                        if chosen is not None:
+                            _record_selection(tracker, config, chosen, cache, console)
+                    except Exception as exc:  # the search's results stand; say what failed after it
+                        logging.getLogger("finesweep").exception("model selection failed")
+                        selection_error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0]}"
+                        tracker.note("finesweep.selection_error", selection_error)
+                interrupted = any(r.status is TrialStatus.running for r in view.records)
         finally:
             best = chosen.chosen if chosen else best_trial(records, config.objective.mode)
             tracker.finish(view.records, best, interrupted)
@@ -74,6 +80,9 @@ def run(composed: Composed, cache: DataCache, console: Console, trainable: Calla
         failed = [r for r in records if r.error]
         reason = failed[0].error if failed else "no trial reported a result"
         raise SweepFailedError(f"no trial finished ({len(records)} started). First error: {reason}")
+    if selection_error:
+        raise SweepFailedError(f"the search finished and is logged, but model selection failed: {selection_error} "
+                               f"(details in {log_file})")
     return 0
 
 

@@ -120,6 +120,10 @@ class SweepTracker:
         failed = record.status is TrialStatus.failed
         self.client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED if failed else RunStatus.FINISHED))
 
+    def note(self, tag: str, text: str) -> None:
+        """Set a tag on the parent run (e.g. why model selection failed)."""
+        self.client.set_tag(self.parent_id, tag, text[:5000])
+
     def finish(self, records: Sequence[TrialRecord], best: Optional[TrialRecord], interrupted: bool) -> None:
         """Close dangling child runs, record the winner on the parent and end it."""
         for record in records:
