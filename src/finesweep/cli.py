@@ -16,7 +16,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterator, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
@@ -25,7 +25,7 @@ from rich.console import Console
 from rich.table import Table
 
 import finesweep
-from finesweep.config import ExperimentConfig, Sampler
+from finesweep.config import ExperimentConfig, Sampler, with_overrides
 from finesweep.errors import ConfigError, SearchSpaceError, SweepFailedError, UserError
 from finesweep.search_space import Param, grid_size, parse_space, planned_trials
 
@@ -103,7 +103,7 @@ def check_data(composed: Composed) -> None:
 
     with _blame(composed.sweep_file):
         for variant in data.data_variants(composed.params):
-            task = data.check(_with(composed.config, variant).data)
+            task = data.check(with_overrides(composed.config, variant).data)
             data.check_objective(composed.config.objective.metric, task)
 
 
@@ -114,7 +114,7 @@ def check_model(composed: Composed) -> None:
     with _blame(composed.sweep_file), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # library deprecation notes from building the meta model
         for overrides in _model_variants(composed.params):
-            variant = _with(composed.config, overrides)
+            variant = with_overrides(composed.config, overrides)
             try:
                 check(variant)
             except (OSError, ValueError) as exc:
@@ -354,12 +354,6 @@ def _display(path: Path) -> str:
 
 def _sqlite_missing(uri: str) -> bool:
     return uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists()
-
-
-def _with(config: ExperimentConfig, values: Dict[str, Any]) -> ExperimentConfig:
-    from finesweep.config import with_overrides
-
-    return with_overrides(config, values)
 
 
 # --- argument parsing -----------------------------------------------------------------------------

@@ -109,12 +109,26 @@ def read_table(data: DataConfig) -> pd.DataFrame:
     return frame
 
 
+@dataclass(frozen=True)
+class _Rows:
+    """The usable rows of the file, their labels and the stratified split, before tokenising."""
+
+    frame: pd.DataFrame
+    task: Task
+    label_names: Tuple[str, ...]
+    labels: np.ndarray
+    splits: Tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+def _rows(data: DataConfig) -> _Rows:
+    frame = _subsample(read_table(data), data)
+    task, names, labels = _labels_of(frame, data)
+    return _Rows(frame, task, names, labels, _split_indices(_strata(labels, task), data))
+
+
 def check(data: DataConfig) -> Task:
     """Validate the data file fully (columns, labels, rows per split) without tokenising it."""
-    frame = _subsample(read_table(data), data)
-    task, _, labels = _labels_of(frame, data)
-    _split_indices(_strata(labels, task), data)
-    return task
+    return _rows(data).task
 
 
 def check_objective(metric: str, task: Task) -> None:
@@ -132,26 +146,17 @@ def check_objective(metric: str, task: Task) -> None:
 
 def split_rows(data: DataConfig) -> Dict[str, pd.DataFrame]:
     """The raw rows of each split (train, val, test), exactly as ``prepare`` splits them."""
-    frame = _subsample(read_table(data), data)
-    task, _, labels = _labels_of(frame, data)
-    indices = _split_indices(_strata(labels, task), data)
-    return {name: frame.iloc[idx].reset_index(drop=True) for name, idx in zip(("train", "val", "test"), indices)}
+    rows = _rows(data)
+    return {name: rows.frame.iloc[idx].reset_index(drop=True)
+            for name, idx in zip(("train", "val", "test"), rows.splits)}
 
 
 def prepare(config: ExperimentConfig) -> EncodedData:
     """Read, subsample, split (stratified) and tokenise the data for one config."""
-    data = config.data
-    frame = _subsample(read_table(data), data)
-    task, label_names, labels = _labels_of(frame, data)
-    train_idx, val_idx, test_idx = _split_indices(_strata(labels, task), data)
-    features = _tokenise(frame, config)
-    return EncodedData(
-        train=_take(features, labels, train_idx),
-        val=_take(features, labels, val_idx),
-        test=_take(features, labels, test_idx),
-        label_names=label_names,
-        task=task,
-    )
+    rows = _rows(config.data)
+    features = _tokenise(rows.frame, config)
+    train, val, test = (_take(features, rows.labels, idx) for idx in rows.splits)
+    return EncodedData(train=train, val=val, test=test, label_names=rows.label_names, task=rows.task)
 
 
 def prepare_all(config: ExperimentConfig, params: Sequence[Param]) -> DataCache:

@@ -15,8 +15,8 @@ from typing import Any, Callable, Dict, List, Optional
 from rich.console import Console
 
 from finesweep.cli import Composed
-from finesweep.config import ExperimentConfig, with_overrides
 from finesweep.cluster import ray_session
+from finesweep.config import ExperimentConfig, with_overrides
 from finesweep.data import DataCache, EncodedData
 from finesweep.errors import SweepFailedError
 from finesweep.records import SweepListener, TrialRecord, TrialStatus, best_trial, format_params
