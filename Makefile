@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml .ci/constraints.txt | cksum | cut -d' ' -f1)
 
-.PHONY: demo test test-fast bench install clean
+.PHONY: demo test test-fast lint bench install clean
 
 install: $(STAMP)
 
@@ -20,8 +20,12 @@ $(STAMP): pyproject.toml .ci/constraints.txt
 demo: install  ## fine-tune MiniLM on tweet sentiment: 14 TPE trials over strategies, ASHA, ~8 min on 2 CPU cores
 	$(BIN)/finesweep run demo
 
-test: install  ## the whole suite, end-to-end tests included (~4 min on 2 cores, after install)
+test: install lint  ## lint, types, then the whole suite, end-to-end tests included (~5 min on 2 cores, after install)
 	$(BIN)/python -m pytest
+
+lint: install  ## ruff and mypy (src/ is mypy-clean)
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/mypy src
 
 test-fast: install  ## unit tests only
 	$(BIN)/python -m pytest -m "not slow"

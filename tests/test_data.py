@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
 import numpy as np
@@ -59,18 +60,30 @@ def test_unknown_format(tmp_path: Path) -> None:
         data.check(DataConfig(path=str(path)))
 
 
-def test_split_is_stratified_disjoint_and_seeded(config: ExperimentConfig) -> None:
-    encoded = data.prepare(config)
-    assert encoded.label_names == ("negative", "neutral", "positive")
-    assert len(encoded.train) + len(encoded.val) + len(encoded.test) == 240
-    for split in (encoded.train, encoded.val, encoded.test):
-        counts = np.bincount(split.labels, minlength=3)
+def test_split_is_stratified_disjoint_and_seeded(config: ExperimentConfig, tiny_csv: Path, tmp_path: Path) -> None:
+    frame = pd.read_csv(tiny_csv)
+    frame.insert(0, "row_id", range(len(frame)))  # identifies each row, whatever its text
+    path = tmp_path / "ids.csv"
+    frame.to_csv(path, index=False)
+    cfg = dataclasses.replace(config.data, path=str(path))
+
+    splits = data.split_rows(cfg)
+    ids = {name: set(rows["row_id"]) for name, rows in splits.items()}
+    assert not (ids["train"] & ids["val"]) and not (ids["train"] & ids["test"]) and not (ids["val"] & ids["test"])
+    assert ids["train"] | ids["val"] | ids["test"] == set(range(240)), "every row lands in exactly one split"
+    assert (len(ids["train"]), len(ids["val"]), len(ids["test"])) == (192, 24, 24)
+    for rows in splits.values():
+        counts = rows["label"].value_counts()
         assert counts.max() - counts.min() <= 1, "each class keeps its share in every split"
-    rows = [tuple(r) for s in (encoded.train, encoded.val, encoded.test) for r in s.features["input_ids"]]
-    assert len(encoded.val) == 24 and len(encoded.test) == 24
-    again = data.prepare(config)
-    assert np.array_equal(again.val.features["input_ids"], encoded.val.features["input_ids"])
-    assert len(rows) == 240
+
+    assert data.split_rows(cfg)["val"]["row_id"].tolist() == splits["val"]["row_id"].tolist(), "same seed, same split"
+    reseeded = data.split_rows(dataclasses.replace(cfg, seed=1))
+    assert set(reseeded["val"]["row_id"]) != ids["val"] and set(reseeded["test"]["row_id"]) != ids["test"]
+
+    encoded = data.prepare(dataclasses.replace(config, data=cfg))  # the tokenised splits are those same rows
+    names = encoded.label_names
+    for name, split in (("train", encoded.train), ("val", encoded.val), ("test", encoded.test)):
+        assert [names[i] for i in split.labels] == splits[name]["label"].tolist()
 
 
 def test_subsample_keeps_class_balance(config: ExperimentConfig) -> None:
@@ -88,7 +101,7 @@ def test_tokenised_once_per_variant(config: ExperimentConfig, monkeypatch: pytes
     monkeypatch.setattr(data, "_tokenise", lambda frame, cfg: calls.append(cfg.data.max_length) or real(frame, cfg))
     cache = data.prepare_all(config, params)
     assert sorted(calls) == [8, 16], "batch size does not change tokenisation; each max_length is tokenised once"
-    from finesweep.config import with_overrides
+    from finesweep.overrides import with_overrides
     for length in (8, 16):
         for batch in (8, 16, 32):
             variant = cache.for_config(with_overrides(config, {"data.max_length": length, "data.batch_size": batch}))
@@ -147,3 +160,55 @@ def test_trials_never_receive_the_test_split(config: ExperimentConfig) -> None:
     shipped = cache.without_test()
     assert all(v.test is None for v in shipped.variants.values())
     assert all(v.test is not None and len(v.test) for v in cache.variants.values())
+
+
+@pytest.mark.parametrize("content,message", [
+    (b"", r"cannot read .*empty\.csv as csv \(EmptyDataError: No columns to parse from file\)\. Check that the file "
+          r"is valid csv in utf-8\."),
+    (b"text,label\n\"unclosed,a\n", r"cannot read .*empty\.csv as csv \(ParserError: "),
+], ids=["empty", "unclosed-quote"])
+def test_unreadable_csv_is_one_line(tmp_path: Path, content: bytes, message: str) -> None:
+    path = tmp_path / "empty.csv"
+    path.write_bytes(content)
+    with pytest.raises(DataError, match=r"^data\.path: " + message) as caught:
+        data.check(DataConfig(path=str(path)))
+    assert "\n" not in str(caught.value)
+
+
+def test_broken_parquet_is_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "broken.parquet"
+    path.write_bytes(b"PAR1 this is not a parquet file")
+    with pytest.raises(DataError, match=r"data\.path: cannot read .*broken\.parquet as parquet \(Arrow\w*: .*\)\. "
+                                        r"Check that the file is valid parquet\.$"):
+        data.check(DataConfig(path=str(path)))
+
+
+def test_reader_failure_without_a_message_is_still_one_line(tiny_csv: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def fail(*args: object, **kwargs: object) -> None:
+        raise ValueError()  # str(exc) == "": the old splitlines()[0] raised IndexError here
+
+    monkeypatch.setattr(pd, "read_csv", fail)
+    with pytest.raises(DataError, match=r"data\.path: cannot read .*tiny\.csv as csv \(ValueError\)\. Check that"):
+        data.check(DataConfig(path=str(tiny_csv)))
+
+
+def test_unknown_encoding_is_refused_by_the_config(tiny_csv: Path) -> None:
+    with pytest.raises(ConfigError, match=r"^data\.encoding must be a text encoding Python knows, got 'utf-99'\."):
+        DataConfig(path=str(tiny_csv), encoding="utf-99")
+
+
+@pytest.mark.parametrize("task,expected", [
+    ("classification", r"^192/24/24 train/val/test rows, 3-class classification \(negative, neutral, positive\)$"),
+    ("regression", r"^96/12/12 train/val/test rows, regression, target mean 0\.\d+, std 0\.\d+$"),
+])
+def test_describe_says_what_the_task_is(config: ExperimentConfig, tmp_path: Path, task: str, expected: str) -> None:
+    if task == "regression":
+        path = write_regression_csv(tmp_path / "reg.csv")
+        config = dataclasses.replace(config, data=dataclasses.replace(
+            config.data, path=str(path), text_column="premise", text_pair_column="hypothesis", label_column="score"))
+    encoded = data.prepare(config)
+    assert re.match(expected, encoded.describe()), encoded.describe()
+    if task == "regression":
+        targets = np.concatenate([encoded.train.labels, encoded.val.labels, encoded.test.labels])
+        assert f"target mean {targets.mean():.3g}, std {targets.std():.3g}" in encoded.describe()
+        assert "classes" not in encoded.describe()

@@ -14,7 +14,6 @@ from rich.console import Console
 
 from finesweep import runner
 from finesweep.cli import compose
-from finesweep.data import DataCache
 from finesweep.errors import SweepFailedError
 
 pytestmark = pytest.mark.slow

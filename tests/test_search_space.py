@@ -10,7 +10,7 @@ import pytest
 from finesweep.cli import compose
 from finesweep.config import ExperimentConfig
 from finesweep.errors import SearchSpaceError
-from finesweep.search_space import Distribution, Param, grid, grid_size, iter_grid, parse_space, suggest
+from finesweep.search_space import Distribution, Param, grid, grid_size, iter_grid, parse_space, probes, suggest
 
 
 @pytest.fixture(scope="module")
@@ -25,9 +25,11 @@ GOOD = [
      Param("optim.weight_decay", Distribution.uniform, low=0.0, high=0.1)),
     ("float-step", {"optim.warmup_ratio": {"distribution": "float", "low": 0.0, "high": 0.2, "step": 0.05}},
      Param("optim.warmup_ratio", Distribution.float, low=0.0, high=0.2, step=0.05)),
-    ("int", {"scheduler.max_epochs": {"distribution": "int", "low": 1, "high": 4}},
-     None),  # a sweep section: rejected below, listed here to keep the table honest
-    ("int-step", {"data.batch_size": {"distribution": "categorical", "choices": [8, 16]}},
+    ("int", {"trainer.accumulate_grad_batches": {"distribution": "int", "low": 1, "high": 4}},
+     Param("trainer.accumulate_grad_batches", Distribution.int, low=1, high=4)),
+    ("int-step", {"data.batch_size": {"distribution": "int", "low": 8, "high": 32, "step": 8}},
+     Param("data.batch_size", Distribution.int, low=8, high=32, step=8)),
+    ("categorical-numbers", {"data.batch_size": {"distribution": "categorical", "choices": [8, 16]}},
      Param("data.batch_size", Distribution.categorical, choices=(8, 16))),
     ("int-log", {"trainer.seed": {"distribution": "int", "low": 1, "high": 64, "log": True}},
      Param("trainer.seed", Distribution.int, low=1, high=64, log=True)),
@@ -36,7 +38,7 @@ GOOD = [
 ]
 
 
-@pytest.mark.parametrize("space,expected", [(s, e) for _, s, e in GOOD if e], ids=[i for i, _, e in GOOD if e])
+@pytest.mark.parametrize("space,expected", [(s, e) for _, s, e in GOOD], ids=[i for i, _, _ in GOOD])
 def test_parses_each_distribution(base: ExperimentConfig, space: Dict[str, Any], expected: Param) -> None:
     assert parse_space(space, base) == (expected,)
 
@@ -44,11 +46,12 @@ def test_parses_each_distribution(base: ExperimentConfig, space: Dict[str, Any],
 BAD = [
     ("unknown-key", {"optim.learning_rate": {"distribution": "uniform", "low": 0, "high": 1}},
      r"space\.optim\.learning_rate: unknown config key 'optim\.learning_rate'\. Keys under optim: lr, weight_decay, "
-     r"warmup_ratio, schedule\."),
+     r"warmup_ratio, schedule, min_lr_ratio, num_cycles, decay_ratio\."),
     ("typo-key", {"optim.weight_decy": {"distribution": "uniform", "low": 0, "high": 1}},
      r"unknown config key 'optim\.weight_decy'\. Did you mean optim\.weight_decay\?"),
     ("sweep-section-key", {"scheduler.max_epochs": {"distribution": "int", "low": 1, "high": 4}},
-     r"space\.scheduler\.max_epochs: unknown config key"),
+     r"space\.scheduler\.max_epochs: scheduler describes the sweep itself, not a config value, so it cannot be "
+     r"searched\. Search config values such as optim\.lr; set the sweep's own values under scheduler:\."),
     ("low-gt-high", {"optim.lr": {"distribution": "uniform", "low": 0.1, "high": 0.01}},
      r"space\.optim\.lr: low must be <= high, got low=0\.1, high=0\.01\. Swap the bounds\."),
     ("loguniform-zero", {"optim.lr": {"distribution": "loguniform", "low": 0, "high": 0.1}},
@@ -82,7 +85,11 @@ BAD = [
     ("int-key-float-dist", {"data.batch_size": {"distribution": "uniform", "low": 8, "high": 64}},
      r"space\.data\.batch_size: data\.batch_size holds whole numbers, got distribution uniform\."),
     ("enum-bad-choice", {"optim.schedule": {"distribution": "categorical", "choices": ["linear", "step"]}},
-     r"space\.optim\.schedule: optim\.schedule must be one of linear, cosine, constant, got 'step'\."),
+     r"space\.optim\.schedule: optim\.schedule must be one of linear, cosine, cosine_with_restarts, .*, got 'step'\."),
+    ("precision-unknown-to-lightning", {"trainer.precision": {"distribution": "categorical",
+                                                             "choices": ["32-true", "8-bit"]}},
+     r"space\.trainer\.precision: trainer\.precision must be one of 32-true, 16-mixed, bf16-mixed, 16-true, bf16-true, "
+     r"64-true, got '8-bit'\."),
     ("tokenisation-key-continuous", {"data.max_length": {"distribution": "int", "low": 16, "high": 64}},
      r"space\.data\.max_length: data is tokenised once per sweep for each value of data\.max_length, so it can "
      r"only be searched as categorical, got int\."),
@@ -134,3 +141,59 @@ def test_optuna_distributions_and_define_by_run(base: ExperimentConfig) -> None:
         assert round(values["optim.warmup_ratio"] / 0.05, 9).is_integer()
         assert values["data.batch_size"] in (16, 32)
         assert set(values) == {p.key for p in params}
+
+
+@pytest.mark.parametrize("spec,extremes", [
+    ({"distribution": "uniform", "low": 0.0, "high": 0.1}, [("low", 0.0), ("high", 0.1)]),
+    ({"distribution": "float", "low": 0.0, "high": 1.0, "step": 0.5}, [("low", 0.0), ("high", 1.0)]),
+    ({"distribution": "loguniform", "low": 1e-5, "high": 1e-3}, [("low", 1e-5), ("high", 1e-3)]),
+    ({"distribution": "int", "low": 1, "high": 8, "step": 3}, [("low", 1), ("high", 7)]),  # 1, 4, 7: 8 is never drawn
+    ({"distribution": "int", "low": 2, "high": 2}, [("low", 2)]),
+    ({"distribution": "categorical", "choices": [1, 2, 3]}, [("choice", 1), ("choice", 2), ("choice", 3)]),
+], ids=["uniform", "float-step", "loguniform", "int-step", "int-single", "categorical"])
+def test_extremes_are_the_values_a_sampler_can_reach_at_the_edges(base: ExperimentConfig, spec: Dict[str, Any],
+                                                                   extremes: list) -> None:
+    key = "data.batch_size" if spec["distribution"] in ("int", "categorical") else "optim.weight_decay"
+    (param,) = parse_space({key: spec}, base)
+    assert param.extremes() == extremes
+    if param.is_finite:
+        assert {v for _, v in extremes} <= set(param.grid_values()), "every extreme is a value the grid takes"
+
+
+def test_probes_cover_each_value_alone_then_every_branch_of_extremes(base: ExperimentConfig) -> None:
+    params = parse_space({
+        "finetune.strategy": {"distribution": "categorical", "choices": ["freeze", "full"]},
+        "finetune.freeze_layers": {"distribution": "int", "low": 1, "high": 3, "when": {"finetune.strategy": "freeze"}},
+        "optim.lr": {"distribution": "loguniform", "low": 1e-5, "high": 1e-3},
+    }, base)
+    found = probes(params, exhaustive=False)
+    singles = [(p.param.key, p.label, p.values) for p in found if p.param is not None]
+    assert singles == [
+        ("finetune.strategy", "choice", {"finetune.strategy": "freeze"}),
+        ("finetune.strategy", "choice", {"finetune.strategy": "full"}),
+        ("finetune.freeze_layers", "low", {"finetune.strategy": "freeze", "finetune.freeze_layers": 1}),
+        ("finetune.freeze_layers", "high", {"finetune.strategy": "freeze", "finetune.freeze_layers": 3}),
+        ("optim.lr", "low", {"optim.lr": 1e-5}),
+        ("optim.lr", "high", {"optim.lr": 1e-3}),
+    ], "each parameter alone, its `when` parent set so it is active"
+    combos = [p.values for p in found if p.param is None]
+    # freeze: 2 depths x 2 lrs; full: no depth x 2 lrs
+    assert len(combos) == 6 and all(("finetune.freeze_layers" in c) == (c["finetune.strategy"] == "freeze")
+                                    for c in combos)
+    assert {(c.get("finetune.freeze_layers"), c["optim.lr"]) for c in combos} == {
+        (1, 1e-5), (1, 1e-3), (3, 1e-5), (3, 1e-3), (None, 1e-5), (None, 1e-3)}
+
+
+def test_grid_probes_walk_every_grid_point(base: ExperimentConfig) -> None:
+    params = parse_space({"optim.lr": {"distribution": "categorical", "choices": [1e-4, 1e-3]},
+                          "data.batch_size": {"distribution": "int", "low": 8, "high": 32, "step": 8}}, base)
+    combos = [p.values for p in probes(params, exhaustive=True) if p.param is None]
+    assert combos == list(iter_grid(params)) and len(combos) == 8
+
+
+def test_probes_stop_at_the_limit(base: ExperimentConfig) -> None:
+    space = {f"finetune.lora.{k}": {"distribution": "categorical", "choices": v}
+             for k, v in {"r": [2, 4, 8], "alpha": [8, 16, 32], "dropout": [0.0, 0.1, 0.2]}.items()}
+    params = parse_space(space, base)
+    assert len([p for p in probes(params, exhaustive=False, limit=5) if p.param is None]) == 5
+    assert len([p for p in probes(params, exhaustive=False) if p.param is None]) == 27

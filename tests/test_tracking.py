@@ -11,6 +11,7 @@ from mlflow.tracking import MlflowClient
 from finesweep.cli import compose
 from finesweep.config import ExperimentConfig
 from finesweep.records import TrialRecord, TrialStatus, best_trial
+from finesweep.serving import ServingMeta
 from finesweep.tracking import SweepTracker, git_state, list_sweeps
 
 
@@ -101,8 +102,8 @@ def test_registered_model_reloads_and_predicts(config: ExperimentConfig, tiny_mo
 
     tracker = SweepTracker(config, {}, Path("sweeps/demo.yaml").resolve(), "")
     tracker.start()
-    meta = {"task": "classification", "label_names": ["negative", "neutral", "positive"], "text_column": "text",
-            "text_pair_column": None, "max_length": 32, "objective": "val/accuracy"}
+    meta = ServingMeta(task="classification", label_names=("negative", "neutral", "positive"), text_column="text",
+                       text_pair_column=None, max_length=32, objective="val/accuracy")
     version = tracker.register(tiny_model, str(tiny_model), meta)
     assert version == "demo/1"
     mlflow.set_tracking_uri(config.tracking.uri)
@@ -114,7 +115,7 @@ def test_registered_model_reloads_and_predicts(config: ExperimentConfig, tiny_mo
     reference = AutoModelForSequenceClassification.from_pretrained(tiny_model).eval()
     with torch.no_grad():
         logits = reference(**tokenizer(texts, padding=True, return_tensors="pt")).logits
-    assert list(predicted["label"]) == [meta["label_names"][i] for i in logits.argmax(dim=1).tolist()]
+    assert list(predicted["label"]) == [meta.label_names[i] for i in logits.argmax(dim=1).tolist()]
     client = MlflowClient(config.tracking.uri)
     assert client.get_registered_model("demo").name == "demo"
     assert client.get_run(tracker.parent_id).data.tags["finesweep.registered_model"] == "demo/1"

@@ -9,38 +9,30 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import importlib.util
 import os
 import sys
 import time
-import warnings
-from dataclasses import dataclass
+import typing
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, Optional, Sequence
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 from rich.console import Console
 from rich.table import Table
 
 import finesweep
-from finesweep.config import ExperimentConfig, Sampler, with_overrides
-from finesweep.errors import ConfigError, SearchSpaceError, SweepFailedError, UserError
+from finesweep import preflight
+from finesweep.config import ExperimentConfig, Sampler
+from finesweep.errors import ConfigError, SearchSpaceError, SweepFailedError, UserError, one_line
+from finesweep.overrides import key_hint, leaf_keys
 from finesweep.search_space import Param, grid_size, parse_space, planned_trials
+from finesweep.sweep import Sweep
 
-SWEEP_KEYS = ("defaults", "objective", "search", "scheduler", "space")
 DEFAULT_UI_PORT = 5000
-
-
-@dataclass(frozen=True)
-class Composed:
-    """A composed, validated sweep: the typed config, its parsed space, and where it came from."""
-
-    config: ExperimentConfig
-    params: Tuple[Param, ...]
-    sweep_file: Path
-    yaml_text: str
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -66,27 +58,31 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 130
 
 
-def compose(sweep: str, overrides: Sequence[str]) -> Composed:
+def compose(sweep: str, overrides: Sequence[str]) -> Sweep:
     """Compose conf/ + sweep file + overrides, convert to typed config and validate all of it.
+
+    Every value the search space can produce is checked against the config's rules here, so a
+    sweep that composes cannot hand a trial an invalid config.
 
     Raises:
         UserError: any rule broken; the message names the sweep file and the key.
     """
     sweep_file = resolve_sweep(sweep)
     document = _read_sweep(sweep_file)
-    with _blame(sweep_file):
+    with blame(sweep_file):
         try:
             cfg = _compose(document, [f"name={sweep_file.stem}", *overrides])
             config: ExperimentConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
         except (OmegaConfBaseException, ValueError) as exc:
-            raise ConfigError(_one_line(exc)) from None
+            raise ConfigError(one_line(exc)) from None
         params = parse_space(config.space, config)
         _check_budget(config, params)
-    return Composed(config, params, sweep_file, OmegaConf.to_yaml(cfg, resolve=True))
+        preflight.check_values(config, params)
+    return Sweep(config, params, sweep_file, OmegaConf.to_yaml(cfg, resolve=True))
 
 
 @contextlib.contextmanager
-def _blame(sweep_file: Path) -> Iterator[None]:
+def blame(sweep_file: Path) -> Iterator[None]:
     """Prefix user errors raised inside with the sweep file they concern."""
     try:
         yield
@@ -95,47 +91,6 @@ def _blame(sweep_file: Path) -> Iterator[None]:
         if str(exc).startswith(prefix):
             raise
         raise type(exc)(prefix + str(exc)) from None
-
-
-def check_data(composed: Composed) -> None:
-    """Validate every data variant a sweep uses (file, columns, labels, splits, objective vs task)."""
-    from finesweep import data
-
-    with _blame(composed.sweep_file):
-        for variant in data.data_variants(composed.params):
-            task = data.check(with_overrides(composed.config, variant).data)
-            data.check_objective(composed.config.objective.metric, task)
-
-
-def check_model(composed: Composed) -> None:
-    """Validate the strategy settings against the model architecture (no weights loaded), per searched value."""
-    from finesweep.finetune.module import check
-
-    with _blame(composed.sweep_file), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # library deprecation notes from building the meta model
-        for overrides in _model_variants(composed.params):
-            variant = with_overrides(composed.config, overrides)
-            try:
-                check(variant)
-            except (OSError, ValueError) as exc:
-                raise ConfigError(f"model.name_or_path: cannot read the model config of "
-                                  f"{variant.model.name_or_path!r} ({_one_line(exc)}). Point it at a Hugging Face "
-                                  "model folder (with config.json) or, when online, a hub id.") from None
-
-
-def _model_variants(params: Sequence[Param]) -> List[Dict[str, Any]]:
-    """The base config plus each searched model/fine-tuning value alone (ints at both bounds)."""
-    from finesweep.search_space import Distribution
-
-    variants: List[Dict[str, Any]] = [{}]
-    for param in params:
-        if not param.key.startswith(("model.", "finetune.")):
-            continue
-        values = param.choices if param.distribution is Distribution.categorical else (param.low, param.high)
-        for value in values:
-            variant = {parent: allowed[0] for parent, allowed in param.when}
-            variants.append({**variant, param.key: value})
-    return variants
 
 
 def resolve_sweep(sweep: str) -> Path:
@@ -168,16 +123,16 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     """finesweep run: validate, prepare data once, run the sweep, log it, print the winners."""
     from finesweep import data, runner
 
-    composed = compose(args.sweep, args.overrides)
-    check_model(composed)
+    sweep = compose(args.sweep, args.overrides)
     started = time.monotonic()
-    with console.status("reading, splitting and tokenising the data once"), _blame(composed.sweep_file):
-        cache = data.prepare_all(composed.config, composed.params)
-        data.check_objective(composed.config.objective.metric, cache.task)
+    with blame(sweep.sweep_file):
+        preflight.check_model(sweep)
+        with console.status("reading, splitting and tokenising the data once"):
+            cache = data.prepare_all(sweep.config, sweep.params)
+            data.check_objective(sweep.config.objective.metric, cache.task)
     console.print(f"data ready in {time.monotonic() - started:.1f}s: "
-                  + "; ".join(f"{len(v.train)}/{len(v.val)}/{len(v.test or ())} train/val/test rows, "
-                              f"{v.num_labels} classes" for v in cache.variants.values()))
-    return runner.run(composed, cache, console)
+                  + "; ".join(v.describe() for v in cache.variants.values()))
+    return runner.run(sweep, cache, console)
 
 
 def cmd_show(args: argparse.Namespace, console: Console) -> int:
@@ -185,8 +140,9 @@ def cmd_show(args: argparse.Namespace, console: Console) -> int:
     from finesweep.search_space import Distribution
 
     composed = compose(args.sweep, args.overrides)
-    check_data(composed)
-    check_model(composed)
+    with blame(composed.sweep_file):
+        preflight.check_data(composed)
+        preflight.check_model(composed)
     console.print(f"# composed config of {_display(composed.sweep_file)}")
     console.print(composed.yaml_text, markup=False)
     table = Table(title="search space")
@@ -242,7 +198,8 @@ def cmd_ui(args: argparse.Namespace, console: Console) -> int:
 
 # --- Hydra ----------------------------------------------------------------------------------------
 
-def _compose(document: Dict[str, Any], overrides: Sequence[str]) -> DictConfig:
+def _compose(document: Dict[str, Any], overrides: Sequence[str], resolve: bool = True) -> DictConfig:
+    """Compose with Hydra; ``resolve=False`` leaves interpolations (package paths) unevaluated."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.config_store import ConfigStore
@@ -257,7 +214,11 @@ def _compose(document: Dict[str, Any], overrides: Sequence[str]) -> DictConfig:
             cfg = hydra_compose(config_name="config", overrides=["+sweep=current", *overrides])
     except HydraException as exc:
         raise ConfigError(_hydra_message(exc)) from None
-    OmegaConf.resolve(cfg)
+    try:
+        if resolve:
+            OmegaConf.resolve(cfg)
+    except OmegaConfBaseException as exc:
+        raise ConfigError(one_line(exc)) from None
     _reject_unknown_keys(cfg, ExperimentConfig)
     return cfg
 
@@ -269,10 +230,12 @@ def _hydra_message(exc: BaseException) -> str:
         chain.append(chain[-1].__cause__ or chain[-1].__context__)  # type: ignore[arg-type]
     keyed = next((e for e in chain if getattr(e, "full_key", None)), None)
     if keyed is not None:
-        message = str(keyed).strip().splitlines()[0]
-        fix = ("Check the spelling; finesweep show prints every key." if "not in" in message
-               else "Use one of those." if "expected one of" in message else "Give a value of that type.")
-        return f"{keyed.full_key}: {message}. {fix}"  # type: ignore[attr-defined]
+        full_key = str(keyed.full_key)  # type: ignore[attr-defined]
+        if isinstance(keyed, (ConfigKeyError, ConfigAttributeError)):
+            return _unknown_key(full_key)
+        message = one_line(keyed).removeprefix(f"{full_key}: ")
+        fix = "Use one of those." if "expected one of" in message else "Give a value of that type."
+        return f"{full_key}: {message}. {fix}"
     lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
     if "Available options" in str(exc):
         start = next(i for i, line in enumerate(lines) if line.startswith("Available options"))
@@ -282,24 +245,26 @@ def _hydra_message(exc: BaseException) -> str:
 
 
 def _reject_unknown_keys(cfg: Any, schema: type, prefix: str = "") -> None:
-    import dataclasses
-
-    fields = {f.name: f for f in dataclasses.fields(schema)}
+    hints = typing.get_type_hints(schema)
     for key in cfg:
-        if key not in fields:
-            raise ConfigError(f"{prefix}{key}: not a config key. Check the spelling; finesweep show prints every key.")
-        nested = fields[key].type
-        nested_cls = getattr(sys.modules[schema.__module__], nested, None) if isinstance(nested, str) else nested
-        if dataclasses.is_dataclass(nested_cls) and isinstance(cfg[key], DictConfig):
-            _reject_unknown_keys(cfg[key], nested_cls, f"{prefix}{key}.")
+        if key not in hints:
+            raise ConfigError(_unknown_key(f"{prefix}{key}"))
+        if dataclasses.is_dataclass(hints[key]) and isinstance(cfg[key], DictConfig):
+            _reject_unknown_keys(cfg[key], hints[key], f"{prefix}{key}.")
+
+
+def _unknown_key(key: str) -> str:
+    return f"{key}: not a config key. {key_hint(key, leaf_keys(ExperimentConfig(), sweep_sections=True))}"
 
 
 def _tracking(overrides: Sequence[str]) -> Dict[str, str]:
+    """tracking.uri and tracking.artifact_root, resolving nothing else (no data or model paths)."""
+    cfg = _compose({}, overrides, resolve=False)
     try:
-        cfg = _compose({}, overrides)
-        return {"uri": str(cfg.tracking.uri), "artifact_root": str(cfg.tracking.artifact_root)}
-    except (OmegaConfBaseException, ValueError) as exc:
-        raise ConfigError(_one_line(exc)) from None
+        return {key: str(OmegaConf.select(cfg, f"tracking.{key}", throw_on_missing=True))
+                for key in ("uri", "artifact_root")}
+    except OmegaConfBaseException as exc:
+        raise ConfigError(one_line(exc)) from None
 
 
 def _register_resolvers() -> None:
@@ -320,9 +285,10 @@ def package_path(package: str, relative: str = "") -> str:
 
 def _read_sweep(path: Path) -> Dict[str, Any]:
     try:
-        document = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{_display(path)}: not valid YAML: {_one_line(exc)}. Fix the syntax.") from None
+        document = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeError, OSError) as exc:
+        raise ConfigError(f"{_display(path)}: not a readable YAML file: {one_line(exc)}. Fix the syntax "
+                          "(a sweep file is UTF-8 YAML).") from None
     if not isinstance(document, dict):
         raise ConfigError(f"{_display(path)}: a sweep file must be a mapping (objective:, search:, space: ...), "
                           f"got {type(document).__name__}. See sweeps/demo.yaml.")
@@ -338,12 +304,6 @@ def _check_budget(config: ExperimentConfig, params: Sequence[Param]) -> None:
         if config.search.num_trials is not None and config.search.num_trials != size:
             raise ConfigError(f"search.num_trials: the grid has {size} combinations and runs each once, got "
                               f"num_trials={config.search.num_trials}. Remove num_trials or set it to {size}.")
-
-
-def _one_line(exc: BaseException) -> str:
-    message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    key = getattr(exc, "full_key", None)
-    return f"{key}: {message}" if key and key not in message else message
 
 
 def _display(path: Path) -> str:

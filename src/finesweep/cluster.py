@@ -15,6 +15,22 @@ from typing import Any, Dict, Iterator
 
 from finesweep.config import ClusterConfig
 
+WORKER_ENV = {
+    "RAY_CHDIR_TO_TRIAL_DIR": "0",  # trials use absolute paths and must not depend on the cwd
+    "TOKENIZERS_PARALLELISM": "false",  # one trial per worker process; tokenising happened on the driver
+}
+"""Environment of every Ray worker, on every node: set through the job's ``runtime_env``."""
+
+FORWARDED_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_ENDPOINT")
+"""Driver variables workers need too (where models come from), forwarded when set."""
+
+DRIVER_ENV = {
+    "RAY_CHDIR_TO_TRIAL_DIR": "0",  # read by Tune on the driver and propagated to its trial actors
+    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",  # MLflow is the record; skip Ray's CSV/JSON/TB files
+    "RAY_AIR_NEW_OUTPUT": "0",  # with verbose=0 the legacy reporter prints nothing
+}
+"""Flags Ray Tune reads in the driver process itself."""
+
 RAY_LOGGERS = ("ray", "ray.tune", "ray.train", "ray.data", "optuna", "lightning", "lightning.pytorch",
                "lightning.fabric", "transformers", "filelock", "mlflow", "alembic")
 
@@ -27,12 +43,12 @@ def ray_session(cluster: ClusterConfig, sweep_name: str) -> Iterator[Path]:
     shuts it down afterwards; any other address joins that cluster and only disconnects.
     """
     log_file = _log_to_file(Path(cluster.log_dir), sweep_name)
-    os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0 the legacy reporter prints nothing
+    for name, value in DRIVER_ENV.items():
+        os.environ.setdefault(name, value)
     import ray
 
     kwargs: Dict[str, Any] = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
-                  configure_logging=False)
+                                  configure_logging=False, runtime_env={"env_vars": worker_env()})
     if cluster.address:
         ray.init(address=cluster.address, **kwargs)
     else:
@@ -41,6 +57,11 @@ def ray_session(cluster: ClusterConfig, sweep_name: str) -> Iterator[Path]:
         yield log_file
     finally:
         ray.shutdown()
+
+
+def worker_env() -> Dict[str, str]:
+    """What every worker's environment gets: ``WORKER_ENV`` plus the forwarded driver variables."""
+    return {**{name: os.environ[name] for name in FORWARDED_ENV if name in os.environ}, **WORKER_ENV}
 
 
 def _log_to_file(log_dir: Path, sweep_name: str) -> Path:

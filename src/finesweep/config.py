@@ -3,73 +3,29 @@
 YAML in ``conf/`` and ``sweeps/`` only sets values; these dataclasses say what the values may be.
 The CLI converts the composed Hydra config into them once (``OmegaConf.to_object``), and each
 ``__post_init__`` checks the rules of its own section. Everything downstream of the CLI works on
-these plain, picklable objects; nothing else touches Hydra or OmegaConf.
+these plain, picklable objects; nothing else touches Hydra or OmegaConf. The closed choices
+(Enums) live in ``choices.py`` and are re-exported here.
 """
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
-import enum
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from omegaconf import MISSING
 
+from finesweep.choices import Accelerator, Mode, Precision, Sampler, Schedule, SchedulerKind, Strategy, Task
 from finesweep.errors import ConfigError
 from finesweep.metrics import OBJECTIVE_METRICS
 
-
-class Sampler(str, enum.Enum):
-    """How Optuna proposes the next trial."""
-
-    grid = "grid"
-    random = "random"
-    tpe = "tpe"
-
-
-class SchedulerKind(str, enum.Enum):
-    """How Ray Tune decides which running trials to stop early."""
-
-    asha = "asha"
-    fifo = "fifo"
-
-
-class Mode(str, enum.Enum):
-    """Whether the objective metric is maximised or minimised."""
-
-    max = "max"
-    min = "min"
-
-
-class Schedule(str, enum.Enum):
-    """Learning-rate schedule after the linear warmup."""
-
-    linear = "linear"
-    cosine = "cosine"
-    constant = "constant"
-
-
-class Strategy(str, enum.Enum):
-    """Which weights a trial trains."""
-
-    full = "full"
-    head_only = "head_only"
-    freeze = "freeze"
-    gradual_unfreeze = "gradual_unfreeze"
-    lora = "lora"
-
-
-class Task(str, enum.Enum):
-    """What the label column holds; ``auto`` decides from the data (non-integer numbers = regression)."""
-
-    auto = "auto"
-    classification = "classification"
-    regression = "regression"
-
-
-PRECISIONS = ("32-true", "32", "16-mixed", "bf16-mixed", "bf16-true", "64-true")
+__all__ = [
+    "Accelerator", "ClusterConfig", "DataConfig", "ExperimentConfig", "FinalConfig", "FinetuneConfig", "LoraConfig",
+    "Mode", "ModelConfig", "ObjectiveConfig", "OptimConfig", "Precision", "Sampler", "Schedule", "SchedulerConfig",
+    "SchedulerKind", "SearchConfig", "Strategy", "Task", "TrackingConfig", "TrainerConfig",
+]
 
 
 @dataclass
@@ -120,23 +76,21 @@ class DataConfig:
         if _incomplete(self):
             return  # a schema default, not yet filled in by YAML
         self.path = str(Path(self.path).expanduser().resolve())
-        problems = [
+        _raise_problems([
             _check(0.0 < self.val_fraction < 1.0, "data.val_fraction", self.val_fraction,
                    "must be in (0, 1)", "Use e.g. 0.1."),
             _check(0.0 <= self.test_fraction < 1.0, "data.test_fraction", self.test_fraction,
                    "must be in [0, 1)", "Use e.g. 0.1."),
             _check(self.val_fraction + self.test_fraction < 1.0, "data.val_fraction",
                    self.val_fraction + self.test_fraction,
-                   "plus data.test_fraction must leave training data (sum < 1)",
-                   "Lower one of them."),
+                   "plus data.test_fraction must leave training data (sum < 1)", "Lower one of them."),
             _check(self.max_samples is None or self.max_samples >= 10, "data.max_samples",
                    self.max_samples, "must be at least 10 or null", "Use null for every row."),
-            _check(self.max_length >= 8, "data.max_length", self.max_length,
-                   "must be at least 8", "Use e.g. 128."),
-            _check(self.batch_size >= 1, "data.batch_size", self.batch_size,
-                   "must be at least 1", "Use e.g. 32."),
-        ]
-        _raise_problems(problems)
+            _check(self.max_length >= 8, "data.max_length", self.max_length, "must be at least 8", "Use e.g. 128."),
+            _check(self.batch_size >= 1, "data.batch_size", self.batch_size, "must be at least 1", "Use e.g. 32."),
+            _check(_is_codec(self.encoding), "data.encoding", repr(self.encoding),
+                   "must be a text encoding Python knows", "Use e.g. utf-8, latin-1 or cp1252."),
+        ])
 
 
 @dataclass
@@ -148,16 +102,33 @@ class OptimConfig:
     warmup_ratio: float = 0.1
     """Fraction of the trial's full budget (scheduler.max_epochs) spent warming up linearly."""
     schedule: Schedule = Schedule.linear
+    min_lr_ratio: float = 0.0
+    """Where the decay ends, as a fraction of lr: cosine_with_min_lr, cosine_warmup_with_min_lr,
+    warmup_stable_decay and polynomial."""
+    num_cycles: int = 1
+    """cosine_with_restarts: cosine cycles (hard restarts) over the budget."""
+    decay_ratio: float = 0.1
+    """warmup_stable_decay: fraction of the budget spent decaying at the end."""
 
     def __post_init__(self) -> None:
         if _incomplete(self):
             return  # a schema default, not yet filled in by YAML
+        wsd = self.schedule is Schedule.warmup_stable_decay
         _raise_problems([
             _check(self.lr > 0, "optim.lr", self.lr, "must be > 0", "Use e.g. 5e-5."),
             _check(self.weight_decay >= 0, "optim.weight_decay", self.weight_decay,
                    "must be >= 0", "Use e.g. 0.01."),
             _check(0.0 <= self.warmup_ratio < 1.0, "optim.warmup_ratio", self.warmup_ratio,
                    "must be in [0, 1)", "Use e.g. 0.1."),
+            _check(0.0 <= self.min_lr_ratio < 1.0, "optim.min_lr_ratio", self.min_lr_ratio,
+                   "must be in [0, 1)", "Use e.g. 0.1, or 0 to decay to zero."),
+            _check(self.num_cycles >= 1, "optim.num_cycles", self.num_cycles, "must be at least 1", "Use e.g. 2."),
+            _check(0.0 < self.decay_ratio <= 1.0, "optim.decay_ratio", self.decay_ratio,
+                   "must be in (0, 1]", "Use e.g. 0.1."),
+            _check(not wsd or self.warmup_ratio + self.decay_ratio <= 1.0, "optim.warmup_ratio",
+                   self.warmup_ratio + self.decay_ratio,
+                   "plus optim.decay_ratio must fit in the budget (sum <= 1) for warmup_stable_decay",
+                   "Lower one of them."),
         ])
 
 
@@ -165,9 +136,10 @@ class OptimConfig:
 class TrainerConfig:
     """The Lightning Trainer of every trial."""
 
-    precision: str = "32-true"
+    precision: Precision = Precision["32-true"]
+    """32-true; 16-mixed / bf16-mixed on GPUs that support them (Lightning runs 16-mixed as bf16 on CPU)."""
     gradient_clip_val: Optional[float] = None
-    accelerator: str = "auto"
+    accelerator: Accelerator = Accelerator.auto
     seed: int = 0
     """Seed of weight init and batch order, the same for every trial so only hyperparameters differ."""
     label_smoothing: float = 0.0
@@ -178,11 +150,7 @@ class TrainerConfig:
     """Stop a trial after this many epochs without improving the objective; null = off."""
 
     def __post_init__(self) -> None:
-        if _incomplete(self):
-            return  # a schema default, not yet filled in by YAML
         _raise_problems([
-            _check(self.precision in PRECISIONS, "trainer.precision", self.precision,
-                   f"must be one of {', '.join(PRECISIONS)}", "Use 32-true on CPU."),
             _check(self.gradient_clip_val is None or self.gradient_clip_val > 0,
                    "trainer.gradient_clip_val", self.gradient_clip_val, "must be > 0 or null",
                    "Use null to turn clipping off."),
@@ -289,8 +257,6 @@ class ClusterConfig:
     """Where finesweep writes Ray's own log output."""
 
     def __post_init__(self) -> None:
-        if _incomplete(self):
-            return  # a schema default, not yet filled in by YAML
         _raise_problems([
             _check(self.cpus_per_trial > 0, "cluster.cpus_per_trial", self.cpus_per_trial,
                    "must be > 0", "Use e.g. 1."),
@@ -327,8 +293,6 @@ class SearchConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if _incomplete(self):
-            return  # a schema default, not yet filled in by YAML
         _raise_problems([
             _check(self.num_trials is None or self.num_trials >= 1, "search.num_trials",
                    self.num_trials, "must be at least 1", "Use e.g. 16."),
@@ -349,8 +313,6 @@ class SchedulerConfig:
     reduction_factor: float = 2.0
 
     def __post_init__(self) -> None:
-        if _incomplete(self):
-            return  # a schema default, not yet filled in by YAML
         _raise_problems([
             _check(self.max_epochs >= 1, "scheduler.max_epochs", self.max_epochs,
                    "must be at least 1", "Use e.g. 3."),
@@ -385,11 +347,15 @@ class ExperimentConfig:
     def __post_init__(self) -> None:
         if _incomplete(self.objective):
             return  # the schema's default instance; the composed config always has an objective
-        needs_count = self.search.sampler is not Sampler.grid
+        wants_gpu = self.trainer.accelerator in (Accelerator.gpu, Accelerator.cuda)
         _raise_problems([
-            _check(not needs_count or self.search.num_trials is not None, "search.num_trials",
+            _check(self.search.sampler is Sampler.grid or self.search.num_trials is not None, "search.num_trials",
                    self.search.num_trials, f"is required for sampler {self.search.sampler.value}",
                    "Set search.num_trials, e.g. 16."),
+            # Ray hides every GPU from a trial that asked for none, so each such trial would fail in Lightning.
+            _check(not wants_gpu or self.cluster.gpus_per_trial > 0, "trainer.accelerator",
+                   self.trainer.accelerator.value, "needs cluster.gpus_per_trial > 0 (Ray shows a trial only "
+                   "the GPUs it reserved)", "Set cluster.gpus_per_trial=1, or trainer.accelerator=auto."),
         ])
 
     @property
@@ -403,59 +369,11 @@ class ExperimentConfig:
         return self.tracking.registered_model or self.name
 
 
-def with_overrides(config: Any, values: Dict[str, Any]) -> Any:
-    """Return a copy of a config dataclass with dotted keys set, values cast to the field types.
-
-    Raises:
-        KeyError: a key names no field.
-    """
-    for key, value in values.items():
-        config = _replace_path(config, key.split("."), value)
-    return config
-
-
-def has_key(config: Any, key: str) -> bool:
-    """Whether a dotted key names a leaf (non-dataclass) field of the config."""
-    node = config
-    for part in key.split("."):
-        if not dataclasses.is_dataclass(node) or part not in {f.name for f in dataclasses.fields(node)}:
-            return False
-        node = getattr(node, part)
-    return not dataclasses.is_dataclass(node)
-
-
-def field_type(config: Any, key: str) -> Any:
-    """The annotated type of the leaf field a dotted key names."""
-    *parents, leaf = key.split(".")
-    node = config
-    for part in parents:
-        node = getattr(node, part)
-    return typing.get_type_hints(type(node))[leaf]
-
-
-def _replace_path(node: Any, parts: List[str], value: Any) -> Any:
-    head, rest = parts[0], parts[1:]
-    if not dataclasses.is_dataclass(node) or head not in {f.name for f in dataclasses.fields(node)}:
-        raise KeyError(".".join(parts))
-    if rest:
-        new = _replace_path(getattr(node, head), rest, value)
-    else:
-        new = _cast(typing.get_type_hints(type(node))[head], value)
-    return dataclasses.replace(node, **{head: new})
-
-
-def _cast(annotation: Any, value: Any) -> Any:
-    if value is None:
-        return None
-    args = [a for a in typing.get_args(annotation) if a is not type(None)]
-    target = args[0] if typing.get_origin(annotation) is typing.Union and len(args) == 1 else annotation
-    if isinstance(target, type) and issubclass(target, enum.Enum):
-        return target(value)
-    if target is float and isinstance(value, (int, float)):
-        return float(value)
-    if target is int and isinstance(value, float) and value.is_integer():
-        return int(value)
-    return value
+def _is_codec(name: str) -> bool:
+    try:
+        return codecs.lookup(name) is not None
+    except LookupError:
+        return False
 
 
 def _incomplete(section: Any) -> bool:

@@ -16,9 +16,10 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 import pandas as pd
 
-from finesweep.config import DataConfig, ExperimentConfig, Task, with_overrides
-from finesweep.errors import ConfigError, DataError
+from finesweep.config import DataConfig, ExperimentConfig, Task
+from finesweep.errors import ConfigError, DataError, one_line
 from finesweep.metrics import task_metrics
+from finesweep.overrides import with_overrides
 from finesweep.search_space import Distribution, Param, affects_tokenisation
 
 READERS = {".csv": "csv", ".tsv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
@@ -59,6 +60,16 @@ class EncodedData:
     def without_test(self) -> "EncodedData":
         """The same data minus the held-out test split."""
         return dataclasses.replace(self, test=None)
+
+    def describe(self) -> str:
+        """One line for the terminal: split sizes and what the task is."""
+        splits = [self.train, self.val] + ([self.test] if self.test is not None else [])
+        sizes = f"{len(self.train)}/{len(self.val)}/{len(self.test or ())} train/val/test rows"
+        if self.task is Task.regression:
+            targets = np.concatenate([split.labels for split in splits])
+            return f"{sizes}, regression, target mean {targets.mean():.3g}, std {targets.std():.3g}"
+        return f"{sizes}, {len(self.label_names)}-class classification ({', '.join(self.label_names[:6])}" \
+               f"{', ...' if len(self.label_names) > 6 else ''})"
 
 
 @dataclass(frozen=True)
@@ -102,9 +113,12 @@ def read_table(data: DataConfig) -> pd.DataFrame:
                         f"Use one of {', '.join(sorted(READERS))}.")
     try:
         frame = _read(path, fmt, data.encoding)
-    except (ValueError, OSError, UnicodeError) as exc:
-        raise DataError(f"data.path: cannot read {data.path} as {fmt}: {str(exc).splitlines()[0]}. "
-                        "Check the file format.") from None
+    except MemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any reader failure (pandas, pyarrow, codecs) is a bad file
+        raise DataError(f"data.path: cannot read {data.path} as {fmt} ({one_line(exc, kind=True)}). "
+                        f"Check that the file is valid {fmt}{'' if fmt == 'parquet' else ' in ' + data.encoding}."
+                        ) from None
     _check_columns(frame, data)
     return frame
 
@@ -148,7 +162,7 @@ def split_rows(data: DataConfig) -> Dict[str, pd.DataFrame]:
     """The raw rows of each split (train, val, test), exactly as ``prepare`` splits them."""
     rows = _rows(data)
     return {name: rows.frame.iloc[idx].reset_index(drop=True)
-            for name, idx in zip(("train", "val", "test"), rows.splits)}
+            for name, idx in zip(("train", "val", "test"), rows.splits, strict=True)}
 
 
 def prepare(config: ExperimentConfig) -> EncodedData:
@@ -174,7 +188,7 @@ def data_variants(params: Sequence[Param]) -> List[Dict[str, object]]:
     """Every combination of the categorical choices of tokenisation-changing parameters."""
     keyed = [p for p in params if affects_tokenisation(p.key) and p.distribution is Distribution.categorical]
     combos = itertools.product(*(p.choices for p in keyed))
-    return [dict(zip((p.key for p in keyed), combo)) for combo in combos]
+    return [dict(zip([p.key for p in keyed], combo, strict=True)) for combo in combos]
 
 
 def _read(path: Path, fmt: str, encoding: str) -> pd.DataFrame:
@@ -266,7 +280,7 @@ def _tokenise(frame: pd.DataFrame, config: ExperimentConfig) -> Dict[str, np.nda
         tokenizer = AutoTokenizer.from_pretrained(config.model.name_or_path)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"model.name_or_path: cannot load a tokenizer from {config.model.name_or_path!r} "
-                          f"({str(exc).strip().splitlines()[0]}). Point it at a Hugging Face model folder "
+                          f"({one_line(exc)}). Point it at a Hugging Face model folder "
                           "(with config.json) or, when online, a hub id.") from None
     tokenizer.padding_side = "right"  # batches are trimmed from the right (finetune/datamodule.py)
     texts = frame[data.text_column].astype(str).tolist()

@@ -29,3 +29,21 @@ class SweepFailedError(FinesweepError):
     """The sweep ran but no trial completed; the CLI exits with code 1."""
 
     exit_code = 1
+
+
+def one_line(exc: BaseException, kind: bool = False) -> str:
+    """Any exception as one line: its first non-empty line, or its type when it has no message.
+
+    ``str(exc)`` may be empty (``ValueError()``), span many lines (pandas, Hydra) or lack the
+    key the exception carries (OmegaConf's ``full_key``); this handles all three. ``kind=True``
+    prefixes the exception's type (``EmptyDataError: No columns to parse from file``), for
+    failures inside libraries whose type says more than their message.
+    """
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    message = lines[0] if lines else ""
+    key = getattr(exc, "full_key", None)
+    if key and str(key) not in message:
+        message = f"{key}: {message}" if message else str(key)
+    if kind or not message:
+        return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+    return message

@@ -55,20 +55,22 @@ class TrialRecord:
             self.best_epoch = int(metrics.get("epoch", len(self.history)))
 
 
-def best_trial(records: Sequence[TrialRecord], mode: Mode) -> Optional[TrialRecord]:
-    """The trial with the best objective value at any epoch; ties go to the earlier trial."""
-    scored = [r for r in records if r.best_value is not None and r.status is not TrialStatus.failed]
-    if not scored:
-        return None
-    sign = -1.0 if mode is Mode.max else 1.0
-    return min(scored, key=lambda r: (sign * (r.best_value or 0.0), r.number))
-
-
 def ranked(records: Sequence[TrialRecord], mode: Mode) -> List[TrialRecord]:
-    """Trials with a value, best first."""
-    scored = [r for r in records if r.best_value is not None]
+    """Trials that can win, best first by their best epoch; ties go to the earlier trial.
+
+    The one place that decides who competes: a failed trial never does, whatever it reported before
+    failing (a crash, a divergence or a lost node says nothing good about its configuration), and
+    neither does a trial that reported no value. Every ranking (best trial, top-k, tables) uses this.
+    """
+    scored = [r for r in records if r.best_value is not None and r.status is not TrialStatus.failed]
     sign = -1.0 if mode is Mode.max else 1.0
     return sorted(scored, key=lambda r: (sign * (r.best_value or 0.0), r.number))
+
+
+def best_trial(records: Sequence[TrialRecord], mode: Mode) -> Optional[TrialRecord]:
+    """The first of ``ranked``, or None when no trial can win."""
+    order = ranked(records, mode)
+    return order[0] if order else None
 
 
 class SweepListener(Protocol):

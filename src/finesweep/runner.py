@@ -1,7 +1,9 @@
 """Runs a composed, validated sweep: Ray up, MLflow parent run, trials, winner, Ray down.
 
-Whatever happens after the parent run exists (a failed trial, Ctrl-C, a crash), the runs already
-logged are closed with an honest status and the best trial so far is still recorded.
+``run`` reads top to bottom as the steps of a sweep: connect, search, select and register the
+winner, close the books, report. Whatever happens after the parent run exists (a failed trial,
+Ctrl-C, a crash), the runs already logged are closed with an honest status and the best trial so
+far is still recorded.
 """
 
 from __future__ import annotations
@@ -9,95 +11,107 @@ from __future__ import annotations
 import contextlib
 import logging
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
 from rich.console import Console
 
-from finesweep.cli import Composed
 from finesweep.cluster import ray_session
-from finesweep.config import ExperimentConfig, with_overrides
+from finesweep.config import ExperimentConfig
 from finesweep.data import DataCache, EncodedData
-from finesweep.errors import SweepFailedError
+from finesweep.errors import SweepFailedError, one_line
+from finesweep.overrides import with_overrides
 from finesweep.records import SweepListener, TrialRecord, TrialStatus, best_trial, format_params
 from finesweep.search_space import planned_trials
 from finesweep.selection import Selection, leaderboard, select
+from finesweep.sweep import Sweep
 from finesweep.tracking import SweepTracker
 from finesweep.trial import run_trial
 from finesweep.view import SweepView, results_table
 
+Trainable = Callable[..., None]
+log = logging.getLogger("finesweep")
 
-def run(composed: Composed, cache: DataCache, console: Console, trainable: Callable[..., None] = run_trial) -> int:
+
+@dataclass
+class _Outcome:
+    """What the sweep has produced so far; whatever is here gets logged, even after a crash."""
+
+    records: List[TrialRecord] = field(default_factory=list)
+    selection: Optional[Selection] = None
+    selection_error: str = ""
+    finished: bool = False
+    """The search (and selection) ran to the end: no trial was left running."""
+
+
+def run(sweep: Sweep, cache: DataCache, console: Console, trainable: Trainable = run_trial) -> int:
     """Run the sweep and model selection; return 0 when at least one trial finished.
 
     Args:
-        composed: the validated sweep.
+        sweep: the validated sweep.
         cache: the tokenised data; trials get it without the test split, through Ray's object store.
         console: where the live view and the results go.
         trainable: the trial function; the benchmark swaps in a synthetic one, the CLI never does.
-    """
-    from finesweep.tuner import run_sweep
 
-    config = composed.config
-    space = {p.key: _describe(p) for p in composed.params}
-    tracker = SweepTracker(config, space, composed.sweep_file, composed.yaml_text)
-    view = SweepView(config, planned_trials(config, composed.params), console)
-    records: List[TrialRecord] = []
-    chosen: Optional[Selection] = None
-    interrupted = True
-    with ThreadPoolExecutor(max_workers=1) as pool, contextlib.ExitStack() as stack:
-        # A new MLflow store spends ~2 s on schema migrations: do them while Ray starts (~3 s).
-        store_ready = pool.submit(tracker.prepare)
-        log_file = stack.enter_context(ray_session(config.cluster, config.name))
-        store_ready.result()
-        parent_id = tracker.start()
-        selection_error = ""
+    Raises:
+        SweepFailedError: no trial finished, or model selection failed (the search stays logged).
+    """
+    config = sweep.config
+    tracker = SweepTracker(config, sweep.space_description(), sweep.sweep_file, sweep.yaml_text)
+    view = SweepView(config, planned_trials(config, sweep.params), console)
+    listeners: List[SweepListener] = [tracker, view]
+    outcome = _Outcome()
+    with _connected(config, tracker) as log_file:
         try:
             with view:
-                records = run_sweep(config, composed.params, trainable, [tracker, view], base=config,
-                                     cache=cache.without_test())
-                if not any(r.status is TrialStatus.running for r in records):
-                    try:
-                        chosen = _select(config, records, cache, trainable, [tracker, view], console)
-                        if chosen is not None:
-                            _record_selection(tracker, config, chosen, cache, console)
-                    except Exception as exc:  # the search's results stand; say what failed after it
-                        logging.getLogger("finesweep").exception("model selection failed")
-                        selection_error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0]}"
-                        tracker.note("finesweep.selection_error", selection_error)
-                interrupted = any(r.status is TrialStatus.running for r in view.records)
+                outcome.records = _search(sweep, cache, trainable, listeners)
+                if not _running(view.records):
+                    _select_and_register(config, outcome, cache, trainable, listeners, tracker, console)
+                    outcome.finished = not _running(view.records)
         finally:
-            best = chosen.chosen if chosen else best_trial(records, config.objective.mode)
-            tracker.finish(view.records, best, interrupted)
-    console.print(results_table(config, records))
-    finished = [r for r in records if r.status in (TrialStatus.completed, TrialStatus.early_stopped)]
-    console.print(f"MLflow: experiment {config.experiment_name!r}, parent run {parent_id}. "
-                  f"Browse it with: finesweep ui   (Ray's log: {log_file})")
-    if interrupted:
-        console.print(f"interrupted: {len(finished)} finished trial(s) kept; the parent run is marked KILLED.")
-        return 130
-    if not finished:
-        failed = [r for r in records if r.error]
-        reason = failed[0].error if failed else "no trial reported a result"
-        raise SweepFailedError(f"no trial finished ({len(records)} started). First error: {reason}")
-    if selection_error:
-        raise SweepFailedError(f"the search finished and is logged, but model selection failed: {selection_error} "
-                               f"(details in {log_file})")
-    return 0
+            tracker.finish(view.records, _best(config, outcome, view.records), interrupted=not outcome.finished)
+    return _conclude(config, outcome, tracker.parent_id, log_file, console)
 
 
-def _select(config: ExperimentConfig, records: List[TrialRecord], cache: DataCache, trainable: Callable[..., None],
-            listeners: List[SweepListener], console: Console) -> Optional[Selection]:
+@contextlib.contextmanager
+def _connected(config: ExperimentConfig, tracker: SweepTracker) -> Iterator[Path]:
+    """Ray up and the sweep's parent run created; yields the path of the sweep's log file."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        # A new MLflow store spends ~2 s on schema migrations: do them while Ray starts (~3 s).
+        store_ready = pool.submit(tracker.prepare)
+        with ray_session(config.cluster, config.name) as log_file:
+            store_ready.result()
+            tracker.start()
+            yield log_file
+
+
+def _search(sweep: Sweep, cache: DataCache, trainable: Trainable,
+            listeners: Sequence[SweepListener]) -> List[TrialRecord]:
+    from finesweep.tuner import run_sweep
+
+    return run_sweep(sweep.config, sweep.params, trainable, listeners, base=sweep.config, cache=cache.without_test())
+
+
+def _select_and_register(config: ExperimentConfig, outcome: _Outcome, cache: DataCache, trainable: Trainable,
+                         listeners: Sequence[SweepListener], tracker: SweepTracker, console: Console) -> None:
+    """Model selection and registration; a failure here is recorded, and the search's results stand."""
     from finesweep.tuner import run_points
-
-    if config.final.seeds > 0:
-        console.print(f"re-training the top {config.final.top_k} configuration(s) with {config.final.seeds} "
-                      "fresh seed(s) each")
 
     def retrain(points: List[Dict[str, Any]], first_number: int) -> List[TrialRecord]:
         return run_points(config, points, trainable, listeners, first_number, base=config, cache=cache.without_test())
 
-    return select(config, records, cache, retrain, _evaluate)
+    if config.final.seeds > 0:
+        console.print(f"re-training the top {config.final.top_k} configuration(s) with {config.final.seeds} "
+                      "fresh seed(s) each")
+    try:
+        outcome.selection = select(config, outcome.records, cache, retrain, _evaluate)
+        if outcome.selection is not None:
+            _record_selection(tracker, config, outcome.selection, cache, console)
+    except Exception as exc:  # noqa: BLE001 - the search's results stand; say what failed after it
+        log.exception("model selection failed")
+        outcome.selection_error = one_line(exc, kind=True)
+        tracker.note("finesweep.selection_error", outcome.selection_error)
 
 
 def _evaluate(config: ExperimentConfig, data: EncodedData, weights: Path, split: str) -> Dict[str, float]:
@@ -114,14 +128,16 @@ def _evaluate(config: ExperimentConfig, data: EncodedData, weights: Path, split:
 
 def _record_selection(tracker: SweepTracker, config: ExperimentConfig, chosen: Selection, cache: DataCache,
                       console: Console) -> None:
+    from finesweep.serving import ServingMeta
+
     metric = config.objective.metric
+    if chosen.fallback:
+        log.warning("model selection: %s", chosen.fallback)
+        tracker.note("finesweep.selection_fallback", chosen.fallback)
+        console.print(f"[yellow]note:[/yellow] {chosen.fallback}")
     tracker.log_selection(chosen, leaderboard(chosen, metric))
     winner_config = with_overrides(config, chosen.winner.params)
-    data = winner_config.data
-    encoded = cache.for_config(winner_config)
-    meta = {"task": encoded.task.value, "label_names": list(encoded.label_names),
-            "text_column": data.text_column, "text_pair_column": data.text_pair_column,
-            "max_length": data.max_length, "objective": metric}
+    meta = ServingMeta.of(winner_config, cache.for_config(winner_config))
     version = tracker.register(Path(str(chosen.chosen.checkpoint)), winner_config.model.name_or_path, meta)
     spread = f" ± {chosen.winner.std:.4f} over {len(chosen.winner.runs)} runs" if len(chosen.winner.runs) > 1 else ""
     tests = ", ".join(f"{k} {v:.4f}" for k, v in chosen.test_metrics.items())
@@ -130,11 +146,32 @@ def _record_selection(tracker: SweepTracker, config: ExperimentConfig, chosen: S
     console.print(f"registered as models:/{version}: mlflow.pyfunc.load_model('models:/{version}')")
 
 
-def _describe(param: object) -> dict:
-    from dataclasses import asdict
+def _conclude(config: ExperimentConfig, outcome: _Outcome, parent_id: str, log_file: Path, console: Console) -> int:
+    """Print the results and turn the outcome into the exit code."""
+    records = outcome.records
+    console.print(results_table(config, records))
+    finished = [r for r in records if r.status in (TrialStatus.completed, TrialStatus.early_stopped)]
+    console.print(f"MLflow: experiment {config.experiment_name!r}, parent run {parent_id}. "
+                  f"Browse it with: finesweep ui   (Ray's log: {log_file})")
+    if not outcome.finished:
+        console.print(f"interrupted: {len(finished)} finished trial(s) kept; the parent run is marked KILLED.")
+        return 130
+    if not finished:
+        failed = [r for r in records if r.error]
+        reason = failed[0].error if failed else "no trial reported a result"
+        raise SweepFailedError(f"no trial finished ({len(records)} started). First error: {reason}")
+    if outcome.selection_error:
+        raise SweepFailedError(f"the search finished and is logged, but model selection failed: "
+                               f"{outcome.selection_error} (details in {log_file})")
+    return 0
 
-    described = {k: (v.value if hasattr(v, "value") else list(v) if isinstance(v, tuple) else v)
-                 for k, v in asdict(param).items() if v not in (None, (), False) and k not in ("key", "when")}
-    if param.when:  # type: ignore[attr-defined]
-        described["when"] = {k: list(v) for k, v in param.when}  # type: ignore[attr-defined]
-    return described
+
+def _best(config: ExperimentConfig, outcome: _Outcome, seen: Sequence[TrialRecord]) -> Optional[TrialRecord]:
+    """The selected winner, else the best search trial seen so far (the view has them even after a crash)."""
+    if outcome.selection is not None:
+        return outcome.selection.chosen
+    return best_trial([r for r in seen if r.phase == "search"], config.objective.mode)
+
+
+def _running(records: Sequence[TrialRecord]) -> bool:
+    return any(r.status is TrialStatus.running for r in records)

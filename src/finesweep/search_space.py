@@ -13,8 +13,8 @@ rule once, before anything starts. No Ray import here.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import enum
+import itertools
 import math
 import typing
 from dataclasses import dataclass
@@ -22,11 +22,9 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import optuna
 
-from finesweep.config import ExperimentConfig, Sampler, field_type, has_key
+from finesweep.config import ExperimentConfig, Sampler
 from finesweep.errors import SearchSpaceError
-
-SWEEP_SECTIONS = ("objective", "search", "scheduler", "space", "name", "defaults")
-"""Top-level config keys that describe the sweep itself and so cannot be searched."""
+from finesweep.overrides import SWEEP_SECTIONS, field_type, has_key, key_hint, leaf_keys
 
 TOKENISATION_KEYS = ("model.name_or_path",)
 """Keys outside ``data.`` whose value changes the tokenised data."""
@@ -79,24 +77,62 @@ class Param:
             self.distribution in (Distribution.uniform, Distribution.float) and self.step is not None
         )
 
+    def describe(self) -> Dict[str, Any]:
+        """The parameter as plain data: its distribution and the fields it sets (``when`` as a mapping)."""
+        described: Dict[str, Any] = {"distribution": self.distribution.value}
+        for name in ("low", "high", "step"):
+            if getattr(self, name) is not None:
+                described[name] = getattr(self, name)
+        if self.log:
+            described["log"] = True
+        if self.choices:
+            described["choices"] = list(self.choices)
+        if self.when:
+            described["when"] = {key: list(values) for key, values in self.when}
+        return described
+
+    @property
+    def bounds(self) -> Tuple[float, float]:
+        """(low, high) of a numeric parameter."""
+        if self.low is None or self.high is None:
+            raise TypeError(f"space.{self.key}: a {self.distribution.value} parameter has no bounds")
+        return self.low, self.high
+
     def to_optuna(self) -> optuna.distributions.BaseDistribution:
         """The equivalent Optuna distribution."""
         if self.distribution is Distribution.categorical:
             return optuna.distributions.CategoricalDistribution(self.choices)
+        low, high = self.bounds
         if self.distribution is Distribution.int:
-            return optuna.distributions.IntDistribution(
-                int(self.low), int(self.high), log=self.log, step=int(self.step or 1))
+            return optuna.distributions.IntDistribution(int(low), int(high), log=self.log, step=int(self.step or 1))
         return optuna.distributions.FloatDistribution(
-            self.low, self.high, log=self.distribution is Distribution.loguniform, step=self.step)
+            low, high, log=self.distribution is Distribution.loguniform, step=self.step)
+
+    def extremes(self) -> List[Tuple[str, Any]]:
+        """The values that bound what the sampler can propose: (label, value) for each choice, or low and high.
+
+        With a step, "high" is the largest value actually on the step grid.
+        """
+        if self.distribution is Distribution.categorical:
+            return [("choice", choice) for choice in self.choices]
+        low, high = self.bounds
+        if self.step is not None:
+            high = self.grid_values()[-1]
+        if self.distribution is Distribution.int:
+            low, high = int(low), int(high)
+        return [("low", low)] if low == high else [("low", low), ("high", high)]
 
     def grid_values(self) -> List[Any]:
         """Every value of a finite parameter, in order."""
         if self.distribution is Distribution.categorical:
             return list(self.choices)
+        low, high = self.bounds
         if self.distribution is Distribution.int:
-            return list(range(int(self.low), int(self.high) + 1, int(self.step or 1)))
-        count = int(math.floor((self.high - self.low) / self.step + 1e-9)) + 1
-        return [round(self.low + i * self.step, 12) for i in range(count)]
+            return list(range(int(low), int(high) + 1, int(self.step or 1)))
+        if self.step is None:
+            raise TypeError(f"space.{self.key}: a continuous range has no grid values")
+        count = int(math.floor((high - low) / self.step + 1e-9)) + 1
+        return [round(low + i * self.step, 12) for i in range(count)]
 
 
 def parse_space(space: Mapping[str, Any], config: ExperimentConfig) -> Tuple[Param, ...]:
@@ -122,7 +158,7 @@ def suggest(trial: Any, params: Sequence[Param]) -> Dict[str, Any]:
             values[param.key] = trial.suggest_categorical(param.key, list(dist.choices))
         elif isinstance(dist, optuna.distributions.IntDistribution):
             values[param.key] = trial.suggest_int(param.key, dist.low, dist.high, step=dist.step, log=dist.log)
-        else:
+        elif isinstance(dist, optuna.distributions.FloatDistribution):
             values[param.key] = trial.suggest_float(param.key, dist.low, dist.high, step=dist.step, log=dist.log)
     return values
 
@@ -182,6 +218,57 @@ def _branches(params: List[Param], values: Dict[str, List[Any]], chosen: Dict[st
         yield from _branches(rest, values, {**chosen, head.key: value})
 
 
+@dataclass(frozen=True)
+class Probe:
+    """One set of values the space can produce, to check before any trial runs.
+
+    ``param`` and ``label`` name the parameter at fault when the probe tests one parameter alone
+    (at ``low``, ``high`` or one ``choice``, its ``when`` parents set so that it is active).
+    """
+
+    values: Dict[str, Any]
+    param: Optional[Param] = None
+    label: str = ""
+
+    def describe(self) -> str:
+        """What the probe tried, for an error message."""
+        if self.param is not None:
+            value = self.values[self.param.key]
+            what = f"choice {value!r}" if self.label == "choice" else f"{self.label}={value}"
+            return f"space.{self.param.key}: {what}"
+        return "space: the combination " + ", ".join(f"{k}={v!r}" for k, v in self.values.items())
+
+
+PROBE_LIMIT = 4096
+"""Combinations probed at most; the one-parameter probes are always complete."""
+
+
+def probes(params: Sequence[Param], exhaustive: bool, limit: int = PROBE_LIMIT) -> List[Probe]:
+    """What to check so that no value a sampler can propose breaks a rule.
+
+    First every parameter alone at each extreme (every choice, low and high), with its parents set to
+    make it active; then combinations, so rules across keys are checked too: every grid point when
+    ``exhaustive`` (a grid), otherwise every combination of extremes along every conditional
+    branch. Combinations stop after ``limit``.
+    """
+    by_key = {p.key: p for p in params}
+    singles = [Probe({**_activate(p, by_key), p.key: value}, p, label) for p in params for label, value in p.extremes()]
+    if exhaustive:
+        combos: Iterator[Dict[str, Any]] = iter_grid(params)
+    else:
+        combos = _branches(list(params), {p.key: [v for _, v in p.extremes()] for p in params}, {})
+    return singles + [Probe(values) for values in itertools.islice(combos, limit)]
+
+
+def _activate(param: Param, by_key: Mapping[str, Param]) -> Dict[str, Any]:
+    """Values of ``param``'s ancestors that make it active (each parent at its first allowed value)."""
+    values: Dict[str, Any] = {}
+    for key, allowed in param.when:
+        values.update(_activate(by_key[key], by_key))
+        values[key] = allowed[0]
+    return values
+
+
 def affects_tokenisation(key: str) -> bool:
     """Whether changing this key changes the tokenised data (so it is prepared per value)."""
     return key in TOKENISATION_KEYS or (key.startswith("data.") and key not in NOT_TOKENISATION_KEYS)
@@ -233,29 +320,13 @@ def _conditions(where: str, when: Any, earlier: Sequence[Param]) -> Tuple[Tuple[
 
 
 def _check_key(key: str, config: ExperimentConfig) -> None:
-    if key.split(".")[0] in SWEEP_SECTIONS or not has_key(config, key):
-        known = _leaf_keys(config)
-        section = key.rsplit(".", 1)[0] + "."
-        siblings = [k for k in known if k.startswith(section) and "." not in k[len(section):]]
-        close = difflib.get_close_matches(key, known, n=1, cutoff=0.8)
-        if close:
-            hint = f"Did you mean {close[0]}?"
-        elif siblings:
-            hint = f"Keys under {section[:-1]}: {', '.join(k[len(section):] for k in siblings)}."
-        else:
-            hint = "Use a dotted path into the composed config, e.g. optim.lr."
-        raise SearchSpaceError(f"space.{key}: unknown config key {key!r}. {hint}")
-
-
-def _leaf_keys(config: Any, prefix: str = "") -> List[str]:
-    keys = []
-    for f in dataclasses.fields(config):
-        if f.name in SWEEP_SECTIONS:
-            continue
-        value = getattr(config, f.name)
-        path = f"{prefix}{f.name}"
-        keys.extend(_leaf_keys(value, path + ".") if dataclasses.is_dataclass(value) else [path])
-    return keys
+    section = key.split(".")[0]
+    if section in SWEEP_SECTIONS:
+        raise SearchSpaceError(f"space.{key}: {section} describes the sweep itself, not a config value, so it cannot "
+                               "be searched. Search config values such as optim.lr; set the sweep's own values "
+                               f"under {section}:.")
+    if not has_key(config, key):
+        raise SearchSpaceError(f"space.{key}: unknown config key {key!r}. {key_hint(key, leaf_keys(config))}")
 
 
 def _distribution(where: str, name: Any) -> Distribution:

@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from finesweep.config import ExperimentConfig, Mode, with_overrides
+from finesweep.config import ExperimentConfig, Mode
 from finesweep.data import DataCache, EncodedData
-from finesweep.records import TrialRecord, TrialStatus, ranked
+from finesweep.overrides import with_overrides
+from finesweep.records import TrialRecord, ranked
 
 SEED_KEY = "trainer.seed"
 
@@ -59,6 +60,8 @@ class Selection:
     final_records: List[TrialRecord]
     latency_ms: float
     device: str
+    fallback: str = ""
+    """Why the search's own best trial won instead of a re-trained one (every re-training run failed); else empty."""
 
     @property
     def winner(self) -> Candidate:
@@ -67,9 +70,9 @@ class Selection:
 
 
 def candidates(records: Sequence[TrialRecord], config: ExperimentConfig) -> List[Candidate]:
-    """The top-k distinct configurations of the search, best first (failed trials excluded)."""
+    """The top-k distinct configurations of the search, best first (``ranked``: failed trials never compete)."""
     chosen: List[Candidate] = []
-    for record in ranked([r for r in records if r.status is not TrialStatus.failed], config.objective.mode):
+    for record in ranked(records, config.objective.mode):
         if all(c.params != record.params for c in chosen):
             chosen.append(Candidate(dict(record.params), [record]))
         if len(chosen) == config.final.top_k:
@@ -83,15 +86,14 @@ def seed_points(config: ExperimentConfig, ranked_candidates: Sequence[Candidate]
     return [{**c.params, SEED_KEY: seed} for c in ranked_candidates for seed in seeds]
 
 
-def regroup(ranked_candidates: List[Candidate], final_records: Sequence[TrialRecord], mode: Mode) -> List[Candidate]:
-    """Replace each candidate's runs by its re-training runs and rank by their mean."""
-    for candidate in ranked_candidates:
-        candidate.runs = [r for r in final_records
-                          if {k: v for k, v in r.params.items() if k != SEED_KEY} == candidate.params
-                          and r.status is not TrialStatus.failed and r.best_value is not None]
-    scored = [c for c in ranked_candidates if c.runs]
+def regroup(ranked_candidates: Sequence[Candidate], final_records: Sequence[TrialRecord],
+            mode: Mode) -> List[Candidate]:
+    """New candidates holding only their successful re-training runs, ranked by the mean; none left = empty."""
+    healthy = ranked(final_records, mode)
+    regrouped = [Candidate(c.params, [r for r in healthy if _without_seed(r.params) == c.params])
+                 for c in ranked_candidates]
     sign = -1.0 if mode is Mode.max else 1.0
-    return sorted(scored, key=lambda c: sign * c.mean)
+    return sorted([c for c in regrouped if c.runs], key=lambda c: sign * c.mean)
 
 
 def select(config: ExperimentConfig, records: Sequence[TrialRecord], cache: DataCache,
@@ -108,9 +110,15 @@ def select(config: ExperimentConfig, records: Sequence[TrialRecord], cache: Data
     """
     ranked_candidates = candidates(records, config)
     final_records: List[TrialRecord] = []
+    fallback = ""
     if config.final.seeds > 0 and ranked_candidates:
         final_records = retrain(seed_points(config, ranked_candidates), len(records))
-        ranked_candidates = regroup(ranked_candidates, final_records, config.objective.mode) or ranked_candidates
+        regrouped = regroup(ranked_candidates, final_records, config.objective.mode)
+        if regrouped:
+            ranked_candidates = regrouped
+        else:  # the search's checkpoints still exist: its best trial is a sound, if less certain, winner
+            fallback = (f"all {len(final_records)} re-training runs failed, so the search's best trial is the "
+                        "winner (validation score of one seed)")
     ranked_candidates = [c for c in ranked_candidates if any(r.checkpoint for r in c.runs)]
     if not ranked_candidates:
         return None
@@ -123,7 +131,7 @@ def select(config: ExperimentConfig, records: Sequence[TrialRecord], cache: Data
     chosen = _best_run(winner.runs, config.objective.mode)
     test_metrics = winner.test[[r for r in winner.runs if r.checkpoint].index(chosen)]
     latency, device = measure_latency(Path(str(chosen.checkpoint)), data, winner_config.data.batch_size)
-    return Selection(ranked_candidates, chosen, test_metrics, final_records, latency, device)
+    return Selection(ranked_candidates, chosen, test_metrics, final_records, latency, device, fallback)
 
 
 def leaderboard(selection: Selection, metric: str) -> List[Dict[str, Any]]:
@@ -173,6 +181,10 @@ def _trimmed(features: Dict[str, Any], start: int, size: int, device: str) -> Di
     # Cut padding the way training batches are cut (finetune/datamodule.py), so latency is realistic.
     width = max(1, int(features["attention_mask"][start:start + size].sum(dim=1).max()))
     return {k: v[start:start + size, :width].to(device) for k, v in features.items()}
+
+
+def _without_seed(params: Dict[str, Any]) -> Dict[str, Any]:
+    return {key: value for key, value in params.items() if key != SEED_KEY}
 
 
 def _best_run(runs: Sequence[TrialRecord], mode: Mode) -> TrialRecord:

@@ -2,52 +2,110 @@
 
 Logged as an MLflow "model from code": MLflow keeps this file's source next to the weights and
 runs it on load, so no pickled object is ever executed, and the weights load from safetensors.
-Load it anywhere MLflow, torch and transformers are installed::
+The file imports nothing from finesweep, so the model loads wherever MLflow, torch and
+transformers are installed::
 
     model = mlflow.pyfunc.load_model("models:/demo/latest")
     model.predict(pandas.DataFrame({"text": ["what a great day", "my flight got cancelled"]}))
+
+``ServingMeta`` is what the model needs to know besides its weights; it is written beside them as
+``finesweep.json`` and is the one description of the model's inputs and outputs (its signature).
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 import mlflow
 import mlflow.pyfunc
 import numpy as np
 import pandas as pd
-import torch
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+if TYPE_CHECKING:  # annotations only: the served file must not need finesweep installed
+    from mlflow.models import ModelSignature
+
+    from finesweep.config import ExperimentConfig
+    from finesweep.data import EncodedData
 
 META_FILE = "finesweep.json"
 BATCH = 64
+
+
+@dataclass(frozen=True)
+class ServingMeta:
+    """How the served model reads its input and names its output."""
+
+    task: str
+    """classification or regression."""
+    label_names: Tuple[str, ...]
+    """Class names in label-id order; empty for regression."""
+    text_column: str
+    text_pair_column: Optional[str]
+    max_length: int
+    """Tokens per example after truncation, as in fine-tuning."""
+    objective: str
+    """The metric the sweep optimised (for the record)."""
+
+    @classmethod
+    def of(cls, config: ExperimentConfig, data: EncodedData) -> ServingMeta:
+        """The metadata of a model trained with ``config`` on ``data``."""
+        return cls(task=data.task.value, label_names=tuple(data.label_names), text_column=config.data.text_column,
+                   text_pair_column=config.data.text_pair_column, max_length=config.data.max_length,
+                   objective=config.objective.metric)
+
+    def to_json(self) -> str:
+        """The metadata as the JSON text of ``finesweep.json``."""
+        return json.dumps(asdict(self), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> ServingMeta:
+        """Read ``finesweep.json`` back."""
+        values: Dict[str, Any] = json.loads(text)
+        return cls(**{**values, "label_names": tuple(values["label_names"])})
+
+    def signature(self) -> ModelSignature:
+        """MLflow's signature: the text column(s) in; label and score, or prediction, out."""
+        from mlflow.models import ModelSignature
+        from mlflow.types import ColSpec, Schema
+
+        inputs = [ColSpec("string", self.text_column)]
+        if self.text_pair_column:
+            inputs.append(ColSpec("string", self.text_pair_column))
+        outputs = ([ColSpec("double", "prediction")] if self.task == "regression"
+                   else [ColSpec("string", "label"), ColSpec("double", "score")])
+        return ModelSignature(Schema(inputs), Schema(outputs))  # type: ignore[arg-type]
 
 
 class TextModel(mlflow.pyfunc.PythonModel):  # type: ignore[name-defined,misc]
     """Tokenises raw text exactly as during fine-tuning and runs the classifier or regressor."""
 
     def load_context(self, context: Any) -> None:
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
         folder = Path(context.artifacts["model"])
-        self.meta: Dict[str, Any] = json.loads((folder / META_FILE).read_text())
+        self.meta = ServingMeta.from_json((folder / META_FILE).read_text())
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
         self.model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
 
     # No type hints here on purpose: MLflow turns predict()'s hints into a schema of its own and warns;
-    # the logged signature (text columns in; label + score, or prediction, out) is the schema.
+    # the logged signature (ServingMeta.signature) is the schema.
     def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
+        import torch
+
         frame = self._frame(model_input)
         outputs = [self._logits(frame.iloc[i:i + BATCH]) for i in range(0, len(frame), BATCH)]
-        logits = np.concatenate(outputs) if outputs else np.zeros((0, max(1, len(self.meta["label_names"]))))
-        if self.meta["task"] == "regression":
+        logits = np.concatenate(outputs) if outputs else np.zeros((0, max(1, len(self.meta.label_names))))
+        if self.meta.task == "regression":
             return pd.DataFrame({"prediction": logits[:, 0]})
         probs = torch.softmax(torch.from_numpy(logits), dim=-1).numpy()
-        names = self.meta["label_names"]
+        names = self.meta.label_names
         return pd.DataFrame({"label": [names[i] for i in probs.argmax(axis=1)], "score": probs.max(axis=1)})
 
     def _frame(self, model_input: Any) -> pd.DataFrame:
-        text, pair = self.meta["text_column"], self.meta.get("text_pair_column")
+        text, pair = self.meta.text_column, self.meta.text_pair_column
         if isinstance(model_input, pd.DataFrame):
             if text not in model_input.columns and len(model_input.columns) >= 1:
                 model_input = model_input.rename(columns={model_input.columns[0]: text})
@@ -55,14 +113,16 @@ class TextModel(mlflow.pyfunc.PythonModel):  # type: ignore[name-defined,misc]
         rows: List[Any] = list(model_input)
         return pd.DataFrame({text: rows}) if not pair else pd.DataFrame(rows, columns=[text, pair])
 
-    @torch.no_grad()
     def _logits(self, frame: pd.DataFrame) -> np.ndarray:
-        pair = self.meta.get("text_pair_column")
-        encoded = self.tokenizer(frame[self.meta["text_column"]].astype(str).tolist(),
+        import torch
+
+        pair = self.meta.text_pair_column
+        encoded = self.tokenizer(frame[self.meta.text_column].astype(str).tolist(),
                                  frame[pair].astype(str).tolist() if pair else None,
-                                 truncation=True, max_length=self.meta["max_length"], padding=True,
+                                 truncation=True, max_length=self.meta.max_length, padding=True,
                                  return_tensors="pt")
-        return self.model(**encoded).logits.float().numpy()
+        with torch.no_grad():
+            return self.model(**encoded).logits.float().numpy()
 
 
 mlflow.models.set_model(TextModel())

@@ -15,7 +15,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
 
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
@@ -25,6 +25,9 @@ from finesweep.config import ExperimentConfig
 from finesweep.errors import ConfigError
 from finesweep.records import TrialRecord, TrialStatus
 from finesweep.selection import Selection, test_summary
+
+if TYPE_CHECKING:  # serving.py imports torch-free but MLflow-model machinery; only register() needs it
+    from finesweep.serving import ServingMeta
 
 ROLE_TAG = "finesweep.role"
 STATUS_TAG = "finesweep.trial_status"
@@ -155,25 +158,18 @@ class SweepTracker:
         self.client.log_text(self.parent_id, frame.to_markdown(index=False) if _has_tabulate() else frame.to_string(),
                              "final/leaderboard.md")
 
-    def register(self, weights: Path, tokenizer_source: str, meta: Dict[str, Any]) -> str:
+    def register(self, weights: Path, tokenizer_source: str, meta: ServingMeta) -> str:
         """Log the winner as an MLflow model on the parent run and register it; return 'name/version'."""
         import mlflow
-        from mlflow.models import ModelSignature
-        from mlflow.types import ColSpec, Schema
 
         name = self.config.registered_model_name
         with tempfile.TemporaryDirectory(prefix="finesweep-model-") as folder:
             package = _model_package(Path(folder), weights, tokenizer_source, meta)
-            columns = [ColSpec("string", meta["text_column"])]
-            if meta.get("text_pair_column"):
-                columns.append(ColSpec("string", meta["text_pair_column"]))
-            outputs = ([ColSpec("double", "prediction")] if meta["task"] == "regression"
-                       else [ColSpec("string", "label"), ColSpec("double", "score")])
             mlflow.set_tracking_uri(self.config.tracking.uri)
             with mlflow.start_run(run_id=self.parent_id):
                 info = mlflow.pyfunc.log_model(
                     name="model", python_model=_serving_source(), artifacts={"model": str(package)},
-                    registered_model_name=name, signature=ModelSignature(Schema(columns), Schema(outputs)),
+                    registered_model_name=name, signature=meta.signature(),
                     pip_requirements=["mlflow", "torch", "transformers", "safetensors", "pandas", "numpy"])
         version = str(info.registered_model_version)
         self.client.set_tag(self.parent_id, "finesweep.registered_model", f"{name}/{version}")
@@ -260,14 +256,16 @@ def _experiment_id(client: MlflowClient, config: ExperimentConfig) -> str:
     return experiment.experiment_id
 
 
-def _model_package(folder: Path, weights: Path, tokenizer_source: str, meta: Dict[str, Any]) -> Path:
+def _model_package(folder: Path, weights: Path, tokenizer_source: str, meta: ServingMeta) -> Path:
     from transformers import AutoTokenizer
+
+    from finesweep.serving import META_FILE
 
     for item in weights.iterdir():
         if item.is_file():
             shutil.copy2(item, folder / item.name)
     AutoTokenizer.from_pretrained(tokenizer_source).save_pretrained(folder)
-    (folder / "finesweep.json").write_text(json.dumps(meta, indent=2))
+    (folder / META_FILE).write_text(meta.to_json())
     return folder
 
 

@@ -12,8 +12,9 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
-from finesweep.config import ExperimentConfig, with_overrides
+from finesweep.config import ExperimentConfig
 from finesweep.data import DataCache, EncodedData
+from finesweep.overrides import with_overrides
 
 if TYPE_CHECKING:  # torch and Lightning load inside the worker, not when the driver imports this
     from finesweep.finetune.callbacks import Reporter
@@ -115,9 +116,9 @@ def _trainer(config: ExperimentConfig, max_epochs: int, callbacks: List[Any]) ->
 
     return pl.Trainer(
         max_epochs=max_epochs,
-        accelerator=config.trainer.accelerator,
+        accelerator=config.trainer.accelerator.value,
         devices=1,
-        precision=config.trainer.precision,  # type: ignore[arg-type]
+        precision=config.trainer.precision.value,
         gradient_clip_val=config.trainer.gradient_clip_val,
         accumulate_grad_batches=config.trainer.accumulate_grad_batches,
         callbacks=callbacks,

@@ -8,7 +8,6 @@ trials so each worker imports torch/Lightning once) and reporting (``SweepListen
 from __future__ import annotations
 
 import functools
-import os
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
@@ -22,13 +21,6 @@ from finesweep.metrics import REPORTED_METRICS
 from finesweep.records import SweepListener, TrialRecord, TrialStatus
 from finesweep.samplers import make_sampler
 from finesweep.search_space import Param, planned_trials, suggest
-
-WORKER_ENV = {
-    "RAY_CHDIR_TO_TRIAL_DIR": "0",  # trials use absolute paths and must not depend on the cwd
-    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",  # MLflow is the record; skip Ray's CSV/JSON/TB files
-    "TOKENIZERS_PARALLELISM": "false",
-}
-
 
 POINT_KEY = "__finesweep_point__"
 
@@ -79,7 +71,6 @@ def _run_point(config: Dict[str, Any], *, inner: Callable[..., None], **trainabl
 
 def _fit(config: ExperimentConfig, trainable: Any, tune_config: tune.TuneConfig, bridge: "_EventBridge",
          param_space: Dict[str, Any], phase: str) -> None:
-    os.environ.update(WORKER_ENV)
     tuner = tune.Tuner(
         tune.with_resources(trainable, {"cpu": config.cluster.cpus_per_trial, "gpu": config.cluster.gpus_per_trial}),
         param_space=param_space,

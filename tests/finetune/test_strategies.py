@@ -79,8 +79,8 @@ def test_find_parts_falls_back_to_parameter_names() -> None:
     class Toy(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.body = nn.ModuleDict({"embed": nn.Embedding(5, 4),
-                                       "stack": nn.ModuleDict({"layers": nn.ModuleList([nn.Linear(4, 4), nn.Linear(4, 4)])})})
+            layers = nn.ModuleList([nn.Linear(4, 4), nn.Linear(4, 4)])
+            self.body = nn.ModuleDict({"embed": nn.Embedding(5, 4), "stack": nn.ModuleDict({"layers": layers})})
             self.out = nn.Linear(4, 2)
 
         @property

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Callable, Dict, List, Optional, Tuple
 
 import pytest
@@ -11,11 +12,10 @@ import torch
 from safetensors.torch import load_file
 
 from finesweep import data
-from finesweep.config import ExperimentConfig, Mode, Schedule
+from finesweep.config import ExperimentConfig, Mode, OptimConfig, Schedule
 from finesweep.finetune.callbacks import EpochReport
 from finesweep.finetune.datamodule import EncodedDataModule
-from finesweep.finetune.module import SequenceClassifier, lr_lambda
-from finesweep.metrics import f1_macro
+from finesweep.finetune.module import SequenceClassifier, make_schedule
 from finesweep.trial import fit
 
 MakeConfig = Callable[..., ExperimentConfig]
@@ -26,21 +26,67 @@ def config(make_config: MakeConfig) -> ExperimentConfig:
     return make_config()
 
 
-@pytest.mark.parametrize("schedule,expected", [
-    (Schedule.linear, [0.5, 1.0, 0.5, 0.0]),
-    (Schedule.cosine, [0.5, 1.0, 0.5, 0.0]),
-    (Schedule.constant, [0.5, 1.0, 1.0, 1.0]),
-])
-def test_warmup_then_decay_spans_the_full_budget(schedule: Schedule, expected: List[float]) -> None:
-    factor = lr_lambda(schedule, warmup_steps=1, total_steps=5)
-    assert [round(factor(s), 6) for s in (0, 1, 3, 5)] == expected
+# 20 optimiser steps, warmup 10% = 2 steps, min_lr_ratio 0.1, 2 cosine cycles, decay over the last 25% = 5 steps.
+# Each schedule below is written out by hand from its definition, independently of the code under test.
+TOTAL, WARMUP, FLOOR, CYCLES, DECAY = 20, 2, 0.1, 2, 5
 
 
-def test_f1_macro() -> None:
-    import numpy as np
+def _warm(step: int) -> float:
+    return step / WARMUP
 
-    labels, preds = np.array([0, 0, 1, 1, 2]), np.array([0, 1, 1, 1, 0])
-    assert math.isclose(f1_macro(labels, preds, 3), (0.5 + 0.8 + 0.0) / 3)
+
+def _progress(step: int) -> float:
+    return (step - WARMUP) / (TOTAL - WARMUP)
+
+
+def _wsd(step: int) -> float:
+    if step < WARMUP:
+        return FLOOR + (1 - FLOOR) * step / WARMUP
+    stable_end = TOTAL - DECAY
+    if step < stable_end:
+        return 1.0
+    if step < TOTAL:
+        return FLOOR + (1 - FLOOR) * 0.5 * (1 + math.cos(math.pi * (step - stable_end) / DECAY))
+    return FLOOR
+
+
+EXPECTED = {
+    Schedule.linear: lambda s: _warm(s) if s < WARMUP else max(0.0, 1 - _progress(s)),
+    Schedule.cosine: lambda s: _warm(s) if s < WARMUP else 0.5 * (1 + math.cos(math.pi * _progress(s))),
+    Schedule.cosine_with_restarts: lambda s: _warm(s) if s < WARMUP else (
+        0.0 if _progress(s) >= 1 else 0.5 * (1 + math.cos(math.pi * ((CYCLES * _progress(s)) % 1)))),
+    Schedule.polynomial: lambda s: _warm(s) if s < WARMUP else (1 - FLOOR) * (1 - _progress(s)) + FLOOR,
+    Schedule.constant: lambda s: 1.0,
+    Schedule.constant_with_warmup: lambda s: _warm(s) if s < WARMUP else 1.0,
+    Schedule.inverse_sqrt: lambda s: _warm(s) if s < WARMUP else 1 / math.sqrt(s / WARMUP),
+    Schedule.cosine_with_min_lr: lambda s: _warm(s) if s < WARMUP else (
+        FLOOR + (1 - FLOOR) * 0.5 * (1 + math.cos(math.pi * _progress(s)))),
+    Schedule.cosine_warmup_with_min_lr: lambda s: (s + 1) / WARMUP if s < WARMUP else (
+        FLOOR + (1 - FLOOR) * 0.5 * (1 + math.cos(math.pi * (s - WARMUP + 1) / (TOTAL - WARMUP)))),
+    Schedule.warmup_stable_decay: _wsd,
+}
+STEPS = (0, 1, 2, 5, 8, 11, 14, 16, 17, 19)
+
+
+def test_every_schedule_is_told_apart_by_the_probed_steps() -> None:
+    assert set(EXPECTED) == set(Schedule), "every schedule has a hand-written expectation"
+    curves = {s: [round(EXPECTED[s](step), 6) for step in STEPS] for s in Schedule}
+    assert len(set(map(tuple, curves.values()))) == len(curves), "two schedules agree on every probed step"
+
+
+@pytest.mark.parametrize("schedule", list(Schedule), ids=[s.value for s in Schedule])
+def test_warmup_then_decay_spans_the_full_budget(schedule: Schedule) -> None:
+    optim = OptimConfig(lr=1.0, warmup_ratio=WARMUP / TOTAL, schedule=schedule, min_lr_ratio=FLOOR,
+                        num_cycles=CYCLES, decay_ratio=DECAY / TOTAL)
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=optim.lr)
+    scheduler = make_schedule(optimizer, optim, TOTAL)
+    seen = {}
+    for step in range(TOTAL):
+        seen[step] = optimizer.param_groups[0]["lr"]
+        optimizer.step()
+        scheduler.step()
+    for step in STEPS:
+        assert seen[step] == pytest.approx(EXPECTED[schedule](step), abs=1e-9), f"step {step}"
 
 
 def test_batches_are_trimmed_to_their_longest_example(config: ExperimentConfig) -> None:
@@ -75,12 +121,38 @@ def test_fit_reports_every_epoch_and_saves_only_improvements(config: ExperimentC
     assert reports[-1][0]["train/loss"] < reports[0][0]["train/loss"] + 0.05
 
 
-def test_epoch_report_minimises_in_min_mode() -> None:
-    seen: List[bool] = []
-    callback = EpochReport("val/loss", Mode.min, lambda m, f: seen.append(f is not None))
-    assert callback._improved(0.5) and not math.isnan(0.5)
-    callback.best = 0.5
-    assert callback._improved(0.4) and not callback._improved(0.6) and not callback._improved(float("nan"))
+class _Saves:
+    """Stands in for the LightningModule: ``export_model().save_pretrained`` writes which epoch's weights these are."""
+
+    def __init__(self) -> None:
+        self.epoch = 0
+
+    def export_model(self) -> "_Saves":
+        return self
+
+    def save_pretrained(self, folder: str, safe_serialization: bool) -> None:
+        assert safe_serialization, "weights are saved as safetensors"
+        (Path(folder) / "weights.txt").write_text(f"epoch {self.epoch}")
+
+
+@pytest.mark.parametrize("mode,values,saved", [
+    (Mode.min, [0.7, 0.5, 0.6, 0.4, float("nan"), 0.45], [1, 2, 4]),
+    (Mode.max, [0.7, 0.5, 0.8, 0.8, float("nan"), 0.9], [1, 3, 6]),
+], ids=["min", "max"])
+def test_epoch_report_saves_the_weights_of_each_improving_epoch(mode: Mode, values: List[float],
+                                                                 saved: List[int]) -> None:
+    reports: List[Tuple[int, Optional[str]]] = []
+
+    def report(metrics: Dict[str, float], folder: Optional[Path]) -> None:
+        reports.append((int(metrics["epoch"]), (folder / "weights.txt").read_text() if folder else None))
+
+    callback, module = EpochReport("val/loss", mode, report), _Saves()
+    for epoch, value in enumerate(values):
+        module.epoch = epoch + 1
+        trainer = SimpleNamespace(callback_metrics={"val/loss": torch.tensor(value)}, current_epoch=epoch)
+        callback.on_train_epoch_end(trainer, module)  # type: ignore[arg-type]
+    assert [epoch for epoch, _ in reports] == list(range(1, len(values) + 1)), "every epoch is reported once"
+    assert [(epoch, text) for epoch, text in reports if text] == [(e, f"epoch {e}") for e in saved]
 
 
 def test_module_starts_in_train_mode(config: ExperimentConfig) -> None:

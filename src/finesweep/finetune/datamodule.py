@@ -43,7 +43,8 @@ class EncodedDataModule(pl.LightningDataModule):
         return self._loader(self.data.test, shuffle=False)
 
     def _loader(self, split: Split, shuffle: bool, generator: Any = None) -> DataLoader:
-        return DataLoader(range(len(split)), batch_size=self.batch_size, shuffle=shuffle,
+        # DataLoader takes any sequence of indices; its stubs ask for a Dataset
+        return DataLoader(range(len(split)), batch_size=self.batch_size, shuffle=shuffle,  # type: ignore[arg-type]
                           generator=generator, collate_fn=_Collate(split))
 
 

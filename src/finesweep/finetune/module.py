@@ -6,24 +6,22 @@ decides which weights train, the scoring object below (per task) decides the los
 
 from __future__ import annotations
 
-import math
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import lightning.pytorch as pl
-import numpy as np
 import torch
 from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 from torch import nn
-from torch.optim.lr_scheduler import LambdaLR
+from torchmetrics import MeanSquaredError, MetricCollection, PearsonCorrCoef
+from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 from transformers import AutoConfig, AutoModelForSequenceClassification, PretrainedConfig, PreTrainedModel
 
 from finesweep.config import ExperimentConfig, FinetuneConfig, OptimConfig, Schedule, Task
 from finesweep.data import EncodedData
 from finesweep.errors import ConfigError
 from finesweep.finetune.strategies import NO_DECAY, make_strategy, param_groups, unwrap
-from finesweep.metrics import accuracy, f1_macro, pearson, rmse
 
-__all__ = ["NO_DECAY", "SequenceClassifier", "check", "load_model", "lr_lambda", "model_config"]
+__all__ = ["NO_DECAY", "SequenceClassifier", "check", "load_model", "make_schedule", "model_config"]
 
 DROPOUT_FIELDS = ("hidden_dropout_prob", "classifier_dropout", "dropout", "seq_classif_dropout", "hidden_dropout")
 """Config fields ``model.dropout`` sets where a model has them (BERT/RoBERTa/MiniLM: the first two,
@@ -63,11 +61,13 @@ class SequenceClassifier(pl.LightningModule):
         self.model = self.strategy.apply(model)
         self.model.train()  # from_pretrained returns eval mode, and Lightning keeps the mode it finds
         self.scoring = _RegressionScoring() if task is Task.regression else _ClassificationScoring(num_labels)
+        # torchmetrics accumulate over every batch of an epoch (a sub-module each, so they follow the device)
+        self.val_metrics = self.scoring.metrics(prefix="val/")
+        self.test_metrics = self.scoring.metrics(prefix="test/")
         self.num_labels = num_labels
         self.optim = optim
         self.total_steps = max(1, total_steps)
         self.label_smoothing = label_smoothing
-        self._outputs: List[Tuple[np.ndarray, np.ndarray]] = []
 
     @classmethod
     def from_config(cls, config: ExperimentConfig, data: EncodedData, total_steps: int) -> SequenceClassifier:
@@ -109,35 +109,35 @@ class SequenceClassifier(pl.LightningModule):
         return loss
 
     def validation_step(self, batch: Dict[str, Any], batch_idx: int) -> None:
-        self._evaluation_step(batch, "val")
+        self._evaluation_step(batch, "val", self.val_metrics)
 
     def test_step(self, batch: Dict[str, Any], batch_idx: int) -> None:
-        self._evaluation_step(batch, "test")
+        self._evaluation_step(batch, "test", self.test_metrics)
 
     def on_validation_epoch_end(self) -> None:
-        self._log_task_metrics("val")
+        self._log_epoch_metrics(self.val_metrics)
 
     def on_test_epoch_end(self) -> None:
-        self._log_task_metrics("test")
+        self._log_epoch_metrics(self.test_metrics)
 
     def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
         optimizer = torch.optim.AdamW(param_groups(unwrap(self.model), self.optim, self.finetune), lr=self.optim.lr)
-        warmup = int(self.optim.warmup_ratio * self.total_steps)
-        schedule = LambdaLR(optimizer, lr_lambda(self.optim.schedule, warmup, self.total_steps))
+        schedule = make_schedule(optimizer, self.optim, self.total_steps)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
-    def _evaluation_step(self, batch: Dict[str, Any], stage: str) -> None:
+    def _evaluation_step(self, batch: Dict[str, Any], stage: str, metrics: MetricCollection) -> None:
         outputs, labels = self(batch["features"]), batch["labels"]
         self.log(f"{stage}/loss", self.scoring.loss(outputs, labels), on_step=False, on_epoch=True,
                  batch_size=len(labels))
-        self._outputs.append((labels.cpu().numpy(), self.scoring.predict(outputs).cpu().numpy()))
+        metrics.update(self.scoring.predict(outputs), labels)
 
-    def _log_task_metrics(self, stage: str) -> None:
-        labels = np.concatenate([pair[0] for pair in self._outputs]) if self._outputs else np.zeros(0)
-        predictions = np.concatenate([pair[1] for pair in self._outputs]) if self._outputs else np.zeros(0)
-        self._outputs.clear()
-        for name, value in self.scoring.metrics(labels, predictions).items():
-            self.log(f"{stage}/{name}", value)
+    def _log_epoch_metrics(self, metrics: MetricCollection) -> None:
+        # compute() over the whole epoch, then reset: logging the collection itself would let Lightning
+        # average per-batch values, which is wrong for F1 and Pearson's r.
+        values = metrics.compute()
+        metrics.reset()
+        for name, value in values.items():
+            self.log(name, value.float())
 
 
 class _ClassificationScoring:
@@ -152,9 +152,10 @@ class _ClassificationScoring:
     def predict(self, logits: torch.Tensor) -> torch.Tensor:
         return logits.argmax(dim=-1)
 
-    def metrics(self, labels: np.ndarray, predictions: np.ndarray) -> Dict[str, float]:
-        return {"accuracy": accuracy(labels, predictions),
-                "f1_macro": f1_macro(labels, predictions, self.num_labels)}
+    def metrics(self, prefix: str) -> MetricCollection:
+        # Macro-F1 averages the classes present in the labels or the predictions (as scikit-learn does).
+        return MetricCollection({"accuracy": MulticlassAccuracy(self.num_labels, average="micro"),
+                                 "f1_macro": MulticlassF1Score(self.num_labels, average="macro")}, prefix=prefix)
 
 
 class _RegressionScoring:
@@ -166,8 +167,22 @@ class _RegressionScoring:
     def predict(self, outputs: torch.Tensor) -> torch.Tensor:
         return outputs.float().squeeze(-1)
 
-    def metrics(self, targets: np.ndarray, predictions: np.ndarray) -> Dict[str, float]:
-        return {"rmse": rmse(targets, predictions), "pearson": pearson(targets, predictions)}
+    def metrics(self, prefix: str) -> MetricCollection:
+        return MetricCollection({"rmse": MeanSquaredError(squared=False), "pearson": _Pearson()}, prefix=prefix)
+
+
+class _Pearson(PearsonCorrCoef):
+    """Pearson's r, defined as 0 when the predictions (or targets) are constant.
+
+    A model that predicts one value for everything has no correlation to speak of; torchmetrics
+    returns NaN with a warning there, which would read as a diverged trial. Non-finite predictions
+    still give NaN.
+    """
+
+    def compute(self) -> torch.Tensor:
+        if bool((self.var_x == 0).any() or (self.var_y == 0).any()):
+            return torch.zeros((), device=self.var_x.device)
+        return super().compute()
 
 
 def load_model(model_path: str, num_labels: int, task: Task, label_names: Sequence[str] = (),
@@ -224,17 +239,23 @@ def _set_dropout(config: PretrainedConfig, dropout: float) -> None:
         setattr(config, name, dropout)
 
 
-def lr_lambda(schedule: Schedule, warmup_steps: int, total_steps: int) -> Any:
-    """Learning-rate multiplier per optimiser step: linear warmup, then the chosen decay to 0."""
+def make_schedule(optimizer: torch.optim.Optimizer, optim: OptimConfig, total_steps: int) -> Any:
+    """``transformers.get_scheduler`` for ``optim.schedule``, spanning ``total_steps`` optimiser steps.
 
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / (warmup_steps + 1)
-        if schedule is Schedule.constant:
-            return 1.0
-        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-        if schedule is Schedule.cosine:
-            return 0.5 * (1.0 + math.cos(math.pi * progress))
-        return 1.0 - progress
+    Warmup is ``optim.warmup_ratio`` of the steps; the schedule-specific settings come from
+    ``optim.min_lr_ratio``, ``optim.num_cycles`` and ``optim.decay_ratio``. The multiplier applies to
+    every parameter group alike, so layer-wise learning rates keep their ratios throughout.
+    """
+    from transformers import get_scheduler
 
-    return factor
+    warmup = int(optim.warmup_ratio * total_steps)
+    specific: Dict[Schedule, Dict[str, Any]] = {
+        Schedule.cosine_with_restarts: {"num_cycles": optim.num_cycles},
+        Schedule.polynomial: {"lr_end": optim.lr * optim.min_lr_ratio},
+        Schedule.cosine_with_min_lr: {"min_lr_rate": optim.min_lr_ratio},
+        Schedule.cosine_warmup_with_min_lr: {"min_lr_rate": optim.min_lr_ratio},
+        Schedule.warmup_stable_decay: {"num_decay_steps": max(1, int(optim.decay_ratio * total_steps)),
+                                       "min_lr_ratio": optim.min_lr_ratio},
+    }
+    return get_scheduler(optim.schedule.value, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps,
+                         scheduler_specific_kwargs=specific.get(optim.schedule))

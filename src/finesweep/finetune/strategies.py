@@ -22,7 +22,7 @@ from torch import nn
 from torch.optim import Optimizer
 
 from finesweep.config import FinetuneConfig, LoraConfig, OptimConfig, Strategy
-from finesweep.errors import ConfigError
+from finesweep.errors import ConfigError, one_line
 
 LAYER_LISTS = ("encoder.layer", "transformer.layer", "encoder.layers", "layers")
 """Where BERT-like base models keep their encoder layers (BERT/RoBERTa/MiniLM, DistilBERT, others)."""
@@ -289,7 +289,7 @@ class Lora(FinetuneStrategy):
             return get_peft_model(model, config)
         except ValueError as exc:
             raise ConfigError(f"finetune.lora.target_modules must name linear layers of the model, got "
-                              f"{list(self.lora.target_modules)} ({str(exc).splitlines()[0]}). "
+                              f"{list(self.lora.target_modules)} ({one_line(exc)}). "
                               "Use e.g. [query, value] for BERT-like models.") from None
 
     def export(self, model: nn.Module) -> nn.Module:

@@ -1,0 +1,88 @@
+"""The closed choices of the config schema, as Enums: sampler, scheduler, schedule, precision, ...
+
+YAML names a member by its value (``precision: bf16-mixed``); OmegaConf rejects anything else with
+the list of valid names before a trial starts. ``finesweep.config`` re-exports every one of them.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class Sampler(str, enum.Enum):
+    """How Optuna proposes the next trial."""
+
+    grid = "grid"
+    random = "random"
+    tpe = "tpe"
+
+
+class SchedulerKind(str, enum.Enum):
+    """How Ray Tune decides which running trials to stop early."""
+
+    asha = "asha"
+    fifo = "fifo"
+
+
+class Mode(str, enum.Enum):
+    """Whether the objective metric is maximised or minimised."""
+
+    max = "max"
+    min = "min"
+
+
+class Schedule(str, enum.Enum):
+    """Learning-rate schedule: the step-wise schedules of ``transformers.get_scheduler``, by its names.
+
+    Its metric-driven ones (reduce_lr_on_plateau, greedy) are left out: they watch a metric rather
+    than span the trial's budget, which ASHA's equal-schedule comparison relies on.
+    """
+
+    linear = "linear"
+    cosine = "cosine"
+    cosine_with_restarts = "cosine_with_restarts"
+    polynomial = "polynomial"
+    constant = "constant"
+    """No warmup at all (optim.warmup_ratio is ignored); constant_with_warmup warms up first."""
+    constant_with_warmup = "constant_with_warmup"
+    inverse_sqrt = "inverse_sqrt"
+    cosine_with_min_lr = "cosine_with_min_lr"
+    cosine_warmup_with_min_lr = "cosine_warmup_with_min_lr"
+    warmup_stable_decay = "warmup_stable_decay"
+
+
+Precision = enum.Enum(  # functional form: the values are Lightning's names, which are not identifiers
+    "Precision",
+    [("32-true", "32-true"), ("16-mixed", "16-mixed"), ("bf16-mixed", "bf16-mixed"), ("16-true", "16-true"),
+     ("bf16-true", "bf16-true"), ("64-true", "64-true")],
+    type=str,
+)
+"""Lightning's ``Trainer(precision=...)`` values (its aliases 32, 16, bf16 are spelled out)."""
+
+
+class Accelerator(str, enum.Enum):
+    """Lightning's ``Trainer(accelerator=...)``: where a trial computes."""
+
+    auto = "auto"
+    cpu = "cpu"
+    gpu = "gpu"
+    cuda = "cuda"
+    mps = "mps"
+
+
+class Strategy(str, enum.Enum):
+    """Which weights a trial trains."""
+
+    full = "full"
+    head_only = "head_only"
+    freeze = "freeze"
+    gradual_unfreeze = "gradual_unfreeze"
+    lora = "lora"
+
+
+class Task(str, enum.Enum):
+    """What the label column holds; ``auto`` decides from the data (non-integer numbers = regression)."""
+
+    auto = "auto"
+    classification = "classification"
+    regression = "regression"
