@@ -20,8 +20,9 @@ from typing import Any, Dict, Iterator, Optional, Sequence
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 import finesweep
@@ -48,10 +49,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except UserError as exc:
         if os.environ.get("FINESWEEP_FULL_ERROR") == "1":
             raise
-        Console(stderr=True, highlight=False).print(f"[red]error:[/red] {exc}", soft_wrap=True)
+        Console(stderr=True, highlight=False).print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
         return exc.exit_code
     except SweepFailedError as exc:
-        Console(stderr=True, highlight=False).print(f"[red]sweep failed:[/red] {exc}", soft_wrap=True)
+        Console(stderr=True, highlight=False).print(f"[red]sweep failed:[/red] {escape(str(exc))}", soft_wrap=True)
         return exc.exit_code
     except KeyboardInterrupt:
         Console(stderr=True).print("interrupted")
@@ -73,6 +74,9 @@ def compose(sweep: str, overrides: Sequence[str]) -> Sweep:
         try:
             cfg = _compose(document, [f"name={sweep_file.stem}", *overrides])
             config: ExperimentConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
+        except MissingMandatoryValue as exc:
+            raise ConfigError(f"{exc.full_key}: required, but no value is set. Set it in the sweep file or on the "
+                              f"command line ({exc.full_key}=...).") from None
         except (OmegaConfBaseException, ValueError) as exc:
             raise ConfigError(one_line(exc)) from None
         params = parse_space(config.space, config)
@@ -131,7 +135,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
             cache = data.prepare_all(sweep.config, sweep.params)
             data.check_objective(sweep.config.objective.metric, cache.task)
     console.print(f"data ready in {time.monotonic() - started:.1f}s: "
-                  + "; ".join(v.describe() for v in cache.variants.values()))
+                  + "; ".join(v.describe() for v in cache.variants.values()), markup=False)
     return runner.run(sweep, cache, console)
 
 

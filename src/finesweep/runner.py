@@ -134,7 +134,7 @@ def _record_selection(tracker: SweepTracker, config: ExperimentConfig, chosen: S
     if chosen.fallback:
         log.warning("model selection: %s", chosen.fallback)
         tracker.note("finesweep.selection_fallback", chosen.fallback)
-        console.print(f"[yellow]note:[/yellow] {chosen.fallback}")
+        console.print(f"note: {chosen.fallback}", style="yellow", markup=False)
     tracker.log_selection(chosen, leaderboard(chosen, metric))
     winner_config = with_overrides(config, chosen.winner.params)
     meta = ServingMeta.of(winner_config, cache.for_config(winner_config))
@@ -142,8 +142,8 @@ def _record_selection(tracker: SweepTracker, config: ExperimentConfig, chosen: S
     spread = f" ± {chosen.winner.std:.4f} over {len(chosen.winner.runs)} runs" if len(chosen.winner.runs) > 1 else ""
     tests = ", ".join(f"{k} {v:.4f}" for k, v in chosen.test_metrics.items())
     console.print(f"winner: {format_params(chosen.winner.params)}; val {metric} {chosen.winner.mean:.4f}{spread}; "
-                  f"{tests}; {chosen.latency_ms:.2f} ms/example on {chosen.device}")
-    console.print(f"registered as models:/{version}: mlflow.pyfunc.load_model('models:/{version}')")
+                  f"{tests}; {chosen.latency_ms:.2f} ms/example on {chosen.device}", markup=False)
+    console.print(f"registered as models:/{version}: mlflow.pyfunc.load_model('models:/{version}')", markup=False)
 
 
 def _conclude(config: ExperimentConfig, outcome: _Outcome, parent_id: str, log_file: Path, console: Console) -> int:

@@ -391,7 +391,8 @@ def _divides(span: float, step: float) -> bool:
 def _check_types(where: str, key: str, param: Param, config: ExperimentConfig) -> None:
     annotation = field_type(config, key)
     args = [a for a in typing.get_args(annotation) if a is not type(None)]
-    target = args[0] if len(args) == 1 else annotation
+    optional = typing.get_origin(annotation) is typing.Union and len(args) == 1
+    target = args[0] if optional else annotation
     values = param.choices if param.distribution is Distribution.categorical else (param.low, param.high)
     for value in values:
         problem = _type_problem(target, value)
@@ -404,6 +405,12 @@ def _check_types(where: str, key: str, param: Param, config: ExperimentConfig) -
 
 
 def _type_problem(target: Any, value: Any) -> Optional[str]:
+    if typing.get_origin(target) in (list, List):
+        (item,) = typing.get_args(target) or (Any,)
+        if not isinstance(value, list) or not value:
+            return "must be a non-empty list"
+        return next((f"must list values that each {p[5:]}" for p in (_type_problem(item, v) for v in value) if p),
+                    None)
     if isinstance(target, type) and issubclass(target, enum.Enum):
         allowed = [m.value for m in target]
         return None if value in allowed else f"must be one of {', '.join(allowed)}"

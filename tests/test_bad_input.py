@@ -1,0 +1,218 @@
+"""Bad input, through the real `finesweep run` entry point: exit 2, one pinned line, before Ray or MLflow start.
+
+Each row is something a user can get wrong (the config, the sweep file, the data, the bounds of the
+search space). Ray, the MLflow store and the trials are booby-trapped: reaching any of them fails the test.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import pytest
+
+from finesweep import cli
+
+HEAD = ("objective: {metric: val/accuracy, mode: max}\n"
+        "search: {sampler: random, num_trials: 4}\n"
+        "scheduler: {kind: fifo, max_epochs: 2}\n")
+LR = "  optim.lr: {distribution: loguniform, low: 1.0e-5, high: 1.0e-3}\n"
+
+
+def space(*lines: str, head: str = HEAD) -> str:
+    return head + "space:\n" + "".join(f"  {line}\n" for line in lines)
+
+
+FILES: Dict[str, bytes] = {
+    "empty.csv": b"",
+    "broken.parquet": b"PAR1 not really parquet",
+    "one_class.csv": b"text,label\n" + b"good movie,pos\n" * 30,
+    "scores.csv": b"text,label\n" + b"".join(f"good movie,{i % 4 + 0.5}\n".encode() for i in range(40)),
+    "binary.yaml": b"\xff\xfe\x00objective",
+}
+
+# (id, sweep body, overrides, pinned message after "error: ")
+CASES = [
+    # --- search-space bounds: values a sampler could propose that no trial could run -------------------------
+    ("weight-decay-below-zero", space("optim.weight_decay: {distribution: uniform, low: -0.1, high: 0.1}"), [],
+     r"bad\.yaml: space\.optim\.weight_decay: low=-0\.1 would make an invalid config: optim\.weight_decay must be "
+     r">= 0, got -0\.1\. Use e\.g\. 0\.01\. Move low inside the valid range\.$"),
+    ("warmup-step-reaches-one", space("optim.warmup_ratio: {distribution: float, low: 0.0, high: 1.0, step: 0.5}"),
+     [], r"bad\.yaml: space\.optim\.warmup_ratio: high=1\.0 would make an invalid config: optim\.warmup_ratio must be "
+         r"in \[0, 1\), got 1\.0\. Use e\.g\. 0\.1\. Move high inside the valid range\.$"),
+    ("batch-size-zero", space("data.batch_size: {distribution: int, low: 0, high: 8}"), [],
+     r"bad\.yaml: space\.data\.batch_size: low=0 would make an invalid config: data\.batch_size must be at least 1, "
+     r"got 0\."),
+    ("precision-lightning-does-not-know", space("trainer.precision: {distribution: categorical, "
+                                                "choices: [32-true, 8-bit]}"), [],
+     r"bad\.yaml: space\.trainer\.precision: trainer\.precision must be one of 32-true, 16-mixed, bf16-mixed, "
+     r"16-true, bf16-true, 64-true, got '8-bit'\. Use values of the config key's type\.$"),
+    ("accelerator-gpu-without-gpus", space("trainer.accelerator: {distribution: categorical, choices: [cpu, gpu]}"),
+     [], r"bad\.yaml: space\.trainer\.accelerator: choice 'gpu' would make an invalid config: trainer\.accelerator "
+         r"needs cluster\.gpus_per_trial > 0 .*Remove that choice\.$"),
+    ("label-smoothing-one", space("trainer.label_smoothing: {distribution: uniform, low: 0.0, high: 1.0}"), [],
+     r"space\.trainer\.label_smoothing: high=1\.0 would make an invalid config: trainer\.label_smoothing must be "
+     r"in \[0, 1\)"),
+    ("llrd-above-one-in-a-branch", space("finetune.strategy: {distribution: categorical, choices: [full, freeze]}",
+                                         "finetune.llrd: {distribution: uniform, low: 0.5, high: 1.5, "
+                                         "when: {finetune.strategy: freeze}}"), [],
+     r"space\.finetune\.llrd: high=1\.5 would make an invalid config: finetune\.llrd must be in \(0, 1\], got 1\.5\."),
+    ("fractions-that-leave-no-training-data", space(
+        "data.val_fraction: {distribution: categorical, choices: [0.1, 0.5]}",
+        "data.test_fraction: {distribution: categorical, choices: [0.1, 0.5]}"), [],
+     r"bad\.yaml: space: the combination data\.val_fraction=0\.5, data\.test_fraction=0\.5 would make an invalid "
+     r"config: data\.val_fraction plus data\.test_fraction must leave training data \(sum < 1\), got 1\.0\. Lower "
+     r"one of them\. Narrow the ranges \(or add a when condition\) so that every combination is valid\.$"),
+    ("grid-point-breaks-a-rule", space("optim.schedule: {distribution: categorical, "
+                                       "choices: [linear, warmup_stable_decay]}",
+                                       "optim.warmup_ratio: {distribution: categorical, choices: [0.1, 0.95]}",
+                                       head=HEAD.replace("random, num_trials: 4", "grid")), [],
+     r"space: the combination optim\.schedule='warmup_stable_decay', optim\.warmup_ratio=0\.95 would make an invalid "
+     r"config: optim\.warmup_ratio plus optim\.decay_ratio must fit in the budget"),
+    ("freeze-deeper-than-the-model", space("finetune.strategy: {distribution: categorical, choices: [freeze]}",
+                                           "finetune.freeze_layers: {distribution: int, low: 1, high: 9, "
+                                           "when: {finetune.strategy: freeze}}"), [],
+     r"bad\.yaml: finetune\.freeze_layers must be <= the model's 2 encoder layers, got 9\. Lower it\.$"),
+    ("lora-target-not-in-the-model", space("finetune.strategy: {distribution: categorical, choices: [lora, full]}",
+                                           "finetune.lora.target_modules: {distribution: categorical, "
+                                           "choices: [[query], [attention_q]], when: {finetune.strategy: lora}}"), [],
+     r"bad\.yaml: finetune\.lora\.target_modules must name linear layers of the model, got \['attention_q'\]"),
+    ("loguniform-from-zero", space("optim.lr: {distribution: loguniform, low: 0, high: 0.1}"), [],
+     r"bad\.yaml: space\.optim\.lr: loguniform needs low > 0, got low=0\. Use a positive bound such as 1e-6\.$"),
+    ("typo-in-space-key", space("optim.weight_decy: {distribution: uniform, low: 0, high: 0.1}"), [],
+     r"bad\.yaml: space\.optim\.weight_decy: unknown config key 'optim\.weight_decy'\. Did you mean "
+     r"optim\.weight_decay\?$"),
+    ("searching-the-scheduler", space("scheduler.max_epochs: {distribution: int, low: 1, high: 4}"), [],
+     r"space\.scheduler\.max_epochs: scheduler describes the sweep itself, not a config value"),
+    ("continuous-range-in-a-grid", space(LR.strip(), head=HEAD.replace("random, num_trials: 4", "grid")), [],
+     r"space\.optim\.lr: the grid sampler needs a finite set of values, got a continuous loguniform range"),
+    # --- config values and overrides ------------------------------------------------------------------------
+    ("accelerator-typo", space(LR.strip()), ["trainer.accelerator=gpus"],
+     r"bad\.yaml: trainer\.accelerator: Invalid value 'gpus', expected one of \[auto, cpu, gpu, cuda, mps\]\. "
+     r"Use one of those\.$"),
+    ("precision-typo", space(LR.strip()), ["trainer.precision=16"],
+     r"trainer\.precision: Invalid value '16', expected one of \[32-true, 16-mixed"),
+    ("schedule-typo", space(LR.strip()), ["optim.schedule=cosine_restarts"],
+     r"optim\.schedule: Invalid value 'cosine_restarts', expected one of \[linear, cosine, cosine_with_restarts"),
+    ("unknown-override-key", space(LR.strip()), ["optim.lrr=0.1"],
+     r"bad\.yaml: optim\.lrr: not a config key\. Did you mean optim\.lr\?$"),
+    ("added-unknown-key", space(LR.strip()), ["+trainer.precison=bf16-mixed"],
+     r"bad\.yaml: trainer\.precison: not a config key\. Did you mean trainer\.precision\?$"),
+    ("wrong-type", space(LR.strip()), ["data.batch_size=big"],
+     r"data\.batch_size: Value 'big' of type 'str' could not be converted to Integer\. Give a value of that type\.$"),
+    ("unknown-encoding", space(LR.strip()), ["data.encoding=utf-99"],
+     r"bad\.yaml: data\.encoding must be a text encoding Python knows, got 'utf-99'\."),
+    ("gpu-without-gpus", space(LR.strip()), ["trainer.accelerator=cuda"],
+     r"trainer\.accelerator needs cluster\.gpus_per_trial > 0 \(Ray shows a trial only the GPUs it reserved\), got "
+     r"cuda\. Set cluster\.gpus_per_trial=1, or trainer\.accelerator=auto\.$"),
+    ("grace-beyond-budget", space(LR.strip()), ["scheduler.grace_period=9"],
+     r"scheduler\.grace_period must be between 1 and scheduler\.max_epochs \(2\), got 9\."),
+    ("unreported-objective", space(LR.strip()), ["objective.metric=val/auroc"],
+     r"objective\.metric must be a metric every trial reports .*, got 'val/auroc'\. Pick one of those\.$"),
+    ("unknown-group-option", space(LR.strip()), ["model=gpt5"],
+     r"Could not find 'model/gpt5'\. Available options in 'model': hub, minilm\.$"),
+    # --- the sweep file itself --------------------------------------------------------------------------------
+    ("not-yaml", "objective: {metric: val/accuracy\nspace: [", [],
+     r"^bad\.yaml: not a readable YAML file: .*\. Fix the syntax \(a sweep file is UTF-8 YAML\)\.$"),
+    ("not-a-mapping", "- optim.lr\n- data.batch_size\n", [],
+     r"^bad\.yaml: a sweep file must be a mapping \(objective:, search:, space: \.\.\.\), got list\."),
+    ("space-not-a-mapping", HEAD + "space: [optim.lr]\n", [],
+     r"^bad\.yaml: space must map config keys to distributions, got \['optim\.lr'\]\."),
+    ("no-objective", "search: {sampler: random, num_trials: 2}\nspace:\n" + LR, [],
+     r"bad\.yaml: objective\.metric: required, but no value is set\. Set it in the sweep file or on the command line "
+     r"\(objective\.metric=\.\.\.\)\.$"),
+    # --- the data ---------------------------------------------------------------------------------------------
+    ("missing-file", space(LR.strip()), ["data.path=/nonexistent/train.csv"],
+     r"bad\.yaml: data\.path: file not found, got /nonexistent/train\.csv\. Point data\.path at a CSV, JSONL or "
+     r"Parquet file"),
+    ("empty-file", space(LR.strip()), ["data.path={files}/empty.csv"],
+     r"data\.path: cannot read .*/empty\.csv as csv \(EmptyDataError: No columns to parse from file\)\. Check that "
+     r"the file is valid csv in utf-8\.$"),
+    ("not-parquet", space(LR.strip()), ["data.path={files}/broken.parquet"],
+     r"data\.path: cannot read .*/broken\.parquet as parquet \(Arrow\w+: .*\)\. Check that the file is valid "
+     r"parquet\.$"),
+    ("missing-column", space(LR.strip()), ["data.text_column=tweet"],
+     r"data\.text_column: column 'tweet' not in .*tiny\.csv \(columns: text, label\)\. Set data\.text_column to one "
+     r"of them\.$"),
+    ("one-class", space(LR.strip()), ["data.path={files}/one_class.csv"],
+     r"data\.label_column: column 'label' needs at least 2 classes, got \['pos'\]\."),
+    ("accuracy-on-regression", space(LR.strip()), ["data.path={files}/scores.csv"],
+     r"objective\.metric: val/accuracy is not reported for a regression task, got val/accuracy\. Use one of "
+     r"train/loss, val/loss, val/rmse, val/pearson, or set data\.task=classification\.$"),
+    ("regression-on-text-labels", space(LR.strip()), ["data.task=regression", "objective.metric=val/rmse",
+                                                      "objective.mode=min"],
+     r"data\.task: regression needs numeric labels, but column 'label' holds"),
+    ("too-few-samples", space(LR.strip()), ["data.max_samples=5"],
+     r"data\.max_samples must be at least 10 or null, got 5\. Use null for every row\.$"),
+    ("model-without-tokenizer", space(LR.strip()), ["model.name_or_path={files}"],
+     r"model\.name_or_path: cannot read the model config of '.*' \(.*\)\. Point it at a Hugging Face model folder"),
+]
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("bad-files")
+    for name, content in FILES.items():
+        (folder / name).write_bytes(content)
+    return folder
+
+
+@pytest.fixture()
+def no_trials(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ray, the MLflow store and the trainable fail the test if anything reaches them."""
+    import ray
+
+    from finesweep import runner, tracking
+
+    def reached(what: str) -> object:
+        def fail(*args: object, **kwargs: object) -> None:
+            pytest.fail(f"{what} was reached: bad input must be refused before it")
+        return fail
+
+    monkeypatch.setattr(ray, "init", reached("ray.init"))
+    monkeypatch.setattr(runner, "ray_session", reached("the Ray session"))
+    monkeypatch.setattr(tracking.SweepTracker, "prepare", reached("the MLflow store"))
+    monkeypatch.setattr(runner, "run", reached("the sweep runner"))
+
+
+def run_cli(args: List[str], capsys: pytest.CaptureFixture) -> tuple:
+    code = cli.main(args)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("body,overrides,message", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_input_exits_2_with_one_pinned_line_before_anything_starts(
+        body: str, overrides: List[str], message: str, tmp_path: Path, files: Path, tiny_model: Path,
+        tiny_csv: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, no_trials: None) -> None:
+    monkeypatch.chdir(tmp_path)
+    sweep = tmp_path / "bad.yaml"
+    sweep.write_text(body)
+    base = [f"model.name_or_path={tiny_model}", f"data.path={tiny_csv}", "data.label_column=label",
+            "data.max_samples=null", "data.max_length=16"]
+    code, out, err = run_cli(["run", str(sweep), *base, *(o.format(files=files) for o in overrides)], capsys)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2, out + err
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error: ") and "Traceback" not in out + err
+    assert _search(message, lines[0][len("error: "):]), f"\n{lines[0]}\ndoes not match\n{message}"
+    assert not (tmp_path / "mlruns").exists(), "no MLflow store, no Ray log may be created"
+
+
+def test_a_binary_sweep_file_is_one_line(tmp_path: Path, files: Path, monkeypatch: pytest.MonkeyPatch,
+                                         capsys: pytest.CaptureFixture, no_trials: None) -> None:
+    monkeypatch.chdir(files)
+    code, _, err = run_cli(["run", str(files / "binary.yaml")], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert _search(r"^error: binary\.yaml: not a readable YAML file: .*\(a sweep file is UTF-8 YAML\)\.$", err.strip())
+
+
+def test_the_table_is_big_enough() -> None:
+    assert len(CASES) >= 25 and len({c[0] for c in CASES}) == len(CASES)
+
+
+def _search(pattern: str, text: str) -> Optional[object]:
+    import re
+
+    return re.search(pattern, text)
