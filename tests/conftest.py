@@ -65,10 +65,29 @@ def tiny_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_csv(tmp_path_factory.mktemp("data") / "tiny.csv")
 
 
+@pytest.fixture(scope="session")
+def session_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """$HOME of this test process: one for the whole session.
+
+    Ray 2.60 writes its auth token to ~/.ray/auth_token when it first starts in a process and
+    expects it there on every later start, so in-process Ray sessions must share one $HOME.
+    """
+    return tmp_path_factory.mktemp("home")
+
+
 @pytest.fixture(autouse=True)
-def _no_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Keep every library's caches and Ray's temp files out of $HOME and the checkout."""
+def _no_home(tmp_path: Path, session_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keep every library's caches and Ray's temp files out of the real $HOME and the checkout."""
+    monkeypatch.setenv("HOME", str(session_home))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.setenv("MPLCONFIGDIR", str(tmp_path / "mpl"))
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def pytest_collection_modifyitems(items: List[pytest.Item]) -> None:
+    """Every slow test carries its own time limit, sized to what it does."""
+    missing = [item.nodeid for item in items if item.get_closest_marker("slow") and not
+               item.get_closest_marker("timeout")]
+    if missing:
+        raise pytest.UsageError(f"slow tests without @pytest.mark.timeout: {', '.join(missing)}")

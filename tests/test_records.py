@@ -33,3 +33,19 @@ def test_min_mode_and_nan() -> None:
         rec.add_result({"val/loss": value, "epoch": float(epoch)}, "val/loss", Mode.min)
     assert rec.best_value == 0.3 and rec.best_epoch == 3
     assert best_trial([], Mode.min) is None
+
+
+def test_failed_trials_never_rank_whatever_they_reported() -> None:
+    crashed = record(0, [0.99], TrialStatus.failed)  # its best epoch beats everyone, then it crashed
+    stopped = record(1, [0.6], TrialStatus.early_stopped)
+    done = record(2, [0.7, 0.8])
+    silent = TrialRecord("t3", 3, {})  # reported nothing
+    silent.status = TrialStatus.completed
+    assert [r.number for r in ranked([crashed, stopped, done, silent], Mode.max)] == [2, 1]
+    assert best_trial([crashed, stopped, done, silent], Mode.max) is done
+    assert best_trial([crashed], Mode.max) is None
+
+
+def test_ties_go_to_the_earlier_trial() -> None:
+    later, earlier = record(5, [0.8]), record(2, [0.8])
+    assert [r.number for r in ranked([later, earlier], Mode.max)] == [2, 5]

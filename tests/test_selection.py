@@ -13,7 +13,7 @@ from finesweep.cli import compose
 from finesweep.config import ExperimentConfig, Mode
 from finesweep.data import EncodedData
 from finesweep.records import TrialRecord, TrialStatus
-from finesweep.selection import candidates, leaderboard, seed_points, select
+from finesweep.selection import candidates, leaderboard, regroup, seed_points, select
 
 
 @pytest.fixture()
@@ -108,3 +108,42 @@ def test_test_split_is_served_once_through_the_data_module(config: ExperimentCon
     assert outcome is not None and outcome.chosen is search[0]
     assert served == ["test"], "the winner alone is evaluated, on the test split, exactly once"
     assert set(outcome.test_metrics) == {"test/loss", "test/accuracy", "test/f1_macro"}
+
+
+def test_when_every_retraining_fails_the_search_best_wins_and_says_why(config: ExperimentConfig,
+                                                                       tmp_path: Path) -> None:
+    cache = data.prepare_all(config, ())
+    search = [record(0, 0.1, [0.95], "s0"), record(1, 0.2, [0.90], "s1")]
+
+    def retrain(points: List[Dict[str, Any]], first: int) -> List[TrialRecord]:
+        return [record(first + i, p["optim.lr"], [], "", "final", p["trainer.seed"], status=TrialStatus.failed)
+                for i, p in enumerate(points)]
+
+    evaluated: List[str] = []
+    import finesweep.selection as selection
+
+    real_latency = selection.measure_latency
+    selection.measure_latency = lambda *a, **k: (1.0, "cpu")  # type: ignore[assignment]
+    try:
+        outcome = select(config, search, cache, retrain,
+                         lambda c, d, w, s: evaluated.append(w.name) or {"test/accuracy": 0.7})
+    finally:
+        selection.measure_latency = real_latency  # type: ignore[assignment]
+    assert outcome is not None, "a winner is registered although no re-training run finished"
+    assert outcome.chosen is search[0] and evaluated == ["s0"]
+    assert outcome.fallback == ("all 6 re-training runs failed, so the search's best trial is the winner "
+                                "(validation score of one seed)")
+    assert len(outcome.final_records) == 6
+
+
+def test_regroup_ranks_only_healthy_reruns_and_leaves_the_search_candidates_alone(config: ExperimentConfig) -> None:
+    search = [record(0, 0.1, [0.95], "s0"), record(1, 0.2, [0.90], "s1")]
+    top = candidates(search, config)
+    final = [record(2, 0.1, [0.99], "f2", "final", 1, status=TrialStatus.failed),  # a failure never counts
+             record(3, 0.1, [0.50], "f3", "final", 2),
+             record(4, 0.2, [0.80], "f4", "final", 1), record(5, 0.2, [0.70], "f5", "final", 2)]
+    ranked_again = regroup(top, final, Mode.max)
+    assert [c.params["optim.lr"] for c in ranked_again] == [0.2, 0.1]
+    assert ranked_again[0].mean == pytest.approx(0.75) and [r.number for r in ranked_again[1].runs] == [3]
+    assert [r.number for c in top for r in c.runs] == [0, 1], "the search's candidates keep their own runs"
+    assert regroup(top, final[:1], Mode.max) == [], "no healthy re-run: nothing to rank"

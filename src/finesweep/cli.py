@@ -222,7 +222,8 @@ def _compose(document: Dict[str, Any], overrides: Sequence[str], resolve: bool =
         if resolve:
             OmegaConf.resolve(cfg)
     except OmegaConfBaseException as exc:
-        raise ConfigError(one_line(exc)) from None
+        cause = exc.__cause__ or exc.__context__
+        raise ConfigError(str(cause) if isinstance(cause, UserError) else one_line(exc)) from None
     _reject_unknown_keys(cfg, ExperimentConfig)
     return cfg
 

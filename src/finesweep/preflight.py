@@ -69,10 +69,10 @@ def check_model(sweep: Sweep) -> None:
 
 def model_variants(tried: Sequence[Probe]) -> List[Dict[str, Any]]:
     """The distinct projections of the probes onto the model and fine-tuning keys, the base config first."""
-    variants: Dict[str, Dict[str, Any]] = {"{}": {}}
+    variants: Dict[str, Dict[str, Any]] = {repr([]): {}}
     for probe in tried:
         variant = {key: value for key, value in probe.values.items() if key.startswith(MODEL_KEYS)}
-        variants.setdefault(repr(sorted(variant.items(), key=repr)), variant)
+        variants.setdefault(repr(sorted(variant.items(), key=repr)), variant)  # values may be unhashable lists
     return list(variants.values())
 
 

@@ -1,0 +1,78 @@
+"""The terminal view: what a person reads while a sweep runs, and the table of top trials after it."""
+
+from __future__ import annotations
+
+import io
+from typing import List
+
+import pytest
+from rich.console import Console
+
+from finesweep.cli import compose
+from finesweep.config import ExperimentConfig
+from finesweep.records import TrialRecord, TrialStatus
+from finesweep.view import SweepView, results_table
+
+
+@pytest.fixture(scope="module")
+def config() -> ExperimentConfig:
+    return compose("demo", ["scheduler.max_epochs=3"]).config
+
+
+def render(console: Console) -> str:
+    return console.file.getvalue()  # type: ignore[attr-defined]
+
+
+def new_console() -> Console:
+    return Console(file=io.StringIO(), width=160, color_system=None, force_terminal=False)
+
+
+def add(view: SweepView, number: int, lr: float, values: List[float], status: TrialStatus,
+        phase: str = "search") -> TrialRecord:
+    record = TrialRecord(f"t{number}", number, {"optim.lr": lr}, phase=phase)
+    view.trial_started(record)
+    for epoch, value in enumerate(values, start=1):
+        metrics = {"val/accuracy": value, "epoch": float(epoch)}
+        record.add_result(metrics, "val/accuracy", view.config.objective.mode)
+        view.trial_result(record, metrics)
+    record.status = status
+    if status is not TrialStatus.running:
+        view.trial_ended(record)
+    return record
+
+
+def test_live_view_counts_statuses_shows_the_best_and_the_running_trials(config: ExperimentConfig) -> None:
+    console = new_console()
+    view = SweepView(config, total=6, console=console)
+    add(view, 0, 1e-4, [0.5, 0.7, 0.75], TrialStatus.completed)
+    add(view, 1, 2e-4, [0.4], TrialStatus.early_stopped)
+    add(view, 2, 3e-4, [0.99], TrialStatus.failed)  # never the best, whatever it reported
+    add(view, 3, 5e-4, [0.6, 0.65], TrialStatus.running)
+    add(view, 4, 5e-4, [0.8], TrialStatus.running, phase="final")
+    console.print(view._render())
+    text = render(console)
+    assert "demo  4/6 started  running 1  completed 1  early-stopped 1  failed 1  re-training 1 of 1" in text
+    assert "best val/accuracy: 0.7500 (trial 0: optim.lr=0.0001)" in text
+    running = [line for line in text.splitlines() if line.lstrip().startswith(("3 ", "4 "))]
+    assert [line.split()[:3] for line in running] == [["3", "2/3", "0.6500"], ["4", "1/3", "0.8000"]]
+
+
+def test_live_view_before_any_result(config: ExperimentConfig) -> None:
+    console = new_console()
+    view = SweepView(config, total=4, console=console)
+    console.print(view._render())
+    assert "0/4 started" in render(console) and "best val/accuracy: -" in render(console)
+
+
+def test_results_table_ranks_by_best_epoch_and_leaves_failed_trials_out(config: ExperimentConfig) -> None:
+    console = new_console()
+    view = SweepView(config, total=3, console=new_console())
+    records = [add(view, 0, 1e-4, [0.5, 0.9, 0.6], TrialStatus.completed),
+               add(view, 1, 2e-4, [0.7], TrialStatus.early_stopped),
+               add(view, 2, 3e-4, [0.95], TrialStatus.failed)]
+    console.print(results_table(config, records))
+    rows = [line.split("│")[1:-1] for line in render(console).splitlines() if line.count("│") > 3]
+    cells = [[cell.strip() for cell in row] for row in rows]  # the header uses ┃, data rows │
+    assert [row[:6] for row in cells] == [["1", "0", "0.9000", "2", "3", "completed"],
+                                          ["2", "1", "0.7000", "1", "1", "early_stopped"]]
+    assert cells[0][6] == "0.0001"
