@@ -63,6 +63,8 @@ def test_grid_sweep_logs_one_parent_and_four_children(tmp_path: Path, tiny_model
     sweep = write_sweep(tmp_path / "grid4.yaml", GRID)
     result = run_cli(["run", str(sweep), *data_overrides(tiny_model, tiny_csv)], tmp_path)
     assert result.returncode == 0, result.stderr + result.stdout
+    for library_noise in ("Failed to fetch metrics", "Token authentication is enabled", "snapshotting", "WARNING"):
+        assert library_noise not in result.stdout + result.stderr, "Ray's own messages belong in the sweep's log"
     runs = runs_of(tmp_path, "grid4")
     client = runs["client"][0]
     assert len(runs["parents"]) == 1 and len(runs["children"]) == 4

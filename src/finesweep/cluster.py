@@ -46,13 +46,16 @@ def ray_session(cluster: ClusterConfig, sweep_name: str) -> Iterator[Path]:
     for name, value in DRIVER_ENV.items():
         os.environ.setdefault(name, value)
     import ray
+    import ray.tune  # noqa: F401 - imported here so its loggers exist before they are routed
 
+    route_library_logs()  # importing ray gives its logger a terminal handler
     kwargs: Dict[str, Any] = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
                                   configure_logging=False, runtime_env={"env_vars": worker_env()})
     if cluster.address:
         ray.init(address=cluster.address, **kwargs)
     else:
         ray.init(address="local", _node_ip_address="127.0.0.1", **kwargs)
+    route_library_logs()
     try:
         yield log_file
     finally:
