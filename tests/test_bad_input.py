@@ -171,7 +171,7 @@ def no_trials(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(ray, "init", reached("ray.init"))
     monkeypatch.setattr(runner, "ray_session", reached("the Ray session"))
-    monkeypatch.setattr(tracking.SweepTracker, "prepare", reached("the MLflow store"))
+    monkeypatch.setattr(tracking.Projector, "prepare", reached("the MLflow store"))
     monkeypatch.setattr(runner, "run", reached("the sweep runner"))
 
 

@@ -92,7 +92,7 @@ def test_grid_sweep_logs_one_parent_and_four_children(tmp_path: Path, tiny_model
     assert parent.data.metrics["best/val/accuracy"] == pytest.approx(best_acc)
     assert all(max(m.value for m in client.get_metric_history(c.info.run_id, "val/accuracy")) <= best_acc
                for c in runs["children"])
-    assert parent.data.params["best.optim.lr"] == best.data.params["optim.lr"]
+    assert parent.data.tags["best.optim.lr"] == best.data.params["optim.lr"]
     assert "finesweep ui" in result.stdout
 
     listing = run_cli(["ls"], tmp_path, timeout=120)

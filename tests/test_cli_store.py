@@ -54,25 +54,36 @@ def finesweep(python: Path, args: List[str], cwd: Path, timeout: int = 120) -> s
 
 
 def make_store(cwd: Path) -> str:
-    """A store holding one finished sweep, written by the real tracker."""
+    """A store holding one finished sweep, written the way a real sweep writes it: log, then MLflow."""
     import dataclasses
 
+    from finesweep.data import DataCache
     from finesweep.records import TrialRecord, TrialStatus
-    from finesweep.tracking import SweepTracker
+    from finesweep.runner import sweep_header
+    from finesweep.state import EventLog, SweepLog, new_sweep_id, read_events, sweep_dir
+    from finesweep.tracking import Projector
 
-    config = compose("demo", []).config
+    sweep = compose("demo", [])
     uri = f"sqlite:///{cwd / 'mlruns' / 'mlflow.db'}"
-    config = dataclasses.replace(config, tracking=dataclasses.replace(
-        config.tracking, uri=uri, artifact_root=str(cwd / "mlruns" / "artifacts")))
-    tracker = SweepTracker(config, {}, project_dir() / "sweeps" / "demo.yaml", "")
-    tracker.start()
-    record = TrialRecord("t0", 0, {"optim.lr": 1e-4})
-    tracker.trial_started(record)
+    config = dataclasses.replace(sweep.config, tracking=dataclasses.replace(
+        sweep.config.tracking, uri=uri, artifact_root=str(cwd / "mlruns" / "artifacts")), cluster=dataclasses.replace(
+        sweep.config.cluster, storage_path=str(cwd / "mlruns" / "ray")))
+    sweep = dataclasses.replace(sweep, config=config)
+    sweep_id = new_sweep_id()
+    folder = sweep_dir(config.cluster.storage_path, sweep_id)
+    log = EventLog(folder)
+    log.append("sweep", durable=True, **sweep_header(sweep, DataCache({}), sweep_id, folder))
+    journal = SweepLog(log, sweep_id, lambda event: None)
+    record = TrialRecord("t0", 0, {"optim.lr": 1e-4}, optuna_number=0)
+    journal.trial_started(record)
     record.add_result({"val/accuracy": 0.625, "epoch": 1.0}, "val/accuracy", config.objective.mode)
-    tracker.trial_result(record, {"val/accuracy": 0.625, "epoch": 1.0})
+    journal.trial_result(record, {"val/accuracy": 0.625, "epoch": 1.0})
     record.status = TrialStatus.completed
-    tracker.trial_ended(record)
-    tracker.finish([record], record, interrupted=False)
+    journal.trial_ended(record)
+    journal.event("best", round=0, number=0, params=record.params, value=0.625, epoch=1, metric="val/accuracy",
+                  checkpoint=None)
+    journal.event("finished", durable=True, status="FINISHED")
+    Projector(folder, uri).sync(list(read_events(log.path)), deadline=time.monotonic() + 60)
     return uri
 
 

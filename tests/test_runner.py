@@ -38,7 +38,8 @@ def broken_checkpoint_trainable(config: Dict[str, Any], **_: Any) -> None:
     for epoch in (1, 2):
         time.sleep(0.2)
         folder = Path(tempfile.mkdtemp())
-        (folder / "model.safetensors").write_bytes(b"not weights")
+        (folder / "best").mkdir()
+        (folder / "best" / "model.safetensors").write_bytes(b"not weights")
         metrics = {"val/accuracy": 0.5 + 0.1 * epoch, "val/loss": 0.5, "train/loss": 0.5, "val/f1_macro": 0.5,
                    "epoch": float(epoch)}
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(folder)))
@@ -52,7 +53,7 @@ def weights_then_crash_on_retraining(config: Dict[str, Any], *, weights: str, **
         raise RuntimeError("node lost")
     for epoch in (1, 2):
         folder = Path(tempfile.mkdtemp())
-        shutil.copytree(weights, folder, dirs_exist_ok=True)
+        shutil.copytree(weights, folder / "best")  # the layout of checkpoints.py
         metrics = {"val/accuracy": config["optim.lr"] * 10 + 0.1 * epoch, "val/loss": 0.5, "train/loss": 0.5,
                    "val/f1_macro": 0.5, "epoch": float(epoch)}
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(folder)))

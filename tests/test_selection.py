@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import tempfile
 from pathlib import Path
 from typing import Any, Dict, List
 
@@ -20,6 +21,13 @@ from finesweep.selection import candidates, leaderboard, regroup, seed_points, s
 def config(tiny_model: Path, tiny_csv: Path) -> ExperimentConfig:
     return compose("demo", [f"model.name_or_path={tiny_model}", f"data.path={tiny_csv}", "data.label_column=label",
                             "data.max_samples=null", "data.max_length=16", "final.top_k=2", "final.seeds=3"]).config
+
+
+def checkpoint_of(config: ExperimentConfig) -> str:
+    """A checkpoint folder whose best weights are the tiny model (checkpoints.py's layout)."""
+    folder = Path(tempfile.mkdtemp(prefix="ckpt-"))
+    (folder / "best").symlink_to(config.model.name_or_path)
+    return str(folder)
 
 
 def record(number: int, lr: float, values: List[float], checkpoint: str = "", phase: str = "search",
@@ -48,9 +56,9 @@ def test_lucky_seed_does_not_win_and_only_the_winner_reads_test(config: Experime
     final = {0.1: [0.60, 0.70, 0.80], 0.2: [0.86, 0.88, 0.90]}
     retrained: List[List[Dict[str, Any]]] = []
 
-    def retrain(points: List[Dict[str, Any]], first: int) -> List[TrialRecord]:
+    def retrain(points: List[Dict[str, Any]]) -> List[TrialRecord]:
         retrained.append(points)
-        return [record(first + i, p["optim.lr"], [final[p["optim.lr"]][p["trainer.seed"] - 1]],
+        return [record(2 + i, p["optim.lr"], [final[p["optim.lr"]][p["trainer.seed"] - 1]],
                        str(tmp_path / f"w{i}"), "final", p["trainer.seed"]) for i, p in enumerate(points)]
 
     evaluated: List[tuple] = []
@@ -83,8 +91,8 @@ def test_without_reseeding_the_search_winner_is_evaluated_once(config: Experimen
     config = dataclasses.replace(config, final=dataclasses.replace(config.final, seeds=0))
     cache = data.prepare_all(config, ())
     calls: List[str] = []
-    search = [record(0, 0.1, [0.7, 0.9, 0.8], str(config.model.name_or_path)), record(1, 0.2, [0.85], "x")]
-    outcome = select(config, search, cache, lambda p, f: pytest.fail("no re-training"),
+    search = [record(0, 0.1, [0.7, 0.9, 0.8], checkpoint_of(config)), record(1, 0.2, [0.85], "x")]
+    outcome = select(config, search, cache, lambda p: pytest.fail("no re-training"),
                      lambda c, d, w, s: calls.append(s) or {"test/accuracy": 0.8})
     assert outcome is not None and calls == ["test"]
     assert outcome.chosen is search[0] and outcome.latency_ms > 0 and outcome.device == "cpu"
@@ -102,9 +110,9 @@ def test_test_split_is_served_once_through_the_data_module(config: ExperimentCon
     real_test, real_val = EncodedDataModule.test_dataloader, EncodedDataModule.val_dataloader
     monkeypatch.setattr(EncodedDataModule, "test_dataloader", lambda self: served.append("test") or real_test(self))
     monkeypatch.setattr(EncodedDataModule, "val_dataloader", lambda self: served.append("val") or real_val(self))
-    weights = str(config.model.name_or_path)  # a saved 3-class model folder stands in for a checkpoint
+    weights = checkpoint_of(config)  # the saved 3-class tiny model stands in for a trial's best weights
     search = [record(0, 0.1, [0.6, 0.9], weights), record(1, 0.2, [0.85], weights), record(2, 0.3, [0.8], weights)]
-    outcome = select(config, search, cache, lambda p, f: pytest.fail("no re-training"), evaluate)
+    outcome = select(config, search, cache, lambda p: pytest.fail("no re-training"), evaluate)
     assert outcome is not None and outcome.chosen is search[0]
     assert served == ["test"], "the winner alone is evaluated, on the test split, exactly once"
     assert set(outcome.test_metrics) == {"test/loss", "test/accuracy", "test/f1_macro"}
@@ -115,8 +123,8 @@ def test_when_every_retraining_fails_the_search_best_wins_and_says_why(config: E
     cache = data.prepare_all(config, ())
     search = [record(0, 0.1, [0.95], "s0"), record(1, 0.2, [0.90], "s1")]
 
-    def retrain(points: List[Dict[str, Any]], first: int) -> List[TrialRecord]:
-        return [record(first + i, p["optim.lr"], [], "", "final", p["trainer.seed"], status=TrialStatus.failed)
+    def retrain(points: List[Dict[str, Any]]) -> List[TrialRecord]:
+        return [record(2 + i, p["optim.lr"], [], "", "final", p["trainer.seed"], status=TrialStatus.failed)
                 for i, p in enumerate(points)]
 
     evaluated: List[str] = []
@@ -126,7 +134,7 @@ def test_when_every_retraining_fails_the_search_best_wins_and_says_why(config: E
     selection.measure_latency = lambda *a, **k: (1.0, "cpu")  # type: ignore[assignment]
     try:
         outcome = select(config, search, cache, retrain,
-                         lambda c, d, w, s: evaluated.append(w.name) or {"test/accuracy": 0.7})
+                         lambda c, d, w, s: evaluated.append(w.parent.name) or {"test/accuracy": 0.7})
     finally:
         selection.measure_latency = real_latency  # type: ignore[assignment]
     assert outcome is not None, "a winner is registered although no re-training run finished"

@@ -1,112 +1,233 @@
-"""MLflow tracking on a real SQLite store: parent/child runs, statuses, winner, listing."""
+"""A sweep's log sent to a real SQLite MLflow store: runs, statuses, metrics, winner, exactly once, through failures."""
 
 from __future__ import annotations
 
 import dataclasses
+import time
 from pathlib import Path
+from typing import Any, Dict, List
 
 import pytest
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, INVALID_PARAMETER_VALUE
 from mlflow.tracking import MlflowClient
 
 from finesweep.cli import compose
 from finesweep.config import ExperimentConfig
-from finesweep.records import TrialRecord, TrialStatus, best_trial
+from finesweep.data import DataCache
+from finesweep.records import TrialRecord, TrialStatus
+from finesweep.runner import sweep_header
 from finesweep.serving import ServingMeta
-from finesweep.tracking import SweepTracker, git_state, list_sweeps
+from finesweep.state import EventLog, SweepLog, new_sweep_id, read_events, sweep_dir
+from finesweep.tracking import Cursor, Projector, git_state, list_sweeps
 
 
 @pytest.fixture()
-def config(tmp_path: Path) -> ExperimentConfig:
-    base = compose("demo", []).config
-    tracking = dataclasses.replace(base.tracking, uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+def sweep(tmp_path: Path) -> Any:
+    composed = compose("demo", [])
+    tracking = dataclasses.replace(composed.config.tracking, uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
                                    artifact_root=str(tmp_path / "artifacts"))
-    return dataclasses.replace(base, tracking=tracking)
+    cluster = dataclasses.replace(composed.config.cluster, storage_path=str(tmp_path / "ray"))
+    return dataclasses.replace(composed, config=dataclasses.replace(composed.config, tracking=tracking,
+                                                                    cluster=cluster))
 
 
-def trial(tracker: SweepTracker, number: int, values: list, status: TrialStatus, folder: Path) -> TrialRecord:
-    rec = TrialRecord(f"id{number}", number, {"optim.lr": 10.0 ** -number, "data.batch_size": 16})
-    tracker.trial_started(rec)
-    for epoch, value in enumerate(values, start=1):
-        metrics = {"val/accuracy": value, "val/loss": 1 - value, "epoch": float(epoch)}
-        rec.add_result(metrics, "val/accuracy", tracker.config.objective.mode)
-        tracker.trial_result(rec, metrics)
-    rec.status = status
-    checkpoint = folder / f"ckpt{number}"
-    checkpoint.mkdir()
-    (checkpoint / "model.safetensors").write_bytes(b"weights")
-    rec.checkpoint = str(checkpoint)
-    if status is TrialStatus.failed:
-        rec.error = "RuntimeError: boom"
-    tracker.trial_ended(rec)
-    return rec
+class Logged:
+    """A sweep's log with its listener, as the runner makes them; ``send`` hands everything to MLflow."""
+
+    def __init__(self, sweep: Any) -> None:
+        self.config: ExperimentConfig = sweep.config
+        self.sweep_id = new_sweep_id()
+        self.folder = sweep_dir(self.config.cluster.storage_path, self.sweep_id)
+        self.log = EventLog(self.folder)
+        self.log.append("sweep", durable=True, **sweep_header(sweep, DataCache({}), self.sweep_id, self.folder))
+        self.journal = SweepLog(self.log, self.sweep_id, lambda event: None)
+
+    def trial(self, number: int, values: List[float], status: TrialStatus, tmp: Path) -> TrialRecord:
+        record = TrialRecord(f"id{number}", number, {"optim.lr": 10.0 ** -number, "data.batch_size": 16},
+                             optuna_number=number)
+        self.journal.trial_started(record)
+        for epoch, value in enumerate(values, start=1):
+            checkpoint = tmp / f"ckpt{number}-{epoch}"
+            (checkpoint / "best").mkdir(parents=True)
+            (checkpoint / "best" / "model.safetensors").write_bytes(b"weights")
+            record.checkpoint = str(checkpoint)
+            metrics = {"val/accuracy": value, "val/loss": 1 - value, "epoch": float(epoch)}
+            record.add_result(metrics, "val/accuracy", self.config.objective.mode)
+            self.journal.trial_result(record, metrics)
+        record.status = status
+        if status is TrialStatus.failed:
+            record.failure, record.error = "error", "RuntimeError: boom"
+        if status is not TrialStatus.running:
+            self.journal.trial_ended(record)
+        return record
+
+    def best(self, record: TrialRecord) -> None:
+        self.journal.event("best", round=0, number=record.number, params=record.params, value=record.best_value,
+                           epoch=record.best_epoch, metric=self.config.objective.metric, checkpoint=record.checkpoint)
+
+    def send(self, uri: str = "") -> Projector:
+        projector = Projector(self.folder, uri or self.config.tracking.uri)
+        assert projector.sync(list(read_events(self.log.path)), deadline=time.monotonic() + 60) >= 0
+        return projector
 
 
-def test_parent_children_statuses_and_winner(config: ExperimentConfig, tmp_path: Path) -> None:
-    sweep_file = Path("sweeps/demo.yaml").resolve()
-    tracker = SweepTracker(config, {"optim.lr": {"distribution": "loguniform"}}, sweep_file, "a: 1\n")
-    parent_id = tracker.start()
-    records = [trial(tracker, 0, [0.5, 0.9, 0.7], TrialStatus.completed, tmp_path),
-               trial(tracker, 1, [0.4], TrialStatus.early_stopped, tmp_path),
-               trial(tracker, 2, [], TrialStatus.failed, tmp_path)]
-    tracker.finish(records, best_trial(records, config.objective.mode), interrupted=False)
+def children(client: MlflowClient, parent: str) -> Dict[str, Any]:
+    experiment = client.get_run(parent).info.experiment_id
+    runs = client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{parent}'")
+    return {r.info.run_name: r for r in runs}
 
-    client = MlflowClient(config.tracking.uri)
-    parent = client.get_run(parent_id)
-    assert parent.info.status == "FINISHED"
+
+def test_a_sweep_log_becomes_one_parent_and_one_child_per_trial(sweep: Any, tmp_path: Path) -> None:
+    logged = Logged(sweep)
+    done = logged.trial(0, [0.5, 0.9, 0.7], TrialStatus.completed, tmp_path)
+    logged.trial(1, [0.4], TrialStatus.early_stopped, tmp_path)
+    logged.trial(2, [], TrialStatus.failed, tmp_path)
+    logged.best(done)
+    logged.journal.event("finished", durable=True, status="FINISHED")
+    projector = logged.send()
+
+    client = MlflowClient(sweep.config.tracking.uri)
+    parent = client.get_run(projector.parent_id)
+    assert parent.info.status == "FINISHED" and parent.info.run_name == "demo"
     assert parent.data.params["sampler"] == "tpe" and parent.data.params["objective"] == "max val/accuracy"
     assert parent.data.metrics["best/val/accuracy"] == 0.9, "the best epoch, not the last"
-    assert parent.data.params["best.optim.lr"] == "1.0"
-    children = client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}'")
-    by_status = {c.data.tags["finesweep.trial_status"]: c for c in children}
-    assert set(by_status) == {"completed", "early_stopped", "failed"}
-    assert parent.data.tags["finesweep.best_run_id"] == by_status["completed"].info.run_id
-    assert by_status["failed"].info.status == "FAILED" and by_status["failed"].data.tags["finesweep.error"]
-    assert by_status["early_stopped"].data.tags["finesweep.epochs_run"] == "1"
-    history = client.get_metric_history(by_status["completed"].info.run_id, "val/accuracy")
+    assert parent.data.tags["best.optim.lr"] == "1.0" and parent.data.tags["finesweep.best_epoch"] == "2"
+    assert parent.data.tags["finesweep.state"] == str(logged.folder)
+    runs = children(client, projector.parent_id)
+    assert sorted(runs) == ["trial-000", "trial-001", "trial-002"]
+    assert parent.data.tags["finesweep.best_run_id"] == runs["trial-000"].info.run_id
+    assert {n: r.data.tags["finesweep.trial_status"] for n, r in runs.items()} == {
+        "trial-000": "completed", "trial-001": "early_stopped", "trial-002": "failed"}
+    assert runs["trial-002"].info.status == "FAILED" and runs["trial-002"].data.tags["finesweep.failure"] == "error"
+    assert runs["trial-001"].data.tags["finesweep.epochs_run"] == "1"
+    assert runs["trial-000"].data.tags["finesweep.optuna_trial"] == "0"
+    history = client.get_metric_history(runs["trial-000"].info.run_id, "val/accuracy")
     assert [(m.step, m.value) for m in sorted(history, key=lambda m: m.step)] == [(1, 0.5), (2, 0.9), (3, 0.7)]
-    artifacts = {a.path for a in client.list_artifacts(parent_id)}
+    artifacts = {a.path for a in client.list_artifacts(projector.parent_id)}
     assert {"config.yaml", "sweep", "search_space.json", "best_model"} <= artifacts
     experiment = client.get_experiment(parent.info.experiment_id)
     assert experiment.name == "demo" and experiment.artifact_location == f"{tmp_path / 'artifacts'}/demo"
+    assert Cursor.load(logged.folder).sent == logged.log.count
 
-    rows = list_sweeps(config.tracking.uri)
-    assert len(rows) == 1 and rows[0].best_value == 0.9
+    rows = list_sweeps(sweep.config.tracking.uri)
+    assert len(rows) == 1 and rows[0].best_value == 0.9 and rows[0].state == str(logged.folder)
     assert (rows[0].counts["completed"], rows[0].counts["early_stopped"], rows[0].counts["failed"]) == (1, 1, 1)
 
 
-def test_interrupted_sweep_closes_running_trials(config: ExperimentConfig, tmp_path: Path) -> None:
-    tracker = SweepTracker(config, {}, Path("sweeps/demo.yaml").resolve(), "")
-    parent_id = tracker.start()
-    rec = TrialRecord("run", 0, {"optim.lr": 0.1})
-    tracker.trial_started(rec)
-    rec.add_result({"val/accuracy": 0.6, "epoch": 1.0}, "val/accuracy", config.objective.mode)
-    tracker.trial_result(rec, {"val/accuracy": 0.6, "epoch": 1.0})
-    tracker.finish([rec], best_trial([rec], config.objective.mode), interrupted=True)
-    client = MlflowClient(config.tracking.uri)
-    assert client.get_run(parent_id).info.status == "KILLED"
-    child = client.search_runs([client.get_run(parent_id).info.experiment_id],
-                               f"tags.`mlflow.parentRunId` = '{parent_id}'")[0]
-    assert child.info.status == "FAILED" and "interrupted" in child.data.tags["finesweep.error"]
-    assert child.data.metrics["val/accuracy"] == 0.6, "what was logged is kept"
+def test_sending_the_log_again_changes_nothing(sweep: Any, tmp_path: Path) -> None:
+    """A crash between sending an event and saving the cursor sends it again: it must not count twice."""
+    logged = Logged(sweep)
+    logged.trial(0, [0.5, 0.9], TrialStatus.completed, tmp_path)
+    logged.journal.event("finished", durable=True, status="FINISHED")
+    first = logged.send()
+    (logged.folder / "mlflow.json").unlink()  # forget everything that was sent: the worst case
+    second = logged.send()
+    assert second.parent_id == first.parent_id, "the parent run is found again by its run key, not created twice"
+    client = MlflowClient(sweep.config.tracking.uri)
+    runs = children(client, first.parent_id)
+    assert len(runs) == 1
+    steps = [m.step for m in client.get_metric_history(runs["trial-000"].info.run_id, "val/accuracy")]
+    assert sorted(steps) == [1, 2], "no duplicate (key, step) pair"
+
+
+def test_a_trial_that_goes_on_keeps_its_run(sweep: Any, tmp_path: Path) -> None:
+    logged = Logged(sweep)
+    record = logged.trial(0, [0.5], TrialStatus.running, tmp_path)
+    logged.journal.trial_interrupted(record)
+    logged.journal.event("finished", durable=True, status="KILLED")
+    projector = logged.send()
+    client = MlflowClient(sweep.config.tracking.uri)
+    assert client.get_run(projector.parent_id).info.status == "KILLED"
+    run = children(client, projector.parent_id)["trial-000"]
+    assert run.info.status == "KILLED" and run.data.tags["finesweep.trial_status"] == "interrupted"
+
+    record.attempts, record.params = 2, {**record.params, "data.batch_size": 8}  # e.g. retried after an OOM
+    logged.journal.event("session", durable=True, session=2)
+    logged.journal.trial_started(record)
+    metrics = {"val/accuracy": 0.8, "val/loss": 0.2, "epoch": 2.0}
+    record.add_result(metrics, "val/accuracy", sweep.config.objective.mode)
+    logged.journal.trial_result(record, metrics)
+    record.status = TrialStatus.completed
+    logged.journal.trial_ended(record)
+    logged.journal.event("finished", durable=True, status="FINISHED")
+    projector = logged.send()
+    runs = children(client, projector.parent_id)
+    assert list(runs) == ["trial-000"], "the same run, re-attached"
+    run = runs["trial-000"]
+    assert run.info.status == "FINISHED" and run.data.tags["finesweep.attempts"] == "2"
+    assert run.data.params["data.batch_size"] == "16" and run.data.params["attempt2.data.batch_size"] == "8"
+    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "val/accuracy")) == [1, 2]
+    assert client.get_run(projector.parent_id).info.status == "FINISHED"
+
+
+def test_transient_errors_are_retried_and_refusals_skipped(sweep: Any, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    logged = Logged(sweep)
+    logged.trial(0, [0.5], TrialStatus.completed, tmp_path)
+    projector = Projector(logged.folder, sweep.config.tracking.uri, retry_cap=0.05)
+    real = projector.client.log_batch
+    calls: List[str] = []
+
+    def flaky(run_id: str, metrics: Any = (), params: Any = (), tags: Any = ()) -> None:
+        if metrics and len(calls) < 2:
+            calls.append("down")
+            raise MlflowException("API request failed: Connection refused", error_code=INTERNAL_ERROR)
+        return real(run_id, metrics=metrics, params=params, tags=tags)
+
+    monkeypatch.setattr(projector.client, "log_batch", flaky)
+    events = list(read_events(logged.log.path))
+    assert projector.sync(events, deadline=time.monotonic() + 30) == len(events)
+    assert calls == ["down", "down"] and projector.cursor.skipped == []
+    run = children(MlflowClient(sweep.config.tracking.uri), projector.parent_id)["trial-000"]
+    assert [m.value for m in MlflowClient(sweep.config.tracking.uri).get_metric_history(run.info.run_id,
+                                                                                        "val/accuracy")] == [0.5]
+
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise MlflowException("Changing param values is not allowed", error_code=INVALID_PARAMETER_VALUE)
+
+    logged.journal.event("note", tag="finesweep.selection_error", text="x")
+    monkeypatch.setattr(projector.client, "set_tag", refuse)
+    assert projector.sync(list(read_events(logged.log.path)), deadline=time.monotonic() + 30) == 1
+    assert projector.cursor.skipped == [logged.log.count - 1], "a refusal is logged and skipped, not retried forever"
+
+
+def test_an_unreachable_store_keeps_the_events_for_later(sweep: Any, tmp_path: Path) -> None:
+    logged = Logged(sweep)
+    logged.trial(0, [0.5], TrialStatus.completed, tmp_path)
+    down = Projector(logged.folder, "http://127.0.0.1:9", retry_cap=0.1)  # port 9: nothing listens
+    events = list(read_events(logged.log.path))
+    assert down.sync(events, deadline=time.monotonic() + 1.5) == 0
+    assert down.waiting == "Connection refused"
+    assert Cursor.load(logged.folder).sent == 0
+    up = logged.send()
+    assert up.cursor.sent == len(events) and len(children(MlflowClient(sweep.config.tracking.uri),
+                                                          up.parent_id)) == 1
 
 
 def test_git_state_outside_a_repo(tmp_path: Path) -> None:
     assert git_state(tmp_path) == ("unknown", "unknown")
 
 
-def test_registered_model_reloads_and_predicts(config: ExperimentConfig, tiny_model: Path, tmp_path: Path) -> None:
+def test_registered_model_reloads_and_predicts(sweep: Any, tiny_model: Path, tmp_path: Path) -> None:
+    import shutil
+
     import mlflow
     import pandas as pd
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    tracker = SweepTracker(config, {}, Path("sweeps/demo.yaml").resolve(), "")
-    tracker.start()
+    logged = Logged(sweep)
+    checkpoint = tmp_path / "ckpt"
+    shutil.copytree(tiny_model, checkpoint / "best")
     meta = ServingMeta(task="classification", label_names=("negative", "neutral", "positive"), text_column="text",
                        text_pair_column=None, max_length=32, objective="val/accuracy")
-    version = tracker.register(tiny_model, str(tiny_model), meta)
-    assert version == "demo/1"
-    mlflow.set_tracking_uri(config.tracking.uri)
+    for _ in range(2):  # the same round twice (a replay after a crash) registers one version
+        logged.journal.event("register", durable=True, round=0, name="demo", checkpoint=str(checkpoint),
+                             tokenizer=str(tiny_model), meta=dataclasses.asdict(meta))
+    projector = logged.send()
+    assert projector.cursor.registered == {"0": "demo/1"}
+    mlflow.set_tracking_uri(sweep.config.tracking.uri)
     model = mlflow.pyfunc.load_model("models:/demo/1")
     texts = ["the movie was good", "a sad awful day"]
     predicted = model.predict(pd.DataFrame({"text": texts}))
@@ -116,6 +237,6 @@ def test_registered_model_reloads_and_predicts(config: ExperimentConfig, tiny_mo
     with torch.no_grad():
         logits = reference(**tokenizer(texts, padding=True, return_tensors="pt")).logits
     assert list(predicted["label"]) == [meta.label_names[i] for i in logits.argmax(dim=1).tolist()]
-    client = MlflowClient(config.tracking.uri)
-    assert client.get_registered_model("demo").name == "demo"
-    assert client.get_run(tracker.parent_id).data.tags["finesweep.registered_model"] == "demo/1"
+    client = MlflowClient(sweep.config.tracking.uri)
+    assert [str(v.version) for v in client.search_model_versions("name = 'demo'")] == ["1"]
+    assert client.get_run(projector.parent_id).data.tags["finesweep.registered_model"] == "demo/1"

@@ -136,7 +136,44 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
             data.check_objective(sweep.config.objective.metric, cache.task)
     console.print(f"data ready in {time.monotonic() - started:.1f}s: "
                   + "; ".join(v.describe() for v in cache.variants.values()), markup=False)
-    return runner.run(sweep, cache, console)
+    return runner.run(sweep, cache, console, resume_overrides=_location_overrides(args.overrides))
+
+
+def cmd_resume(args: argparse.Namespace, console: Console) -> int:
+    """finesweep resume: continue an interrupted sweep from its log (or extend a finished one)."""
+    from finesweep import data, runner
+    from finesweep.state import locate
+    from finesweep.sweep import resumed
+
+    ref, overrides = _split_ref(args.items)
+    folder = locate(_locations(overrides)["storage_path"], ref)
+    sweep = resumed(folder, overrides)
+    with console.status("reading, splitting and tokenising the data once"), blame(sweep.sweep_file):
+        cache = data.prepare_all(sweep.config, sweep.params)
+    console.print(f"resuming {sweep.config.name} ({folder.name})", markup=False)
+    return runner.resume(sweep, folder, cache, console, resume_overrides=_location_overrides(overrides))
+
+
+def cmd_sync(args: argparse.Namespace, console: Console) -> int:
+    """finesweep sync: send the events MLflow did not take (during an outage) from the sweeps' logs."""
+    from finesweep.state import find_sweeps, locate
+    from finesweep.tracking import sync_log
+
+    ref, overrides = _split_ref(args.items)
+    where = _locations(overrides)
+    folders = [locate(where["storage_path"], ref)] if ref else find_sweeps(where["storage_path"])
+    uri = where["uri"] if any(o.lstrip("+").startswith("tracking.uri=") for o in overrides) else None
+    left = 0
+    for folder in folders:
+        message, missing = sync_log(folder, uri, deadline=time.monotonic() + args.timeout)
+        left += missing
+        if message:
+            console.print(message, markup=False)
+    if left:
+        raise SweepFailedError(f"{left} event(s) could not be sent; MLflow is still unreachable. Run finesweep sync "
+                               "again once it is up.")
+    console.print("every sweep's log is in MLflow.")
+    return 0
 
 
 def cmd_show(args: argparse.Namespace, console: Console) -> int:
@@ -169,23 +206,33 @@ def cmd_show(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_ls(args: argparse.Namespace, console: Console) -> int:
-    """finesweep ls: past sweeps in the tracking store."""
-    from finesweep.tracking import list_sweeps
+    """finesweep ls: past sweeps in the tracking store, and the command that resumes an unfinished one."""
+    from finesweep.state import find_sweeps
+    from finesweep.tracking import Cursor, list_sweeps
 
-    uri = _tracking(args.overrides)["uri"]
-    if _sqlite_missing(uri):
-        console.print(f"no sweeps yet in {uri}")
-        return 0
-    rows = list_sweeps(uri)
+    where = _locations(args.overrides)
+    uri = where["uri"]
+    rows = [] if _sqlite_missing(uri) else list_sweeps(uri)
     table = Table(title=f"sweeps in {uri}")
-    for column in ("experiment", "sweep", "started", "status", "done", "stopped", "failed", "objective", "best"):
+    for column in ("sweep", "run id", "started", "status", "done", "stopped", "failed", "objective", "best"):
         table.add_column(column)
+    extra = " ".join(_location_overrides(args.overrides))
+    hints = []
     for row in rows:
-        table.add_row(row.experiment, row.run_name, time.strftime("%Y-%m-%d %H:%M", time.localtime(row.start_time)),
+        table.add_row(row.run_name, row.run_id[:8], time.strftime("%Y-%m-%d %H:%M", time.localtime(row.start_time)),
                       row.status, str(row.counts["completed"]), str(row.counts["early_stopped"]),
                       str(row.counts["failed"]), row.objective,
-                      "-" if row.best_value is None else f"{row.best_value:.4f}")
-    console.print(table if rows else f"no sweeps yet in {uri}")
+                      "-" if row.best_value is None else f"{row.best_value:.4f}", end_section=False)
+        if row.status in ("RUNNING", "KILLED") and row.state and Path(row.state).is_dir():
+            hints.append(f"{row.run_name} ({row.status.lower()}): finesweep resume {row.run_id[:8]} {extra}".rstrip())
+    console.print(table if rows else f"no sweeps yet in {uri}", markup=False)
+    unsent = [f.name for f in find_sweeps(where["storage_path"])
+              if Cursor.load(f).sent < sum(1 for _ in open(f / "events.jsonl", encoding="utf-8"))]
+    for hint in hints:
+        console.print(f"resume {hint}", markup=False)
+    if unsent:
+        console.print(f"not all in MLflow yet: {', '.join(unsent)}; send with: finesweep sync {extra}".rstrip(),
+                      markup=False)
     return 0
 
 
@@ -264,12 +311,29 @@ def _unknown_key(key: str) -> str:
 
 def _tracking(overrides: Sequence[str]) -> Dict[str, str]:
     """tracking.uri and tracking.artifact_root, resolving nothing else (no data or model paths)."""
+    return {key: value for key, value in _locations(overrides).items() if key in ("uri", "artifact_root")}
+
+
+def _locations(overrides: Sequence[str]) -> Dict[str, str]:
+    """Where the tracking store and the sweeps' logs are, resolving nothing else (no data or model paths)."""
     cfg = _compose({}, overrides, resolve=False)
+    keys = {"uri": "tracking.uri", "artifact_root": "tracking.artifact_root", "storage_path": "cluster.storage_path"}
     try:
-        return {key: str(OmegaConf.select(cfg, f"tracking.{key}", throw_on_missing=True))
-                for key in ("uri", "artifact_root")}
+        return {name: str(OmegaConf.select(cfg, key, throw_on_missing=True)) for name, key in keys.items()}
     except OmegaConfBaseException as exc:
         raise ConfigError(one_line(exc)) from None
+
+
+def _split_ref(items: Sequence[str]) -> tuple:
+    """RUN (optional, first, no '=') and the overrides after it."""
+    if items and "=" not in items[0]:
+        return items[0], list(items[1:])
+    return None, list(items)
+
+
+def _location_overrides(overrides: Sequence[str]) -> list:
+    """The overrides that say where the store and the logs are: what a later resume or sync needs too."""
+    return [o for o in overrides if o.lstrip("+").startswith(("tracking.", "cluster.storage_path"))]
 
 
 def _register_resolvers() -> None:
@@ -347,6 +411,20 @@ def _parser() -> argparse.ArgumentParser:
     ui.add_argument("--host", default="127.0.0.1",
                     help="interface to bind (default %(default)s: this machine only)")
     ui.set_defaults(func=cmd_ui)
+    resume = commands.add_parser(
+        "resume", help="continue an interrupted sweep (or extend a finished one with search.num_trials=N)",
+        description="Continue a sweep from its log: finished trials stay, running ones go on from their last "
+                    "checkpoint, the same MLflow runs go on. RUN is a sweep id, a parent run id (or a prefix) or a "
+                    "sweep name; none = the latest unfinished sweep.")
+    resume.add_argument("items", metavar="[RUN] [OVERRIDE ...]", nargs="*",
+                        help="tracking.*, cluster.*, search.num_trials (to extend), search.max_concurrent, "
+                             "search.max_retries")
+    resume.set_defaults(func=cmd_resume)
+    sync = commands.add_parser("sync", help="send to MLflow what it did not take during an outage",
+                               description="Send the events of sweeps' logs that MLflow has not taken yet, each once.")
+    sync.add_argument("items", metavar="[RUN] [OVERRIDE ...]", nargs="*", help="e.g. tracking.uri=http://host:5000")
+    sync.add_argument("--timeout", type=float, default=120.0, help="give up after this many seconds (default 120)")
+    sync.set_defaults(func=cmd_sync)
     return parser
 
 

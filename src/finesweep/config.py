@@ -241,6 +241,15 @@ class TrackingConfig:
     """MLflow experiment name; empty = the sweep name."""
     registered_model: str = ""
     """Model Registry name the winner is registered under; empty = the sweep name."""
+    flush_timeout: float = 30.0
+    """Seconds the driver waits at the end for MLflow to take the sweep's last events; what it does not
+    take stays in the sweep's log for ``finesweep sync``."""
+
+    def __post_init__(self) -> None:
+        _raise_problems([
+            _check(self.flush_timeout >= 0, "tracking.flush_timeout", self.flush_timeout, "must be >= 0",
+                   "Use e.g. 30."),
+        ])
 
 
 @dataclass
@@ -291,6 +300,8 @@ class SearchConfig:
     """Trials to run; a grid runs every combination once and may leave this null."""
     max_concurrent: int = 1
     seed: int = 0
+    max_retries: int = 0
+    """Times a failed trial is run again from its last checkpoint (never after a NaN loss)."""
 
     def __post_init__(self) -> None:
         _raise_problems([
@@ -298,6 +309,8 @@ class SearchConfig:
                    self.num_trials, "must be at least 1", "Use e.g. 16."),
             _check(self.max_concurrent >= 1, "search.max_concurrent", self.max_concurrent,
                    "must be at least 1", "Use the number of trials that fit on your machine."),
+            _check(self.max_retries >= 0, "search.max_retries", self.max_retries, "must be >= 0",
+                   "Use 0 to never retry."),
         ])
 
 

@@ -35,9 +35,17 @@ class TrialRecord:
     best_value: Optional[float] = None
     best_epoch: Optional[int] = None
     checkpoint: Optional[str] = None
+    """The trial's latest checkpoint folder: ``best/`` holds its best epoch's weights, ``state.ckpt``
+    (while it runs) what a resumed trial continues from."""
     error: Optional[str] = None
     phase: str = "search"
     """search, or final (re-training the best configurations with fresh seeds)."""
+    optuna_number: Optional[int] = None
+    """The trial's number in the Optuna study (search trials only)."""
+    attempts: int = 1
+    """1, plus one per retry after a failure."""
+    failure: str = ""
+    """How it failed (error, nan, oom); empty unless it failed (or failed before a retry)."""
 
     @property
     def epochs_run(self) -> int:
@@ -74,13 +82,19 @@ def best_trial(records: Sequence[TrialRecord], mode: Mode) -> Optional[TrialReco
 
 
 class SweepListener(Protocol):
-    """Receives the life of a sweep from the driver, in order, on the driver's thread."""
+    """Receives the life of a sweep from the driver, in order, on the driver's thread.
+
+    ``trial_started`` comes again when a trial goes on (resumed from the sweep's log, or retried
+    after a failure: ``trial_retrying`` first); the record is the same trial, with its history.
+    """
 
     def trial_started(self, record: TrialRecord) -> None: ...
 
     def trial_result(self, record: TrialRecord, metrics: Dict[str, float]) -> None: ...
 
     def trial_ended(self, record: TrialRecord) -> None: ...
+
+    def trial_retrying(self, record: TrialRecord) -> None: ...
 
 
 def format_params(params: Dict[str, Any]) -> str:

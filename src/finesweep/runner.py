@@ -1,32 +1,49 @@
-"""Runs a composed, validated sweep: Ray up, MLflow parent run, trials, winner, Ray down.
+"""Runs a sweep, new (``run``) or continued (``resume``), through the same steps.
 
-``run`` reads top to bottom as the steps of a sweep: connect, search, select and register the
-winner, close the books, report. Whatever happens after the parent run exists (a failed trial,
-Ctrl-C, a crash), the runs already logged are closed with an honest status and the best trial so
-far is still recorded.
+``_drive`` reads top to bottom as the steps of a sweep: connect, search (continuing the trials that
+were running), select and register the winner, close the books, report. Every step writes to the
+sweep's log first (state.py); MLflow follows from the log (tracking.py), so a killed driver loses
+nothing a resume cannot continue, and a tracking outage loses nothing a sync cannot send.
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
+import json
 import logging
+import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
+from optuna.trial import TrialState as OptunaState
 from rich.console import Console
 
+import finesweep
 from finesweep.cluster import ray_session
 from finesweep.config import ExperimentConfig
 from finesweep.data import DataCache, EncodedData
-from finesweep.errors import SweepFailedError, one_line
+from finesweep.errors import SweepFailedError, UserError, one_line
+from finesweep.failures import KINDS
 from finesweep.overrides import with_overrides
 from finesweep.records import SweepListener, TrialRecord, TrialStatus, best_trial, format_params
 from finesweep.search_space import planned_trials
-from finesweep.selection import Selection, leaderboard, select
+from finesweep.searcher import Numbering, PastTrial, Rerun, rebuild_study
+from finesweep.selection import Selection, leaderboard, select, test_summary
+from finesweep.state import (
+    EventLog,
+    SweepLog,
+    SweepState,
+    fingerprint,
+    load_state,
+    new_sweep_id,
+    read_events,
+    sweep_dir,
+)
 from finesweep.sweep import Sweep
-from finesweep.tracking import SweepTracker
+from finesweep.tracking import Projector, git_state
 from finesweep.trial import run_trial
 from finesweep.view import SweepView, results_table
 
@@ -35,83 +52,242 @@ log = logging.getLogger("finesweep")
 
 
 @dataclass
+class Session:
+    """One run of the driver over a sweep: its config, its log, where its events go."""
+
+    sweep: Sweep
+    state: SweepState
+    log: EventLog
+    journal: SweepLog
+    projector: Projector
+    numbering: Numbering
+    resume_command: str
+
+    @property
+    def config(self) -> ExperimentConfig:
+        return self.sweep.config
+
+
+@dataclass
 class _Outcome:
-    """What the sweep has produced so far; whatever is here gets logged, even after a crash."""
+    """What the session has produced so far; whatever is here gets logged, even after a crash."""
 
     records: List[TrialRecord] = field(default_factory=list)
     selection: Optional[Selection] = None
     selection_error: str = ""
+    registered: str = ""
     finished: bool = False
     """The search (and selection) ran to the end: no trial was left running."""
 
 
-def run(sweep: Sweep, cache: DataCache, console: Console, trainable: Trainable = run_trial) -> int:
-    """Run the sweep and model selection; return 0 when at least one trial finished.
+def run(sweep: Sweep, cache: DataCache, console: Console, trainable: Trainable = run_trial,
+        resume_overrides: Sequence[str] = ()) -> int:
+    """Run a new sweep and its model selection; return 0 when at least one trial finished.
 
     Args:
         sweep: the validated sweep.
         cache: the tokenised data; trials get it without the test split, through Ray's object store.
         console: where the live view and the results go.
-        trainable: the trial function; the benchmark swaps in a synthetic one, the CLI never does.
+        trainable: the trial function; tests and benchmarks swap in their own, the CLI never does.
+        resume_overrides: the overrides ``finesweep resume`` needs to find this sweep again.
 
     Raises:
         SweepFailedError: no trial finished, or model selection failed (the search stays logged).
     """
-    config = sweep.config
-    tracker = SweepTracker(config, sweep.space_description(), sweep.sweep_file, sweep.yaml_text)
-    view = SweepView(config, planned_trials(config, sweep.params), console)
-    listeners: List[SweepListener] = [tracker, view]
-    outcome = _Outcome()
-    with _connected(config, tracker) as log_file:
-        try:
+    sweep_id = new_sweep_id()
+    folder = sweep_dir(sweep.config.cluster.storage_path, sweep_id)
+    event_log = EventLog(folder)
+    event_log.append("sweep", durable=True, **sweep_header(sweep, cache, sweep_id, folder))
+    state = load_state(folder)
+    command = " ".join(["finesweep resume", sweep_id, *resume_overrides])
+    return _drive(_session(sweep, state, event_log, command), cache, console, trainable)
+
+
+def resume(sweep: Sweep, folder: Path, cache: DataCache, console: Console, trainable: Trainable = run_trial,
+           resume_overrides: Sequence[str] = ()) -> int:
+    """Continue a sweep from its log: finished trials stay, running ones go on from their checkpoints.
+
+    ``sweep`` is the config the sweep ran with (its log's), with the resume's own overrides applied;
+    a larger ``search.num_trials`` extends it.
+    """
+    event_log = EventLog(folder)
+    state = load_state(folder)
+    _check_same_data(state, cache)
+    budget = planned_trials(sweep.config, sweep.params)
+    if state.complete and budget <= state.budget and not state.unfinished():
+        event_log.close()
+        console.print(f"sweep {state.name} ({state.sweep_id}) is finished: {len(state.search_trials())} trials, "
+                      f"nothing to resume. To run more trials: finesweep resume {state.sweep_id} "
+                      f"search.num_trials=N (N > {state.budget}).", markup=False)
+        return 0
+    if budget > state.budget:
+        event_log.append("extended", durable=True, budget=budget)
+    sessions = sum(1 for e in read_events(event_log.path) if e["kind"] in ("sweep", "session"))
+    event_log.append("session", durable=True, session=sessions + 1)
+    state = load_state(folder)
+    command = " ".join(["finesweep resume", state.sweep_id, *resume_overrides])
+    return _drive(_session(sweep, state, event_log, command), cache, console, trainable)
+
+
+def _session(sweep: Sweep, state: SweepState, event_log: EventLog, command: str) -> Session:
+    projector = Projector(state.folder, sweep.config.tracking.uri)
+    known = {t.number: t.params for t in state.trials.values()}
+    journal = SweepLog(event_log, state.sweep_id, projector.submit, known)
+    return Session(sweep, state, event_log, journal, projector, Numbering(state.next_number), command)
+
+
+def _drive(session: Session, cache: DataCache, console: Console, trainable: Trainable) -> int:
+    config = session.config
+    past = [t.record(config.objective.metric, config.objective.mode) for t in session.state.search_trials()]
+    view = SweepView(config, session.state.budget, console, past)
+    listeners: List[SweepListener] = [session.journal, view]
+    outcome = _Outcome(records=list(past))
+    interrupted_hard = False
+    try:
+        with _connected(session) as log_file:
             with view:
-                outcome.records = _search(sweep, cache, trainable, listeners)
+                outcome.records = _search(session, cache, trainable, listeners, past)
                 if not _running(view.records):
-                    _select_and_register(config, outcome, cache, trainable, listeners, tracker, console)
+                    _select_and_register(session, outcome, cache, trainable, listeners, console)
                     outcome.finished = not _running(view.records)
-        finally:
-            tracker.finish(view.records, _best(config, outcome, view.records), interrupted=not outcome.finished)
-    return _conclude(config, outcome, tracker.parent_id, log_file, console)
+    except KeyboardInterrupt:  # a second Ctrl-C, or one outside Ray Tune: exit now, the log has everything
+        interrupted_hard = True
+        raise
+    finally:
+        _close_books(session, outcome, view.records, drain=1.0 if interrupted_hard else config.tracking.flush_timeout)
+    return _conclude(session, outcome, log_file, console)
 
 
 @contextlib.contextmanager
-def _connected(config: ExperimentConfig, tracker: SweepTracker) -> Iterator[Path]:
-    """Ray up and the sweep's parent run created; yields the path of the sweep's log file."""
+def _connected(session: Session) -> Iterator[Path]:
+    """Ray up and MLflow's store open; yields the path of the sweep's log file."""
+    config = session.config
     with ThreadPoolExecutor(max_workers=1) as pool:
         # A new MLflow store spends ~2 s on schema migrations: do them while Ray starts (~3 s).
-        store_ready = pool.submit(tracker.prepare)
+        store_ready = pool.submit(session.projector.prepare, config.experiment_name, config.tracking.artifact_root)
         with ray_session(config.cluster, config.name) as log_file:
             store_ready.result()
-            tracker.start()
+            backlog = [e for e in read_events(session.log.path) if e["seq"] >= session.projector.cursor.sent]
+            session.projector.start(backlog)  # the log's unsent events first (a resume sends its spool first)
             yield log_file
 
 
-def _search(sweep: Sweep, cache: DataCache, trainable: Trainable,
-            listeners: Sequence[SweepListener]) -> List[TrialRecord]:
-    from finesweep.tuner import run_sweep
+# --- the search ------------------------------------------------------------------------------------
 
-    return run_sweep(sweep.config, sweep.params, trainable, listeners, base=sweep.config, cache=cache.without_test())
+def _search(session: Session, cache: DataCache, trainable: Trainable, listeners: Sequence[SweepListener],
+            past: List[TrialRecord]) -> List[TrialRecord]:
+    """Run (or continue) the search; return every search trial, past ones included."""
+    from finesweep.tuner import make_scheduler, run_plan, search_plan
+
+    config, state = session.config, session.state
+    scheduler = make_scheduler(config)
+    by_number = {r.number: r for r in past}
+    reruns = _continue(session, scheduler, by_number)
+    study = rebuild_study(config.objective.mode, session.sweep.params,
+                          [_past_trial(r, config) for r in by_number.values() if r.optuna_number is not None])
+    if not reruns and len(study.trials) >= state.budget:
+        return past
+    plan = search_plan(config, session.sweep.params, session.numbering, study, reruns,
+                       known={r.number: by_number[r.number] for r in reruns}, scheduler=scheduler)
+    ran = run_plan(config, plan, trainable, listeners, base=config, cache=cache.without_test())
+    return past + [r for r in ran if r.number not in by_number]
 
 
-def _select_and_register(config: ExperimentConfig, outcome: _Outcome, cache: DataCache, trainable: Trainable,
-                         listeners: Sequence[SweepListener], tracker: SweepTracker, console: Console) -> None:
+def _continue(session: Session, scheduler: Any, by_number: Dict[int, TrialRecord]) -> List[Rerun]:
+    """Replay the log's results into ASHA (its rungs come back); return the trials to continue.
+
+    A trial the replayed ASHA stops (or that had reached its full budget) ends here, as it would
+    have if the driver had lived a moment longer: it is not run again.
+    """
+    from finesweep.tuner import RecordingASHA
+
+    config, state = session.config, session.state
+    results = sorted((seq, t.number, metrics) for t in state.search_trials()
+                     for seq, metrics in zip(t.seqs, t.history, strict=True))
+    decisions: Dict[int, str] = {}
+    if isinstance(scheduler, RecordingASHA):
+        for _, number, metrics in results:
+            decisions[number] = scheduler.replay(number, [metrics])
+    reruns = []
+    for trial in state.search_trials():
+        if trial.finished:
+            continue
+        record = by_number[trial.number]
+        epochs = int(trial.history[-1].get("epoch", 0)) if trial.history else 0
+        if epochs >= config.scheduler.max_epochs or decisions.get(trial.number) == "STOP":
+            stopped = epochs < config.scheduler.max_epochs
+            record.status = TrialStatus.early_stopped if stopped else TrialStatus.completed
+            session.journal.trial_ended(record)
+            continue
+        reruns.append(Rerun(trial.number, trial.params, trial.optuna_number,
+                            trial.checkpoint if trial.checkpoint_epoch == epochs else None, trial.attempts))
+    return reruns
+
+
+def _past_trial(record: TrialRecord, config: ExperimentConfig) -> PastTrial:
+    states = {TrialStatus.completed: OptunaState.COMPLETE, TrialStatus.early_stopped: OptunaState.COMPLETE,
+              TrialStatus.failed: OptunaState.FAIL, TrialStatus.running: OptunaState.RUNNING}
+    state = states[record.status]
+    if state is OptunaState.COMPLETE and record.best_value is None:
+        state = OptunaState.FAIL
+    metric = config.objective.metric
+    intermediate = {int(m.get("epoch", i + 1)): m[metric] for i, m in enumerate(record.history)
+                    if metric in m and not math.isnan(m[metric])}
+    return PastTrial(int(record.optuna_number or 0), _searched(record.params, config), state, record.best_value,
+                     intermediate)
+
+
+def _searched(params: Dict[str, Any], config: ExperimentConfig) -> Dict[str, Any]:
+    # A retry after running out of memory adds batch settings that were not sampled: not Optuna's.
+    return {k: v for k, v in params.items() if k in config.space}
+
+
+# --- model selection ---------------------------------------------------------------------------------
+
+def _select_and_register(session: Session, outcome: _Outcome, cache: DataCache, trainable: Trainable,
+                         listeners: Sequence[SweepListener], console: Console) -> None:
     """Model selection and registration; a failure here is recorded, and the search's results stand."""
-    from finesweep.tuner import run_points
-
-    def retrain(points: List[Dict[str, Any]], first_number: int) -> List[TrialRecord]:
-        return run_points(config, points, trainable, listeners, first_number, base=config, cache=cache.without_test())
-
+    config = session.config
     if config.final.seeds > 0:
         console.print(f"re-training the top {config.final.top_k} configuration(s) with {config.final.seeds} "
                       "fresh seed(s) each")
     try:
-        outcome.selection = select(config, outcome.records, cache, retrain, _evaluate)
+        outcome.selection = select(config, outcome.records, cache,
+                                   lambda points: _retrain(session, points, cache, trainable, listeners), _evaluate)
         if outcome.selection is not None:
-            _record_selection(tracker, config, outcome.selection, cache, console)
+            outcome.registered = _record_selection(session, outcome.selection, cache, console)
     except Exception as exc:  # noqa: BLE001 - the search's results stand; say what failed after it
         log.exception("model selection failed")
         outcome.selection_error = one_line(exc, kind=True)
-        tracker.note("finesweep.selection_error", outcome.selection_error)
+        session.journal.event("note", tag="finesweep.selection_error", text=outcome.selection_error)
+
+
+def _retrain(session: Session, points: List[Dict[str, Any]], cache: DataCache, trainable: Trainable,
+             listeners: Sequence[SweepListener]) -> List[TrialRecord]:
+    """Run the re-training points; a resumed sweep reuses the runs it has and continues the unfinished ones."""
+    from finesweep.tuner import points_plan, run_plan
+
+    config, state = session.config, session.state
+    earlier = {_key(t.params): t for t in state.trials.values() if t.phase == "final"}
+    done, reruns, fresh = [], [], []
+    known: Dict[int, TrialRecord] = {}
+    for point in points:
+        trial = earlier.get(_key(point))
+        if trial is None:
+            fresh.append(Rerun(session.numbering.take(), point))
+            continue
+        record = trial.record(config.objective.metric, config.objective.mode)
+        if trial.finished:
+            done.append(record)
+        else:
+            known[trial.number] = record
+            epoch = int(trial.history[-1]["epoch"]) if trial.history else 0
+            reruns.append(Rerun(trial.number, trial.params, None,
+                                trial.checkpoint if trial.checkpoint_epoch == epoch else None, trial.attempts))
+    if not fresh and not reruns:
+        return done
+    plan = points_plan(config, fresh, reruns, known)
+    return done + run_plan(config, plan, trainable, listeners, base=config, cache=cache.without_test())
 
 
 def _evaluate(config: ExperimentConfig, data: EncodedData, weights: Path, split: str) -> Dict[str, float]:
@@ -126,35 +302,85 @@ def _evaluate(config: ExperimentConfig, data: EncodedData, weights: Path, split:
     return evaluate(config, data, weights, split)
 
 
-def _record_selection(tracker: SweepTracker, config: ExperimentConfig, chosen: Selection, cache: DataCache,
-                      console: Console) -> None:
+def _record_selection(session: Session, chosen: Selection, cache: DataCache, console: Console) -> str:
+    """Log the selection and registration events; return the registered name (version comes from MLflow)."""
+    import pandas as pd
+
     from finesweep.serving import ServingMeta
 
+    config, journal = session.config, session.journal
     metric = config.objective.metric
+    round_ = session.state.selections  # selections before this session: 0 for a new sweep
     if chosen.fallback:
         log.warning("model selection: %s", chosen.fallback)
-        tracker.note("finesweep.selection_fallback", chosen.fallback)
+        journal.event("note", tag="finesweep.selection_fallback", text=chosen.fallback)
         console.print(f"note: {chosen.fallback}", style="yellow", markup=False)
-    tracker.log_selection(chosen, leaderboard(chosen, metric))
+    metrics = dict(chosen.test_metrics)
+    metrics[f"final/val/{metric}/mean"], metrics[f"final/val/{metric}/std"] = chosen.winner.mean, chosen.winner.std
+    for name, (mean, std) in test_summary(chosen.winner).items():
+        metrics[f"final/{name}/mean"], metrics[f"final/{name}/std"] = mean, std
+    metrics["inference/latency_ms_per_example"] = chosen.latency_ms
+    board = pd.DataFrame(leaderboard(chosen, metric))
+    journal.event("selection", durable=True, round=round_, metrics=metrics,
+                  tags={"finesweep.inference_device": chosen.device, "finesweep.final_runs": len(chosen.winner.runs)},
+                  leaderboard_csv=board.to_csv(index=False), leaderboard_md=_markdown(board))
     winner_config = with_overrides(config, chosen.winner.params)
     meta = ServingMeta.of(winner_config, cache.for_config(winner_config))
-    version = tracker.register(Path(str(chosen.chosen.checkpoint)), winner_config.model.name_or_path, meta)
+    journal.event("register", durable=True, round=round_, name=config.registered_model_name,
+                  checkpoint=chosen.chosen.checkpoint, tokenizer=winner_config.model.name_or_path,
+                  meta=json.loads(meta.to_json()))
     spread = f" ± {chosen.winner.std:.4f} over {len(chosen.winner.runs)} runs" if len(chosen.winner.runs) > 1 else ""
     tests = ", ".join(f"{k} {v:.4f}" for k, v in chosen.test_metrics.items())
     console.print(f"winner: {format_params(chosen.winner.params)}; val {metric} {chosen.winner.mean:.4f}{spread}; "
                   f"{tests}; {chosen.latency_ms:.2f} ms/example on {chosen.device}", markup=False)
-    console.print(f"registered as models:/{version}: mlflow.pyfunc.load_model('models:/{version}')", markup=False)
+    return config.registered_model_name
 
 
-def _conclude(config: ExperimentConfig, outcome: _Outcome, parent_id: str, log_file: Path, console: Console) -> int:
+# --- closing the books ---------------------------------------------------------------------------------
+
+def _close_books(session: Session, outcome: _Outcome, seen: Sequence[TrialRecord], drain: float) -> None:
+    """Record how the session ended: interrupted trials, the best trial, the sweep's status; then send it all."""
+    config, journal = session.config, session.journal
+    for record in seen:
+        if record.status is TrialStatus.running:
+            journal.trial_interrupted(record)
+    best = outcome.selection.chosen if outcome.selection else best_trial(
+        [r for r in seen if r.phase == "search"], config.objective.mode)
+    if best is not None:
+        journal.event("best", round=session.state.selections, number=best.number, params=best.params,
+                      value=best.best_value, epoch=best.best_epoch, metric=config.objective.metric,
+                      checkpoint=best.checkpoint)
+    finished = [r for r in seen if r.status in (TrialStatus.completed, TrialStatus.early_stopped)]
+    status = "FINISHED" if outcome.finished and finished else "KILLED" if not outcome.finished else "FAILED"
+    journal.event("finished", durable=True, status=status)
+    session.log.close()
+    if not session.projector.drain(drain):
+        log.warning("MLflow did not take every event in %.0f s (%s)", drain, session.projector.waiting)
+    session.projector.close()
+
+
+def _conclude(session: Session, outcome: _Outcome, log_file: Path, console: Console) -> int:
     """Print the results and turn the outcome into the exit code."""
+    config, projector = session.config, session.projector
     records = outcome.records
     console.print(results_table(config, records))
+    _print_failures(records, console)
     finished = [r for r in records if r.status in (TrialStatus.completed, TrialStatus.early_stopped)]
-    console.print(f"MLflow: experiment {config.experiment_name!r}, parent run {parent_id}. "
-                  f"Browse it with: finesweep ui   (Ray's log: {log_file})")
+    version = projector.cursor.registered.get(str(session.state.selections))
+    if version:
+        console.print(f"registered as models:/{version}: mlflow.pyfunc.load_model('models:/{version}')",
+                      markup=False)
+    if projector.cursor.sent < session.log.count:
+        unsent = session.log.count - projector.cursor.sent
+        console.print(f"warning: MLflow at {config.tracking.uri} did not take {unsent} event(s) "
+                      f"({projector.waiting or 'still sending'}); they are kept in {session.log.path}. "
+                      f"Send them with: finesweep sync {session.state.sweep_id}", style="yellow", markup=False)
+    else:
+        console.print(f"MLflow: experiment {config.experiment_name!r}, parent run {projector.parent_id}. "
+                      f"Browse it with: finesweep ui   (Ray's log: {log_file})", markup=False)
     if not outcome.finished:
-        console.print(f"interrupted: {len(finished)} finished trial(s) kept; the parent run is marked KILLED.")
+        console.print(f"interrupted: {len(finished)} finished trial(s) kept, the running ones are checkpointed. "
+                      f"Continue with: {session.resume_command}", markup=False)
         return 130
     if not finished:
         failed = [r for r in records if r.error]
@@ -166,12 +392,70 @@ def _conclude(config: ExperimentConfig, outcome: _Outcome, parent_id: str, log_f
     return 0
 
 
-def _best(config: ExperimentConfig, outcome: _Outcome, seen: Sequence[TrialRecord]) -> Optional[TrialRecord]:
-    """The selected winner, else the best search trial seen so far (the view has them even after a crash)."""
-    if outcome.selection is not None:
-        return outcome.selection.chosen
-    return best_trial([r for r in seen if r.phase == "search"], config.objective.mode)
+def _print_failures(records: Sequence[TrialRecord], console: Console) -> None:
+    failed = [r for r in records if r.status is TrialStatus.failed]
+    if not failed:
+        return
+    groups = {kind: [r for r in failed if r.failure == kind] for kind in KINDS}
+    parts = [f"{len(rs)} {kind} (trials {', '.join(str(r.number) for r in rs)}; e.g. {rs[0].error})"
+             for kind, rs in groups.items() if rs]
+    console.print(f"failed trials by reason: {'; '.join(parts)}", style="red", markup=False)
+
+
+def sweep_header(sweep: Sweep, cache: DataCache, sweep_id: str, folder: Path) -> Dict[str, Any]:
+    """The log's first event: everything needed to continue the sweep, and to log it to MLflow later."""
+    config = sweep.config
+    commit, dirty = git_state(Path.cwd())
+    objective = f"{config.objective.mode.value} {config.objective.metric}"
+    tags = {"finesweep.version": finesweep.__version__, "mlflow.source.git.commit": commit,
+            "finesweep.git_dirty": dirty, "finesweep.sweep_file": str(sweep.sweep_file),
+            "finesweep.objective": objective}
+    params = {"sampler": config.search.sampler.value, "scheduler": config.scheduler.kind.value,
+              "objective": objective, "search_space": json.dumps(sweep.space_description(), sort_keys=True),
+              "num_trials": str(config.search.num_trials), "max_concurrent": str(config.search.max_concurrent),
+              "seed": str(config.search.seed), "max_epochs": str(config.scheduler.max_epochs),
+              "grace_period": str(config.scheduler.grace_period),
+              "reduction_factor": str(config.scheduler.reduction_factor),
+              "model.name_or_path": config.model.name_or_path, "data.path": config.data.path}
+    return {"sweep_id": sweep_id, "name": config.name, "experiment": config.experiment_name,
+            "artifact_root": config.tracking.artifact_root, "tracking_uri": config.tracking.uri,
+            "folder": str(folder), "tags": tags, "params": params, "config_yaml": sweep.yaml_text,
+            "sweep_yaml": sweep.sweep_file.read_text() if sweep.sweep_file.is_file() else "",
+            "sweep_file": sweep.sweep_file.name, "space": sweep.space_description(),
+            "budget": planned_trials(config, sweep.params), "data_fingerprint": data_fingerprint(cache)}
+
+
+def data_fingerprint(cache: DataCache) -> str:
+    """A content hash of every tokenised split: a resume must train on the very same data."""
+    arrays = []
+    for key in sorted(cache.variants):
+        variant = cache.variants[key]
+        for split in (variant.train, variant.val, variant.test):
+            if split is not None:
+                arrays.extend([split.labels, *(split.features[name] for name in sorted(split.features))])
+    return fingerprint(arrays)
+
+
+def _check_same_data(state: SweepState, cache: DataCache) -> None:
+    if state.header.get("data_fingerprint") not in (None, data_fingerprint(cache)):
+        raise UserError(f"sweep {state.name} ({state.sweep_id}) trained on other data: "
+                        f"{state.header['params']['data.path']} (or its tokenisation) changed since the sweep started. "
+                        "A resume must see the same data; "
+                        "restore the file, or start a new sweep with finesweep run.")
+
+
+def _key(params: Dict[str, Any]) -> str:
+    return json.dumps(params, sort_keys=True, default=str)
+
+
+def _markdown(frame: Any) -> str:
+    with contextlib.suppress(ImportError):
+        return str(frame.to_markdown(index=False))
+    buffer = io.StringIO()
+    frame.to_string(buffer, index=False)
+    return buffer.getvalue()
 
 
 def _running(records: Sequence[TrialRecord]) -> bool:
     return any(r.status is TrialStatus.running for r in records)
+

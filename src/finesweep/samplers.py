@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
-from typing import Callable, Dict, Sequence
+from typing import Callable, Dict, Optional, Sequence
 
 import optuna
 
 from finesweep.config import Sampler, SearchConfig
-from finesweep.search_space import Param, grid, is_conditional
+from finesweep.search_space import Param, grid
 
 
-def make_sampler(search: SearchConfig, params: Sequence[Param]) -> optuna.samplers.BaseSampler:
-    """The seeded Optuna sampler a sweep asks for."""
+def make_sampler(search: SearchConfig, params: Sequence[Param],
+                 seed: Optional[int] = None) -> optuna.samplers.BaseSampler:
+    """The Optuna sampler a sweep asks for, seeded with ``seed`` (default ``search.seed``)."""
+    if seed is not None:
+        search = dataclasses.replace(search, seed=seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         return _FACTORIES[search.sampler](search, params)
@@ -20,11 +24,12 @@ def make_sampler(search: SearchConfig, params: Sequence[Param]) -> optuna.sample
 
 def _grid(search: SearchConfig, params: Sequence[Param]) -> optuna.samplers.BaseSampler:
     grid(params)  # raises on continuous ranges
-    if is_conditional(params):
-        # GridSampler needs one fixed space; BruteForceSampler walks each define-by-run branch
-        # exhaustively and skips running leaves, so every active combination runs exactly once.
-        return optuna.samplers.BruteForceSampler(seed=search.seed)
-    return optuna.samplers.GridSampler(grid(params), seed=search.seed)
+    # BruteForceSampler, not GridSampler: it finds what is left from the study's own trials (their
+    # values), so a study rebuilt from the sweep's log on resume walks on where it stopped, and it
+    # expands each define-by-run branch of a conditional space on its own. Running leaves are
+    # skipped, so with trials in flight every combination still runs exactly once. GridSampler keeps
+    # its progress in system attributes and shuffles its grid by seed, which a resume would lose.
+    return optuna.samplers.BruteForceSampler(seed=search.seed)
 
 
 def _random(search: SearchConfig, params: Sequence[Param]) -> optuna.samplers.BaseSampler:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+from finesweep.checkpoints import best_weights
 from finesweep.config import ExperimentConfig, Mode
 from finesweep.data import DataCache, EncodedData
 from finesweep.overrides import with_overrides
@@ -97,7 +98,7 @@ def regroup(ranked_candidates: Sequence[Candidate], final_records: Sequence[Tria
 
 
 def select(config: ExperimentConfig, records: Sequence[TrialRecord], cache: DataCache,
-           retrain: Callable[[List[Dict[str, Any]], int], List[TrialRecord]],
+           retrain: Callable[[List[Dict[str, Any]]], List[TrialRecord]],
            evaluate: Callable[[ExperimentConfig, EncodedData, Path, str], Dict[str, float]]) -> Optional[Selection]:
     """Run model selection; None when no trial produced a checkpoint.
 
@@ -105,14 +106,15 @@ def select(config: ExperimentConfig, records: Sequence[TrialRecord], cache: Data
         config: the sweep's config.
         records: the search's trials.
         cache: the full data, test split included (the driver's copy).
-        retrain: runs fixed configurations (values incl. ``trainer.seed``) to their full budget.
+        retrain: runs fixed configurations (values incl. ``trainer.seed``) to their full budget and returns
+            their records (a resumed sweep reuses the runs it already has).
         evaluate: computes ``<split>/<metric>`` of saved weights on a split.
     """
     ranked_candidates = candidates(records, config)
     final_records: List[TrialRecord] = []
     fallback = ""
     if config.final.seeds > 0 and ranked_candidates:
-        final_records = retrain(seed_points(config, ranked_candidates), len(records))
+        final_records = retrain(seed_points(config, ranked_candidates))
         regrouped = regroup(ranked_candidates, final_records, config.objective.mode)
         if regrouped:
             ranked_candidates = regrouped
@@ -127,10 +129,10 @@ def select(config: ExperimentConfig, records: Sequence[TrialRecord], cache: Data
     data = cache.for_config(winner_config)
     for run in winner.runs:  # the only place the test split is read
         if run.checkpoint:
-            winner.test.append(evaluate(winner_config, data, Path(run.checkpoint), "test"))
+            winner.test.append(evaluate(winner_config, data, best_weights(run.checkpoint), "test"))
     chosen = _best_run(winner.runs, config.objective.mode)
     test_metrics = winner.test[[r for r in winner.runs if r.checkpoint].index(chosen)]
-    latency, device = measure_latency(Path(str(chosen.checkpoint)), data, winner_config.data.batch_size)
+    latency, device = measure_latency(best_weights(str(chosen.checkpoint)), data, winner_config.data.batch_size)
     return Selection(ranked_candidates, chosen, test_metrics, final_records, latency, device, fallback)
 
 

@@ -1,40 +1,446 @@
-"""The only module that knows MLflow: one parent run per sweep, one nested child run per trial.
+"""The only module that logs to MLflow: a sweep's log becomes one parent run and one child run per trial.
 
-All logging happens on the driver, from events the tuner forwards (records.py). Trials never talk
-to MLflow: when ASHA stops a trial, Ray raises ``SystemExit`` inside it, which would leave an
-in-trial logger's run FAILED or RUNNING without its last epoch. The driver knows why a trial ended.
+The driver never waits on MLflow. Every event of the sweep's log (state.py) is handed to a
+``Projector``, which sends them to the tracking store in order, on a thread of its own. A server
+that is down or slow only delays it: each event is retried with back-off until it goes through,
+and the events not yet sent stay in the log (the spool) with a cursor saying where sending stopped.
+``finesweep sync`` and ``finesweep resume`` send the rest later.
+
+Every event is sent exactly once in effect, even when a send is repeated after a crash or a timeout:
+runs are found again by their ``finesweep.run_key`` tag before one is created, metrics carry the
+time they were recorded (MLflow keeps one row per key, step, time and value), tags and params are
+set to the same values again, and a model version is registered once per selection round.
+
+Trials never talk to MLflow: when ASHA stops a trial, Ray ends it abruptly, which would leave an
+in-trial logger's run RUNNING without its last epoch. The driver knows why a trial ended.
 """
 
 from __future__ import annotations
 
-import importlib.util
+import contextlib
+import io
 import json
+import logging
+import os
+import queue
+import re
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-import finesweep
-from finesweep.config import ExperimentConfig
+from finesweep.checkpoints import best_weights
 from finesweep.errors import ConfigError
-from finesweep.records import TrialRecord, TrialStatus
-from finesweep.selection import Selection, test_summary
-
-if TYPE_CHECKING:  # serving.py imports torch-free but MLflow-model machinery; only register() needs it
-    from finesweep.serving import ServingMeta
+from finesweep.records import TrialStatus
 
 ROLE_TAG = "finesweep.role"
 STATUS_TAG = "finesweep.trial_status"
 PARENT_TAG = "mlflow.parentRunId"
 PHASE_TAG = "finesweep.phase"
+KEY_TAG = "finesweep.run_key"
+STATE_TAG = "finesweep.state"
 MAX_PARAM_CHARS = 6000  # MLflow's limit on one param value
+CURSOR = "mlflow.json"
+TRANSIENT_CODES = ("INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED", "DEADLINE_EXCEEDED")
 
+log = logging.getLogger("finesweep.tracking")
+
+
+@dataclass
+class Cursor:
+    """How far a sweep's log has been sent, and the MLflow ids it was given (``mlflow.json`` beside the log)."""
+
+    sent: int = 0
+    experiment_id: str = ""
+    runs: Dict[str, str] = field(default_factory=dict)
+    """run key -> MLflow run id: "sweep" for the parent, "trial/<number>" for each trial."""
+    registered: Dict[str, str] = field(default_factory=dict)
+    """selection round -> "name/version"."""
+    skipped: List[int] = field(default_factory=list)
+    """Events MLflow refused for good (logged with the reason); never retried."""
+
+    @classmethod
+    def load(cls, folder: Path) -> Cursor:
+        """The cursor of a sweep folder (a fresh one when nothing was sent yet)."""
+        path = folder / CURSOR
+        return cls(**json.loads(path.read_text())) if path.is_file() else cls()
+
+    def save(self, folder: Path) -> None:
+        """Write atomically: a crash leaves the old cursor or the new one, never half of one."""
+        temporary = folder / f".{CURSOR}.tmp"
+        temporary.write_text(json.dumps(asdict(self)))
+        os.replace(temporary, folder / CURSOR)
+
+
+class Projector:
+    """Sends a sweep's events to MLflow in order, each exactly once, riding out outages.
+
+    Args:
+        folder: the sweep's folder (its log and cursor).
+        uri: the tracking URI.
+        retry_cap: longest wait between two tries of an event, in seconds.
+    """
+
+    def __init__(self, folder: Path, uri: str, retry_cap: float = 15.0) -> None:
+        self.folder = folder
+        self.uri = uri
+        self.retry_cap = retry_cap
+        self.cursor = Cursor.load(folder)
+        self.waiting: Optional[str] = None
+        """Why the last try failed, while the projector waits to try again; None when all went through."""
+        self._queue: "queue.Queue[Dict[str, Any]]" = queue.Queue()
+        self._idle = threading.Event()
+        self._idle.set()
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+        self._client: Optional[MlflowClient] = None
+        self._uncertain = True  # the first event after a (re)start may have been half sent before
+        # Fail fast inside each call: retrying (with back-off, without limit) is this class's job.
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+
+    @property
+    def client(self) -> MlflowClient:
+        """The MLflow client; opening a new SQLite store runs its migrations (~2 s), so it is lazy."""
+        if self._client is None:
+            self._client = MlflowClient(tracking_uri=self.uri)
+        return self._client
+
+    @property
+    def parent_id(self) -> str:
+        """The sweep's parent run id ("" until MLflow has been reached)."""
+        return self.cursor.runs.get("sweep", "")
+
+    def prepare(self, experiment: str, artifact_root: str) -> bool:
+        """Open the store and find or create the experiment; False when MLflow cannot be reached now.
+
+        Raises:
+            ConfigError: the experiment is deleted (a rule the user must fix, not an outage).
+        """
+        try:
+            self._experiment(experiment, artifact_root)
+            return True
+        except ConfigError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - an outage: the sweep goes on, events wait in the log
+            self.waiting = _reason(exc)
+            log.warning("MLflow is not reachable at %s yet (%s); events wait in the sweep's log", self.uri,
+                        self.waiting)
+            return False
+
+    def start(self, backlog: Sequence[Dict[str, Any]] = ()) -> None:
+        """Start sending: first the events of the log not sent yet, then what ``submit`` hands over."""
+        for event in backlog:
+            self.submit(event)
+        self._thread = threading.Thread(target=self._run, name="finesweep-mlflow", daemon=True)
+        self._thread.start()
+
+    def submit(self, event: Dict[str, Any]) -> None:
+        """Queue an event (already appended to the log) for sending."""
+        if event["seq"] < self.cursor.sent:
+            return
+        self._idle.clear()
+        self._queue.put(event)
+
+    def drain(self, timeout: float) -> bool:
+        """Wait until every queued event is sent, at most ``timeout`` seconds; True when all went through."""
+        if self._thread is None or not self._thread.is_alive():
+            return self._queue.empty()
+        return self._idle.wait(timeout)
+
+    def close(self) -> None:
+        """Stop the thread (events not sent stay in the log for ``finesweep sync``)."""
+        self._stop.set()
+        self._queue.put({})
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def sync(self, events: Sequence[Dict[str, Any]], deadline: float) -> int:
+        """Send the unsent events now, on this thread, until done or ``deadline`` (time.monotonic); return the count."""
+        sent = 0
+        for event in events:
+            if event["seq"] < self.cursor.sent:
+                continue
+            if not self._send(event, deadline):
+                break
+            sent += 1
+        return sent
+
+    # --- the sending thread ----------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            event = self._queue.get()
+            if not event:
+                break
+            self._send(event, deadline=None)
+            if self._queue.empty():
+                self._idle.set()
+
+    def _send(self, event: Dict[str, Any], deadline: Optional[float]) -> bool:
+        pause = min(0.5, self.retry_cap)
+        while True:
+            try:
+                self._apply(event)
+                self.waiting = None
+                break
+            except Exception as exc:  # noqa: BLE001 - decide: wait and try again, or give this event up
+                if not _transient(exc):
+                    log.error("MLflow refused event %s (%s): %s", event["seq"], event["kind"], _reason(exc))
+                    self.cursor.skipped.append(event["seq"])
+                    break
+                self.waiting, self._uncertain = _reason(exc), True
+                log.warning("MLflow unreachable (%s); retrying event %s in %.1f s", self.waiting, event["seq"], pause)
+                if self._stop.is_set() or (deadline is not None and time.monotonic() + pause > deadline):
+                    return False
+                self._stop.wait(pause)
+                pause = min(self.retry_cap, pause * 2)
+        self.cursor.sent = event["seq"] + 1
+        self.cursor.save(self.folder)
+        self._uncertain = False
+        return True
+
+    def _apply(self, event: Dict[str, Any]) -> None:
+        handler: Optional[Callable[[Dict[str, Any]], None]] = getattr(self, f"_on_{event['kind']}", None)
+        if handler is not None:
+            handler(event)
+
+    # --- one handler per event kind ----------------------------------------------------------------
+
+    def _on_sweep(self, event: Dict[str, Any]) -> None:
+        experiment_id = self._experiment(event["experiment"], event["artifact_root"])
+        tags = {ROLE_TAG: "sweep", KEY_TAG: event["sweep_id"], STATE_TAG: event["folder"], **event["tags"]}
+        run_id = self._find_or_create("sweep", experiment_id, event["name"], tags)
+        params = [Param(k, _param_value(v)) for k, v in event["params"].items()]
+        self.client.log_batch(run_id, params=params)
+        self.client.log_text(run_id, event["config_yaml"], "config.yaml")
+        self.client.log_text(run_id, event["sweep_yaml"], f"sweep/{event['sweep_file']}")
+        self.client.log_text(run_id, json.dumps(event["space"], indent=2), "search_space.json")
+
+    def _on_session(self, event: Dict[str, Any]) -> None:
+        self.client.update_run(self.parent_id, status="RUNNING")
+        self.client.set_tag(self.parent_id, "finesweep.sessions", str(event["session"]))
+
+    def _on_extended(self, event: Dict[str, Any]) -> None:
+        self.client.set_tag(self.parent_id, "finesweep.budget", str(event["budget"]))
+
+    def _on_trial_started(self, event: Dict[str, Any]) -> None:
+        key = f"trial/{event['number']}"
+        if key in self.cursor.runs:  # the same trial goes on (resumed, retried): the same run
+            run_id = self.cursor.runs[key]
+            self.client.update_run(run_id, status="RUNNING")
+            changed = [Param(f"attempt{event['attempt']}.{k}", _param_value(v)) for k, v in event["changed"].items()]
+            self.client.log_batch(run_id, params=changed,
+                                  tags=[RunTag(STATUS_TAG, TrialStatus.running.value),
+                                        RunTag("finesweep.attempts", str(event["attempt"]))])
+            return
+        tags = {PARENT_TAG: self.parent_id, ROLE_TAG: "trial", STATUS_TAG: TrialStatus.running.value,
+                KEY_TAG: f"{event['sweep_id']}/{key}", PHASE_TAG: event["phase"], "finesweep.trial_number":
+                str(event["number"])}
+        if event.get("optuna_number") is not None:
+            tags["finesweep.optuna_trial"] = str(event["optuna_number"])
+        prefix = "trial" if event["phase"] == "search" else event["phase"]
+        run_id = self._find_or_create(key, self.cursor.experiment_id, f"{prefix}-{event['number']:03d}", tags)
+        if event["params"]:
+            self.client.log_batch(run_id, params=[Param(k, _param_value(v)) for k, v in event["params"].items()])
+
+    def _on_trial_result(self, event: Dict[str, Any]) -> None:
+        step = int(event["metrics"].get("epoch", 0))
+        metrics = [Metric(k, float(v), int(event["at"]), step) for k, v in event["metrics"].items() if k != "epoch"]
+        self.client.log_batch(self._run_of(event), metrics=metrics)
+
+    def _on_trial_retrying(self, event: Dict[str, Any]) -> None:
+        self.client.log_batch(self._run_of(event), tags=[
+            RunTag(f"finesweep.attempt{event['attempt'] - 1}_failure", f"{event['failure']}: {event['error']}"[:5000]),
+            RunTag("finesweep.attempts", str(event["attempt"]))])
+
+    def _on_trial_interrupted(self, event: Dict[str, Any]) -> None:
+        run_id = self._run_of(event)
+        self.client.set_tag(run_id, STATUS_TAG, "interrupted")
+        self.client.set_terminated(run_id, RunStatus.to_string(RunStatus.KILLED))
+
+    def _on_trial_ended(self, event: Dict[str, Any]) -> None:
+        run_id = self._run_of(event)
+        tags = {STATUS_TAG: event["status"], "finesweep.epochs_run": str(event["epochs_run"]),
+                "finesweep.attempts": str(event["attempts"])}
+        for name in ("checkpoint", "failure", "error", "best_epoch"):
+            if event.get(name) not in (None, ""):
+                tags[f"finesweep.{name}"] = str(event[name])[:5000]
+        self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+        failed = event["status"] == TrialStatus.failed.value
+        self.client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED if failed else RunStatus.FINISHED))
+
+    def _on_note(self, event: Dict[str, Any]) -> None:
+        self.client.set_tag(self.parent_id, event["tag"], str(event["text"])[:5000])
+
+    def _on_selection(self, event: Dict[str, Any]) -> None:
+        step = int(event["round"])
+        now = int(event["time"] * 1000)
+        self.client.log_batch(self.parent_id, metrics=[Metric(k, float(v), now, step)
+                                                       for k, v in event["metrics"].items()],
+                              tags=[RunTag(k, str(v)) for k, v in event["tags"].items()])
+        self.client.log_text(self.parent_id, event["leaderboard_csv"], "final/leaderboard.csv")
+        self.client.log_text(self.parent_id, event["leaderboard_md"], "final/leaderboard.md")
+
+    def _on_best(self, event: Dict[str, Any]) -> None:
+        now = int(event["time"] * 1000)
+        tags = {f"best.{k}": _param_value(v) for k, v in event["params"].items()}
+        tags.update({"finesweep.best_run_id": self.cursor.runs.get(f"trial/{event['number']}", ""),
+                     "finesweep.best_epoch": str(event["epoch"]), "finesweep.best_trial": str(event["number"])})
+        self.client.log_batch(self.parent_id, metrics=[Metric(f"best/{event['metric']}", float(event["value"]), now,
+                                                              int(event["round"]))],
+                              tags=[RunTag(k, v) for k, v in tags.items()])
+        weights = best_weights(event["checkpoint"]) if event.get("checkpoint") else None
+        if weights is not None and weights.is_dir():
+            self.client.log_artifacts(self.parent_id, str(weights), "best_model")
+
+    def _on_register(self, event: Dict[str, Any]) -> None:
+        round_ = str(event["round"])
+        if round_ in self.cursor.registered:
+            return
+        version = self._registered_in_round(event["name"], round_) or _register(self, event)
+        self.cursor.registered[round_] = version
+        self.client.set_tag(self.parent_id, "finesweep.registered_model", version)
+
+    def _on_finished(self, event: Dict[str, Any]) -> None:
+        self.client.set_terminated(self.parent_id, event["status"])
+
+    # --- helpers ----------------------------------------------------------------------------------
+
+    def _experiment(self, name: str, artifact_root: str) -> str:
+        if self.cursor.experiment_id:
+            return self.cursor.experiment_id
+        experiment = self.client.get_experiment_by_name(name)
+        if experiment is None:
+            # An explicit artifact location: SQLite's default (./mlruns) would collide with a file store.
+            experiment_id = self.client.create_experiment(name, artifact_location=f"{artifact_root.rstrip('/')}/{name}")
+        elif experiment.lifecycle_stage == "deleted":
+            raise ConfigError(f"tracking.experiment: MLflow experiment {name!r} is deleted. "
+                              "Restore it (mlflow experiments restore) or set tracking.experiment to a new name.")
+        else:
+            experiment_id = experiment.experiment_id
+        self.cursor.experiment_id = experiment_id
+        return experiment_id
+
+    def _find_or_create(self, key: str, experiment_id: str, name: str, tags: Dict[str, str]) -> str:
+        if key in self.cursor.runs:
+            return self.cursor.runs[key]
+        run_id = self._find(experiment_id, tags[KEY_TAG]) if self._uncertain else None
+        if run_id is None:
+            run_id = self.client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
+        self.cursor.runs[key] = run_id
+        return run_id
+
+    def _find(self, experiment_id: str, run_key: str) -> Optional[str]:
+        found = self.client.search_runs([experiment_id], f"tags.`{KEY_TAG}` = '{run_key}'", max_results=1)
+        return found[0].info.run_id if found else None
+
+    def _run_of(self, event: Dict[str, Any]) -> str:
+        return self.cursor.runs[f"trial/{event['number']}"]
+
+    def _registered_in_round(self, name: str, round_: str) -> Optional[str]:
+        for version in self.client.search_model_versions(f"run_id = '{self.parent_id}'"):
+            if version.tags.get("finesweep.selection_round") == round_:
+                return f"{name}/{version.version}"
+        return None
+
+
+def _register(projector: Projector, event: Dict[str, Any]) -> str:
+    """Log the winner as an MLflow "model from code" on the parent run and register it; return 'name/version'."""
+    import mlflow
+
+    from finesweep.serving import ServingMeta
+
+    meta = ServingMeta.from_json(json.dumps(event["meta"]))
+    said = io.StringIO()
+    # MLflow prints "Successfully registered model ..." straight to stderr; it belongs in the sweep's log.
+    with tempfile.TemporaryDirectory(prefix="finesweep-model-") as folder, contextlib.redirect_stderr(said):
+        package = _model_package(Path(folder), best_weights(event["checkpoint"]), event["tokenizer"], meta)
+        mlflow.set_tracking_uri(projector.uri)
+        with mlflow.start_run(run_id=projector.parent_id):
+            info = mlflow.pyfunc.log_model(
+                name="model", python_model=_serving_source(), artifacts={"model": str(package)},
+                registered_model_name=event["name"], signature=meta.signature(),
+                pip_requirements=["mlflow", "torch", "transformers", "safetensors", "pandas", "numpy"])
+    if said.getvalue().strip():
+        log.info("MLflow: %s", " ".join(said.getvalue().split()))
+    version = str(info.registered_model_version)
+    projector.client.set_model_version_tag(event["name"], version, "finesweep.selection_round", str(event["round"]))
+    return f"{event['name']}/{version}"
+
+
+def _model_package(folder: Path, weights: Path, tokenizer_source: str, meta: Any) -> Path:
+    from transformers import AutoTokenizer
+
+    from finesweep.serving import META_FILE
+
+    for item in weights.iterdir():
+        if item.is_file():
+            shutil.copy2(item, folder / item.name)
+    AutoTokenizer.from_pretrained(tokenizer_source).save_pretrained(folder)
+    (folder / META_FILE).write_text(meta.to_json())
+    return folder
+
+
+def _serving_source() -> str:
+    import importlib.util
+
+    spec = importlib.util.find_spec("finesweep.serving")
+    return str(spec.origin) if spec and spec.origin else ""
+
+
+def _transient(exc: BaseException) -> bool:
+    """Worth trying again later: the store is unreachable, overloaded or locked, not refusing the request."""
+    if isinstance(exc, MlflowException):
+        return exc.error_code in TRANSIENT_CODES
+    return isinstance(exc, (OSError, ConnectionError, TimeoutError)) or type(exc).__module__.startswith(
+        ("requests", "urllib3", "sqlalchemy"))
+
+
+def _reason(exc: BaseException) -> str:
+    """Why a call failed, short: an OS error's own words (Connection refused) rather than a URL-long trace."""
+    from finesweep.errors import one_line
+
+    text = one_line(exc, kind=True)
+    errno = re.search(r"\[Errno -?\d+\] ([^'\")\]]+)", text)
+    return errno.group(1).strip() if errno else text[:300]
+
+
+def _param_value(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+    return text if len(text) <= MAX_PARAM_CHARS else text[: MAX_PARAM_CHARS - 3] + "..."
+
+
+def sync_log(folder: Path, uri: Optional[str], deadline: float) -> tuple[str, int]:
+    """Send what MLflow has not taken of one sweep's log; return a line saying so and the events left.
+
+    Args:
+        folder: the sweep's folder.
+        uri: the tracking URI; None = the one the sweep logged to.
+        deadline: give up then (time.monotonic).
+    """
+    from finesweep.state import LOG_NAME, read_events
+
+    events = list(read_events(folder / LOG_NAME))
+    if Cursor.load(folder).sent >= len(events):
+        return "", 0
+    target = uri or events[0]["tracking_uri"]
+    projector = Projector(folder, target)
+    sent = projector.sync(events, deadline)
+    missing = len(events) - projector.cursor.sent
+    return (f"{folder.name}: sent {sent} event(s) to {target}" + (f"; {missing} left ({projector.waiting})"
+                                                                 if missing else "")), missing
+
+
+# --- reading the store back (finesweep ls) --------------------------------------------------------
 
 @dataclass(frozen=True)
 class SweepRow:
@@ -48,163 +454,8 @@ class SweepRow:
     counts: Dict[str, int]
     objective: str
     best_value: Optional[float]
-
-
-class SweepTracker:
-    """Logs a sweep to MLflow as it runs. A ``SweepListener``.
-
-    Args:
-        config: the validated experiment config.
-        space: the search space as plain data (logged as JSON).
-        sweep_file: the sweep YAML the user ran (logged as an artifact).
-        composed_yaml: the composed config as YAML text (logged as an artifact).
-    """
-
-    def __init__(self, config: ExperimentConfig, space: Dict[str, Any], sweep_file: Path,
-                 composed_yaml: str) -> None:
-        self.config = config
-        self.space = space
-        self.sweep_file = sweep_file
-        self.composed_yaml = composed_yaml
-        self._client: Optional[MlflowClient] = None
-        self.experiment_id = ""
-        self.parent_id = ""
-        self._children: Dict[str, str] = {}
-
-    @property
-    def client(self) -> MlflowClient:
-        """The MLflow client; opening a new SQLite store runs its migrations (~2 s), so it is lazy."""
-        if self._client is None:
-            self._client = MlflowClient(tracking_uri=self.config.tracking.uri)
-        return self._client
-
-    def prepare(self) -> None:
-        """Open the store (creating its tables on first use) and create or reuse the experiment."""
-        self.experiment_id = _experiment_id(self.client, self.config)
-
-    def start(self) -> str:
-        """Create the parent run (preparing the store first if needed); return its run id."""
-        if not self.experiment_id:
-            self.prepare()
-        run = self.client.create_run(self.experiment_id, run_name=self.config.name, tags=self._parent_tags())
-        self.parent_id = run.info.run_id
-        self.client.log_batch(self.parent_id, params=[Param(k, v) for k, v in self._parent_params().items()])
-        self.client.log_text(self.parent_id, self.composed_yaml, "config.yaml")
-        self.client.log_artifact(self.parent_id, str(self.sweep_file), "sweep")
-        self.client.log_text(self.parent_id, json.dumps(self.space, indent=2), "search_space.json")
-        return self.parent_id
-
-    def trial_started(self, record: TrialRecord) -> None:
-        tags = {PARENT_TAG: self.parent_id, ROLE_TAG: "trial", STATUS_TAG: TrialStatus.running.value,
-                "finesweep.trial_id": record.trial_id, PHASE_TAG: record.phase}
-        prefix = "trial" if record.phase == "search" else record.phase
-        run = self.client.create_run(self.experiment_id, run_name=f"{prefix}-{record.number:03d}", tags=tags)
-        self._children[record.trial_id] = run.info.run_id
-        params = [Param(k, _param_value(v)) for k, v in record.params.items()]
-        if params:
-            self.client.log_batch(run.info.run_id, params=params)
-
-    def trial_result(self, record: TrialRecord, metrics: Dict[str, float]) -> None:
-        step = int(metrics.get("epoch", record.epochs_run))
-        now = int(time.time() * 1000)
-        batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if k != "epoch"]
-        self.client.log_batch(self._children[record.trial_id], metrics=batch)
-
-    def trial_ended(self, record: TrialRecord) -> None:
-        run_id = self._children[record.trial_id]
-        tags = {STATUS_TAG: record.status.value, "finesweep.epochs_run": str(record.epochs_run)}
-        if record.checkpoint:
-            tags["finesweep.checkpoint"] = record.checkpoint
-        if record.error:
-            tags["finesweep.error"] = record.error[:5000]
-        if record.best_value is not None:
-            tags["finesweep.best_epoch"] = str(record.best_epoch)
-        self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
-        failed = record.status is TrialStatus.failed
-        self.client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED if failed else RunStatus.FINISHED))
-
-    def note(self, tag: str, text: str) -> None:
-        """Set a tag on the parent run (e.g. why model selection failed)."""
-        self.client.set_tag(self.parent_id, tag, text[:5000])
-
-    def finish(self, records: Sequence[TrialRecord], best: Optional[TrialRecord], interrupted: bool) -> None:
-        """Close dangling child runs, record the winner on the parent and end it."""
-        for record in records:
-            if record.status is TrialStatus.running and record.trial_id in self._children:
-                record.status, record.error = TrialStatus.failed, "sweep interrupted before the trial ended"
-                self.trial_ended(record)
-        if best is not None:
-            self._log_best(best)
-        status = RunStatus.KILLED if interrupted else (RunStatus.FINISHED if best else RunStatus.FAILED)
-        self.client.set_terminated(self.parent_id, RunStatus.to_string(status))
-
-    def log_selection(self, selection: "Selection", board: List[Dict[str, Any]]) -> None:
-        """Record model selection on the parent: test metrics, mean +- std, leaderboard, latency."""
-        metric = self.config.objective.metric
-        metrics = dict(selection.test_metrics)
-        metrics[f"final/val/{metric}/mean"] = selection.winner.mean
-        metrics[f"final/val/{metric}/std"] = selection.winner.std
-        for name, (mean, std) in test_summary(selection.winner).items():
-            metrics[f"final/{name}/mean"], metrics[f"final/{name}/std"] = mean, std
-        metrics["inference/latency_ms_per_example"] = selection.latency_ms
-        now = int(time.time() * 1000)
-        self.client.log_batch(self.parent_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
-                              tags=[RunTag("finesweep.inference_device", selection.device),
-                                    RunTag("finesweep.final_runs", str(len(selection.winner.runs)))])
-        import pandas as pd
-
-        frame = pd.DataFrame(board)
-        self.client.log_text(self.parent_id, frame.to_csv(index=False), "final/leaderboard.csv")
-        self.client.log_text(self.parent_id, frame.to_markdown(index=False) if _has_tabulate() else frame.to_string(),
-                             "final/leaderboard.md")
-
-    def register(self, weights: Path, tokenizer_source: str, meta: ServingMeta) -> str:
-        """Log the winner as an MLflow model on the parent run and register it; return 'name/version'."""
-        import mlflow
-
-        name = self.config.registered_model_name
-        with tempfile.TemporaryDirectory(prefix="finesweep-model-") as folder:
-            package = _model_package(Path(folder), weights, tokenizer_source, meta)
-            mlflow.set_tracking_uri(self.config.tracking.uri)
-            with mlflow.start_run(run_id=self.parent_id):
-                info = mlflow.pyfunc.log_model(
-                    name="model", python_model=_serving_source(), artifacts={"model": str(package)},
-                    registered_model_name=name, signature=meta.signature(),
-                    pip_requirements=["mlflow", "torch", "transformers", "safetensors", "pandas", "numpy"])
-        version = str(info.registered_model_version)
-        self.client.set_tag(self.parent_id, "finesweep.registered_model", f"{name}/{version}")
-        return f"{name}/{version}"
-
-    def _log_best(self, best: TrialRecord) -> None:
-        metric = self.config.objective.metric
-        self.client.log_batch(
-            self.parent_id,
-            metrics=[Metric(f"best/{metric}", float(best.best_value or 0.0), int(time.time() * 1000), 0)],
-            params=[Param(f"best.{k}", _param_value(v)) for k, v in best.params.items()],
-            tags=[RunTag("finesweep.best_run_id", self._children[best.trial_id]),
-                  RunTag("finesweep.best_epoch", str(best.best_epoch))])
-        if best.checkpoint and Path(best.checkpoint).is_dir():
-            self.client.log_artifacts(self.parent_id, best.checkpoint, "best_model")
-
-    def _parent_tags(self) -> Dict[str, str]:
-        commit, dirty = git_state(Path.cwd())
-        return {ROLE_TAG: "sweep", "finesweep.version": finesweep.__version__,
-                "mlflow.source.git.commit": commit, "finesweep.git_dirty": dirty,
-                "finesweep.sweep_file": str(self.sweep_file), "finesweep.objective": self._objective()}
-
-    def _parent_params(self) -> Dict[str, str]:
-        cfg = self.config
-        return {
-            "sampler": cfg.search.sampler.value, "scheduler": cfg.scheduler.kind.value,
-            "objective": self._objective(), "search_space": _param_value(json.dumps(self.space, sort_keys=True)),
-            "num_trials": str(cfg.search.num_trials), "max_concurrent": str(cfg.search.max_concurrent),
-            "seed": str(cfg.search.seed), "max_epochs": str(cfg.scheduler.max_epochs),
-            "grace_period": str(cfg.scheduler.grace_period), "reduction_factor": str(cfg.scheduler.reduction_factor),
-            "model.name_or_path": cfg.model.name_or_path, "data.path": cfg.data.path,
-        }
-
-    def _objective(self) -> str:
-        return f"{self.config.objective.mode.value} {self.config.objective.metric}"
+    state: str
+    """The sweep's folder (its log), for resume."""
 
 
 def list_sweeps(uri: str) -> List[SweepRow]:
@@ -222,13 +473,16 @@ def _row(client: MlflowClient, experiment: str, run: Any) -> SweepRow:
     children = client.search_runs([run.info.experiment_id], f"tags.`{PARENT_TAG}` = '{run.info.run_id}'",
                                   max_results=10000)
     counts: Dict[str, int] = {s.value: 0 for s in TrialStatus}
+    counts["interrupted"] = 0
     for child in children:
         if child.data.tags.get(PHASE_TAG, "search") == "search":
-            counts[child.data.tags.get(STATUS_TAG, TrialStatus.running.value)] += 1
+            status = child.data.tags.get(STATUS_TAG, TrialStatus.running.value)
+            counts[status] = counts.get(status, 0) + 1
     objective = run.data.tags.get("finesweep.objective", "")
     metric = objective.split(" ", 1)[-1]
     return SweepRow(experiment, run.info.run_name or "", run.info.run_id, run.info.start_time / 1000.0,
-                    run.info.status, counts, objective, run.data.metrics.get(f"best/{metric}"))
+                    run.info.status, counts, objective, run.data.metrics.get(f"best/{metric}"),
+                    run.data.tags.get(STATE_TAG, ""))
 
 
 def git_state(folder: Path) -> tuple[str, str]:
@@ -241,43 +495,3 @@ def git_state(folder: Path) -> tuple[str, str]:
     except (OSError, subprocess.SubprocessError):
         return "unknown", "unknown"
     return commit, str(bool(status.strip())).lower()
-
-
-def _experiment_id(client: MlflowClient, config: ExperimentConfig) -> str:
-    name = config.experiment_name
-    experiment = client.get_experiment_by_name(name)
-    if experiment is None:
-        # An explicit artifact location: SQLite's default (./mlruns) would collide with a file store.
-        location = f"{config.tracking.artifact_root.rstrip('/')}/{name}"
-        return client.create_experiment(name, artifact_location=location)
-    if experiment.lifecycle_stage == "deleted":
-        raise ConfigError(f"tracking.experiment: MLflow experiment {name!r} is deleted. "
-                          f"Restore it (mlflow experiments restore) or set tracking.experiment to a new name.")
-    return experiment.experiment_id
-
-
-def _model_package(folder: Path, weights: Path, tokenizer_source: str, meta: ServingMeta) -> Path:
-    from transformers import AutoTokenizer
-
-    from finesweep.serving import META_FILE
-
-    for item in weights.iterdir():
-        if item.is_file():
-            shutil.copy2(item, folder / item.name)
-    AutoTokenizer.from_pretrained(tokenizer_source).save_pretrained(folder)
-    (folder / META_FILE).write_text(meta.to_json())
-    return folder
-
-
-def _serving_source() -> str:
-    spec = importlib.util.find_spec("finesweep.serving")
-    return str(spec.origin) if spec and spec.origin else ""
-
-
-def _has_tabulate() -> bool:
-    return importlib.util.find_spec("tabulate") is not None
-
-
-def _param_value(value: Any) -> str:
-    text = value if isinstance(value, str) else json.dumps(value) if isinstance(value, (list, dict)) else str(value)
-    return text if len(text) <= MAX_PARAM_CHARS else text[: MAX_PARAM_CHARS - 3] + "..."

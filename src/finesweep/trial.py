@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
+import tempfile
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
+from finesweep.checkpoints import BEST, training_state
 from finesweep.config import ExperimentConfig
 from finesweep.data import DataCache, EncodedData
 from finesweep.overrides import with_overrides
+from finesweep.searcher import marker_of, params_of
 
 if TYPE_CHECKING:  # torch and Lightning load inside the worker, not when the driver imports this
     from finesweep.finetune.callbacks import Reporter
@@ -22,28 +26,39 @@ if TYPE_CHECKING:  # torch and Lightning load inside the worker, not when the dr
     from finesweep.finetune.module import SequenceClassifier
 
 
-def run_trial(sampled: Dict[str, Any], *, base: ExperimentConfig, cache: DataCache) -> None:
-    """Ray Tune trainable: fine-tune one configuration, reporting once per epoch."""
-    fit(with_overrides(base, sampled), cache, report=_tune_report)
+def run_trial(config: Dict[str, Any], *, base: ExperimentConfig, cache: DataCache) -> None:
+    """Ray Tune trainable: fine-tune one configuration, reporting once per epoch.
+
+    A trial that goes on (resumed, retried) carries the checkpoint to continue from in its marker.
+    """
+    checkpoint = marker_of(config).get("checkpoint")
+    fit(with_overrides(base, params_of(config)), cache, report=_tune_report,
+        resume=Path(checkpoint) if checkpoint else None)
 
 
-def fit(config: ExperimentConfig, cache: DataCache, report: Reporter, seed: Optional[int] = None) -> SequenceClassifier:
+def fit(config: ExperimentConfig, cache: DataCache, report: Reporter, seed: Optional[int] = None,
+        resume: Optional[Path] = None) -> SequenceClassifier:
     """Fine-tune the model of ``config`` for ``scheduler.max_epochs`` epochs (unless stopped).
 
     Args:
         config: the trial's resolved config.
         cache: the tokenised data; the trial takes the variant prepared for ``config``.
-        report: receives every epoch's metrics and, when the objective improved, the weights.
+        report: receives every epoch's metrics and that epoch's checkpoint folder (checkpoints.py).
         seed: weight-init and batch-order seed; None = ``trainer.seed`` (re-training with fresh seeds
             passes its own).
+        resume: a checkpoint folder this trial reported earlier: training continues after its epoch,
+            with its weights, optimiser, schedule, RNG and best weights, as if it had never stopped.
 
     Returns:
         The trained module, as it stands after the last epoch.
+
+    Raises:
+        DivergedError: the training loss became NaN or infinite.
     """
     import lightning.pytorch as pl
     import torch
 
-    from finesweep.finetune.callbacks import EpochReport, early_stopping
+    from finesweep.finetune.callbacks import EpochReport, FiniteLoss, early_stopping
     from finesweep.finetune.datamodule import EncodedDataModule
     from finesweep.finetune.module import SequenceClassifier
 
@@ -53,12 +68,21 @@ def fit(config: ExperimentConfig, cache: DataCache, report: Reporter, seed: Opti
     pl.seed_everything(seed, verbose=False)
     data = cache.for_config(config)
     module = SequenceClassifier.from_config(config, data, total_steps=optimiser_steps(config, len(data.train)))
-    callbacks: List[pl.Callback] = [EpochReport(config.objective.metric, config.objective.mode, report)]
-    if config.trainer.early_stopping_patience is not None:
-        callbacks.append(early_stopping(config.objective.metric, config.objective.mode,
-                                        config.trainer.early_stopping_patience))
-    trainer = _trainer(config, max_epochs=config.scheduler.max_epochs, callbacks=callbacks)
-    trainer.fit(module, datamodule=EncodedDataModule(data, config.data.batch_size, seed))
+    best_dir = Path(tempfile.mkdtemp(prefix="finesweep-best-"))
+    try:
+        if resume is not None and (resume / BEST).is_dir():
+            shutil.copytree(resume / BEST, best_dir, dirs_exist_ok=True)
+        callbacks: List[pl.Callback] = [EpochReport(config.objective.metric, config.objective.mode, report, best_dir),
+                                        FiniteLoss()]
+        if config.trainer.early_stopping_patience is not None:
+            callbacks.append(early_stopping(config.objective.metric, config.objective.mode,
+                                            config.trainer.early_stopping_patience))
+        trainer = _trainer(config, max_epochs=config.scheduler.max_epochs, callbacks=callbacks)
+        # weights_only: a checkpoint is data; loading one never runs code
+        trainer.fit(module, datamodule=EncodedDataModule(data, config.data.batch_size, seed),
+                    ckpt_path=str(training_state(str(resume))) if resume is not None else None, weights_only=True)
+    finally:
+        shutil.rmtree(best_dir, ignore_errors=True)
     return module
 
 

@@ -1,180 +1,281 @@
 """The only module that assembles Ray Tune objects: searcher, scheduler, Tuner and the event bridge.
 
-Deciding (Optuna sampler through ``OptunaSearch``, ASHA), executing (Ray actors, reused between
+Deciding (the Optuna study behind ``StudySearcher``, ASHA), executing (Ray actors, reused between
 trials so each worker imports torch/Lightning once) and reporting (``SweepListener``s fed by
-``_EventBridge``) are separate pieces.
+``_EventBridge``) are separate pieces. The bridge is where a trial's fate is decided once: how it
+ended, whether a failure is retried, what the study is told.
 """
 
 from __future__ import annotations
 
-import functools
+import math
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
+from optuna.trial import TrialState
 from ray import tune
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
-from ray.tune.search.optuna import OptunaSearch
 
 from finesweep.config import ExperimentConfig, SchedulerKind
+from finesweep.failures import Failure, classify, retry_overrides
 from finesweep.metrics import REPORTED_METRICS
 from finesweep.records import SweepListener, TrialRecord, TrialStatus
 from finesweep.samplers import make_sampler
-from finesweep.search_space import Param, planned_trials, suggest
+from finesweep.search_space import Param, planned_trials
+from finesweep.searcher import (
+    MARKER,
+    Numbering,
+    PointsSearcher,
+    Rerun,
+    StudySearcher,
+    marker_of,
+    new_study,
+    params_of,
+)
 
-POINT_KEY = "__finesweep_point__"
+Searchers = Union[StudySearcher, PointsSearcher]
 
 
-def run_sweep(config: ExperimentConfig, params: Sequence[Param], trainable: Callable[..., None],
-              listeners: Sequence[SweepListener], **trainable_kwargs: Any) -> List[TrialRecord]:
-    """Run the search on the Ray cluster Ray is connected to; return what happened to each trial.
+@dataclass
+class Plan:
+    """What one phase of a sweep runs: its searcher, the trials it continues, and what it already knows."""
+
+    searcher: Searchers
+    phase: str
+    known: Dict[int, TrialRecord] = field(default_factory=dict)
+    """Records of the trials this phase may continue (resume, retry), by number."""
+    scheduler: Optional[TrialScheduler] = None
+    samples: int = 0
+    """Upper bound of Tune trials (new ones, reruns and retries); the searcher says when it is done."""
+
+
+def search_plan(config: ExperimentConfig, params: Sequence[Param], numbering: Numbering, study: Any = None,
+                reruns: Sequence[Rerun] = (), known: Optional[Dict[int, TrialRecord]] = None,
+                scheduler: Optional[TrialScheduler] = None) -> Plan:
+    """The search phase: the study (new, or rebuilt on resume) proposes, queued reruns go first."""
+    budget = planned_trials(config, params)
+    study = study if study is not None else new_study(config.objective.mode)
+    searcher = StudySearcher(study, params, lambda seed: make_sampler(config.search, params, seed=seed),
+                             config.search.seed, budget, config.objective.mode, numbering, reruns)
+    samples = (budget + len(reruns)) * (1 + config.search.max_retries)
+    return Plan(searcher, "search", dict(known or {}), scheduler or make_scheduler(config), samples)
+
+
+def points_plan(config: ExperimentConfig, points: Sequence[Rerun], reruns: Sequence[Rerun] = (),
+                known: Optional[Dict[int, TrialRecord]] = None) -> Plan:
+    """A phase that runs fixed configurations for their full budget (model selection's re-training)."""
+    samples = (len(points) + len(reruns)) * (1 + config.search.max_retries)
+    return Plan(PointsSearcher(points, reruns), "final", dict(known or {}), FIFOScheduler(), samples)
+
+
+def run_plan(config: ExperimentConfig, plan: Plan, trainable: Callable[..., None],
+             listeners: Sequence[SweepListener], **trainable_kwargs: Any) -> List[TrialRecord]:
+    """Run one phase on the Ray cluster Ray is connected to; return what happened to each trial it ran.
 
     Args:
-        config: the validated experiment config (handed to every trial as ``base``).
-        params: the parsed search space.
-        trainable: function ``(sampled: dict, **trainable_kwargs) -> None`` reporting once per epoch.
+        config: the validated experiment config.
+        plan: searcher, scheduler and the trials it continues.
+        trainable: ``(config: dict, **trainable_kwargs) -> None``, reporting once per epoch.
         listeners: receive trial events on the driver, in order.
         trainable_kwargs: large read-only inputs, put once into Ray's object store.
     """
-    scheduler = _scheduler(config)
+    scheduler = plan.scheduler or FIFOScheduler()
+    bridge = _EventBridge(config, plan, scheduler, listeners)
+    # No metric or mode for Tune itself: the searcher and ASHA were given the objective when they were
+    # made (ASHA must know it to replay a resumed sweep's results before Tune starts).
     tune_config = tune.TuneConfig(
-        metric=config.objective.metric,
-        mode=config.objective.mode.value,
-        search_alg=_searcher(config, params),
-        scheduler=scheduler,
-        num_samples=planned_trials(config, params),
-        max_concurrent_trials=config.search.max_concurrent,
+        search_alg=plan.searcher,
+        scheduler=scheduler, num_samples=max(1, plan.samples), max_concurrent_trials=config.search.max_concurrent,
         reuse_actors=True,  # warm workers: ~0.01 s per trial instead of ~5.5 s
     )
-    bridge = _EventBridge(config, scheduler, listeners, phase="search", first_number=0)
-    _fit(config, tune.with_parameters(trainable, **trainable_kwargs), tune_config, bridge, {}, "search")
-    return bridge.records
-
-
-def run_points(config: ExperimentConfig, points: Sequence[Dict[str, Any]], trainable: Callable[..., None],
-               listeners: Sequence[SweepListener], first_number: int, **trainable_kwargs: Any) -> List[TrialRecord]:
-    """Run fixed configurations for their full budget (no searcher, no early termination).
-
-    The final phase uses this to re-train the best configurations with fresh seeds.
-    """
-    tune_config = tune.TuneConfig(metric=config.objective.metric, mode=config.objective.mode.value,
-                                  max_concurrent_trials=config.search.max_concurrent, reuse_actors=True)
-    bridge = _EventBridge(config, FIFOScheduler(), listeners, phase="final", first_number=first_number)
-    wrapped = tune.with_parameters(_run_point, inner=trainable, **trainable_kwargs)
-    _fit(config, wrapped, tune_config, bridge, {POINT_KEY: tune.grid_search(list(points))}, "final")
-    return bridge.records
-
-
-def _run_point(config: Dict[str, Any], *, inner: Callable[..., None], **trainable_kwargs: Any) -> None:
-    inner(config[POINT_KEY], **trainable_kwargs)
-
-
-def _fit(config: ExperimentConfig, trainable: Any, tune_config: tune.TuneConfig, bridge: "_EventBridge",
-         param_space: Dict[str, Any], phase: str) -> None:
     tuner = tune.Tuner(
-        tune.with_resources(trainable, {"cpu": config.cluster.cpus_per_trial, "gpu": config.cluster.gpus_per_trial}),
-        param_space=param_space,
+        tune.with_resources(tune.with_parameters(trainable, **trainable_kwargs),
+                            {"cpu": config.cluster.cpus_per_trial, "gpu": config.cluster.gpus_per_trial}),
         tune_config=tune_config,
         run_config=tune.RunConfig(
-            name=f"{config.name}-{phase}-{time.strftime('%Y%m%d-%H%M%S')}",
+            name=f"{config.name}-{plan.phase}-{time.strftime('%Y%m%d-%H%M%S')}",
             storage_path=config.cluster.storage_path,
             callbacks=[bridge],
             verbose=0,
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),  # trials only save improvements
-            failure_config=tune.FailureConfig(max_failures=0),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),  # each report carries the latest state
+            failure_config=tune.FailureConfig(max_failures=0),  # retries are decided by the bridge
         ),
     )
     tuner.fit()
+    return bridge.records
 
 
-def _searcher(config: ExperimentConfig, params: Sequence[Param]) -> OptunaSearch:
-    sampler = make_sampler(config.search, params)
-    return OptunaSearch(space=functools.partial(_define_by_run, params=tuple(params)), sampler=sampler,
-                        metric=config.objective.metric, mode=config.objective.mode.value)
-
-
-def _define_by_run(trial: Any, params: Sequence[Param]) -> None:
-    # OptunaSearch captures every suggest_* call; returning None keeps exactly those values.
-    suggest(trial, params)
-
-
-def _scheduler(config: ExperimentConfig) -> TrialScheduler:
+def make_scheduler(config: ExperimentConfig) -> TrialScheduler:
+    """FIFO, or ASHA in epochs that remembers which trials it stopped early."""
     sched = config.scheduler
     if sched.kind is SchedulerKind.fifo:
         return FIFOScheduler()
-    return _RecordingASHA(time_attr="epoch", max_t=sched.max_epochs, grace_period=sched.grace_period,
-                          reduction_factor=sched.reduction_factor)
+    asha = RecordingASHA(time_attr="epoch", max_t=sched.max_epochs, grace_period=sched.grace_period,
+                         reduction_factor=sched.reduction_factor)
+    asha.set_search_properties(config.objective.metric, config.objective.mode.value)
+    return asha
 
 
-class _RecordingASHA(ASHAScheduler):  # type: ignore[misc]
-    """ASHA in epochs that remembers which trials it stopped before their full budget."""
+class _Replayed:
+    """Stands in for a Tune trial when past results are replayed into the scheduler."""
+
+    def __init__(self, trial_id: str, number: int) -> None:
+        self.trial_id = trial_id
+        self.config = {MARKER: {"number": number}}
+
+
+class RecordingASHA(ASHAScheduler):  # type: ignore[misc]
+    """ASHA in epochs that remembers which trials it stopped early, and whose rungs survive a restart.
+
+    Ray's ASHA keys its rungs by Tune trial id and Tune's experiment restore does not keep them
+    (ray#30838). Here every trial is known by its finesweep number too: ``replay`` rebuilds the rungs
+    from the sweep's log, and a trial that comes back (resumed, retried) takes over its old entries.
+    """
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.stopped_early: set[str] = set()
+        self.stopped_early: set[int] = set()
+        self._ids: Dict[int, str] = {}
+
+    def on_trial_add(self, tune_controller: Any, trial: Trial) -> None:
+        super().on_trial_add(tune_controller, trial)
+        number = marker_of(trial.config).get("number")
+        if number is None:
+            return
+        old = self._ids.get(number)
+        if old is not None and old != trial.trial_id:
+            for bracket in self._brackets:
+                for _, recorded in bracket._rungs:
+                    if old in recorded:
+                        recorded[trial.trial_id] = recorded.pop(old)
+        self._ids[number] = trial.trial_id
 
     def on_trial_result(self, tune_controller: Any, trial: Trial, result: Dict) -> str:
         decision = super().on_trial_result(tune_controller, trial, result)
-        if decision == TrialScheduler.STOP and result.get(self._time_attr, 0) < self._max_t:
-            self.stopped_early.add(trial.trial_id)
+        number = marker_of(trial.config).get("number")
+        if decision == TrialScheduler.STOP and result.get(self._time_attr, 0) < self._max_t and number is not None:
+            self.stopped_early.add(number)
+        return decision
+
+    def replay(self, number: int, results: Sequence[Dict[str, float]]) -> str:
+        """Feed a past trial's results (in the order they came) and return the last decision."""
+        trial = _Replayed(f"replayed-{number}", number)
+        if trial.trial_id not in self._trial_info:
+            self.on_trial_add(None, trial)  # type: ignore[arg-type]
+        decision = TrialScheduler.CONTINUE
+        for result in results:
+            decision = self.on_trial_result(None, trial, result)  # type: ignore[arg-type]
         return decision
 
 
 class _EventBridge(tune.Callback):  # type: ignore[misc]
-    """Turns Ray Tune's callbacks into ``TrialRecord`` events for the listeners."""
+    """Turns Ray Tune's callbacks into ``TrialRecord`` events, and decides how each trial ends.
 
-    def __init__(self, config: ExperimentConfig, scheduler: TrialScheduler, listeners: Sequence[SweepListener],
-                 phase: str, first_number: int) -> None:
+    A result is passed on once its checkpoint is saved (``on_checkpoint``), so every result the
+    listeners see has the checkpoint a resumed trial continues from. A failed trial is classified
+    (error, nan, oom) and, while ``search.max_retries`` allows, queued to run again from its last
+    checkpoint (an out-of-memory failure with half the batch size and twice the accumulation).
+    """
+
+    def __init__(self, config: ExperimentConfig, plan: Plan, scheduler: TrialScheduler,
+                 listeners: Sequence[SweepListener]) -> None:
         self.config = config
+        self.plan = plan
         self.scheduler = scheduler
         self.listeners = list(listeners)
-        self.phase = phase
-        self.first_number = first_number
         self.records: List[TrialRecord] = []
+        self._by_number: Dict[int, TrialRecord] = {}
         self._by_id: Dict[str, TrialRecord] = {}
+        self._deferred: Dict[str, Dict[str, float]] = {}
 
     def __getstate__(self) -> Dict[str, Any]:
-        # Ray pickles the run config for experiment restore; listeners hold live MLflow clients and
-        # the terminal, which belong to this process only.
-        return {**self.__dict__, "listeners": []}
+        # Ray pickles the run config for experiment restore; listeners and the searcher hold live
+        # clients and the terminal, which belong to this process only.
+        return {**self.__dict__, "listeners": [], "plan": None}
 
     def on_trial_start(self, iteration: int, trials: List[Trial], trial: Trial, **info: Any) -> None:
-        params = dict(trial.config.get(POINT_KEY, trial.config))
-        record = TrialRecord(trial.trial_id, self.first_number + len(self.records), params, phase=self.phase)
-        self.records.append(record)
+        marker = marker_of(trial.config)
+        number = int(marker["number"])
+        record = self._by_number.get(number) or self.plan.known.get(number)
+        if record is None:
+            record = TrialRecord(trial.trial_id, number, params_of(trial.config), phase=self.plan.phase,
+                                 optuna_number=marker.get("optuna"))
+        else:  # the same trial goes on: resumed from the sweep's log, or retried after a failure
+            record.trial_id, record.status, record.params = trial.trial_id, TrialStatus.running, params_of(trial.config)
+            record.attempts = int(marker.get("attempt", record.attempts))
+        if number not in self._by_number:
+            self.records.append(record)
+        self._by_number[number] = record
         self._by_id[trial.trial_id] = record
         for listener in self.listeners:
             listener.trial_started(record)
 
     def on_trial_result(self, iteration: int, trials: List[Trial], trial: Trial, result: Dict,
                         **info: Any) -> None:
-        record = self._by_id[trial.trial_id]
         metrics = {k: float(result[k]) for k in (*REPORTED_METRICS, "epoch") if k in result}
-        record.add_result(metrics, self.config.objective.metric, self.config.objective.mode)
-        for listener in self.listeners:
-            listener.trial_result(record, metrics)
+        if result.get("should_checkpoint"):
+            self._deferred[trial.trial_id] = metrics  # passed on with its checkpoint
+        else:
+            self._result(trial, metrics, None)
+
+    def on_checkpoint(self, iteration: int, trials: List[Trial], trial: Trial, checkpoint: Any,
+                      **info: Any) -> None:
+        metrics = self._deferred.pop(trial.trial_id, None)
+        if metrics is not None:
+            self._result(trial, metrics, checkpoint.path)
 
     def on_trial_complete(self, iteration: int, trials: List[Trial], trial: Trial, **info: Any) -> None:
-        stopped: set[str] = getattr(self.scheduler, "stopped_early", set())
-        status = TrialStatus.early_stopped if trial.trial_id in stopped else TrialStatus.completed
-        self._end(trial, status, None)
-
-    def on_trial_error(self, iteration: int, trials: List[Trial], trial: Trial, **info: Any) -> None:
-        self._end(trial, TrialStatus.failed, _error_text(trial))
-
-    def _end(self, trial: Trial, status: TrialStatus, error: Optional[str]) -> None:
         record = self._by_id.get(trial.trial_id)
         if record is None or record.status is not TrialStatus.running:
             return
-        record.status, record.error = status, error
-        checkpoint = trial.checkpoint
-        record.checkpoint = checkpoint.path if checkpoint is not None else None
+        self._flush(trial)
+        stopped: set[int] = getattr(self.scheduler, "stopped_early", set())
+        status = TrialStatus.early_stopped if record.number in stopped else TrialStatus.completed
+        self.plan.searcher.tell(record.number, record.optuna_number, TrialState.COMPLETE)
+        self._end(record, status)
+
+    def on_trial_error(self, iteration: int, trials: List[Trial], trial: Trial, **info: Any) -> None:
+        record = self._by_id.get(trial.trial_id)
+        if record is None or record.status is not TrialStatus.running:
+            return
+        self._flush(trial)
+        failure = classify(trial.get_error() if hasattr(trial, "get_error") else None)
+        record.failure, record.error = failure.kind, failure.summary
+        overrides = retry_overrides(failure, record, self.config)
+        if overrides is not None and record.attempts <= self.config.search.max_retries:
+            record.attempts += 1
+            record.params = {**record.params, **overrides}
+            for listener in self.listeners:
+                listener.trial_retrying(record)
+            self.plan.searcher.queue.push(Rerun(record.number, record.params, record.optuna_number,
+                                                record.checkpoint, record.attempts))
+            return
+        self.plan.searcher.tell(record.number, record.optuna_number, TrialState.FAIL)
+        self._end(record, TrialStatus.failed)
+
+    def _result(self, trial: Trial, metrics: Dict[str, float], checkpoint: Optional[str]) -> None:
+        record = self._by_id[trial.trial_id]
+        if checkpoint is not None:
+            record.checkpoint = checkpoint
+        record.add_result(metrics, self.config.objective.metric, self.config.objective.mode)
+        value = metrics.get(self.config.objective.metric)
+        if value is not None and not math.isnan(value):
+            self.plan.searcher.observe(record.number, record.optuna_number, int(metrics.get("epoch", 0)), value)
+        for listener in self.listeners:
+            listener.trial_result(record, metrics)
+
+    def _flush(self, trial: Trial) -> None:
+        # A result whose checkpoint never came (the trial ended while saving) still counts.
+        metrics = self._deferred.pop(trial.trial_id, None)
+        if metrics is not None:
+            self._result(trial, metrics, None)
+
+    def _end(self, record: TrialRecord, status: TrialStatus) -> None:
+        record.status = status
         for listener in self.listeners:
             listener.trial_ended(record)
 
 
-def _error_text(trial: Trial) -> str:
-    error = trial.get_error() if hasattr(trial, "get_error") else None
-    text = str(error) if error else "trial failed"
-    lines = [line for line in text.strip().splitlines() if line.strip()]
-    return lines[-1] if lines else text
+__all__ = ["Failure", "Plan", "RecordingASHA", "make_scheduler", "points_plan", "run_plan", "search_plan"]

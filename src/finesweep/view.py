@@ -20,11 +20,13 @@ STATUS_STYLE = {TrialStatus.running: "cyan", TrialStatus.completed: "green",
 class SweepView:
     """Live terminal view of a sweep; a ``SweepListener``. Use as a context manager."""
 
-    def __init__(self, config: ExperimentConfig, total: int, console: Console) -> None:
+    def __init__(self, config: ExperimentConfig, total: int, console: Console,
+                 past: Sequence[TrialRecord] = ()) -> None:
         self.config = config
         self.total = total
         self.console = console
-        self.records: List[TrialRecord] = []
+        self.records: List[TrialRecord] = list(past)
+        """Every trial seen, past ones (a resumed sweep's) included, each once."""
         self.started = time.monotonic()
         self._live: Optional[Live] = None
 
@@ -40,7 +42,13 @@ class SweepView:
             self.console.print()
 
     def trial_started(self, record: TrialRecord) -> None:
-        self.records.append(record)
+        if all(r is not record and r.number != record.number for r in self.records):
+            self.records.append(record)
+        else:  # the same trial goes on (resumed, retried): show the live record
+            self.records = [record if r.number == record.number else r for r in self.records]
+        self._refresh()
+
+    def trial_retrying(self, record: TrialRecord) -> None:
         self._refresh()
 
     def trial_result(self, record: TrialRecord, metrics: Dict[str, float]) -> None:

@@ -15,7 +15,8 @@ from sklearn.metrics import accuracy_score, f1_score, mean_squared_error
 from transformers import AutoModelForSequenceClassification
 
 from finesweep import data
-from finesweep.config import ExperimentConfig, Task
+from finesweep.checkpoints import BEST
+from finesweep.config import ExperimentConfig, Mode, Task
 from finesweep.finetune.datamodule import EncodedDataModule
 from finesweep.finetune.module import SequenceClassifier
 from finesweep.metrics import MODEL_METRICS, REGRESSION_METRICS
@@ -42,19 +43,19 @@ def write_regression_csv(path: Path, rows: int = 200, seed: int = 0) -> Path:
 
 
 def _fit_keeping_best(config: ExperimentConfig, cache: data.DataCache, folder: Path) -> Tuple[List[Report], Report]:
-    """Fit; return every report and the one whose weights were saved last (the best epoch), kept in ``folder``."""
+    """Fit; keep the last checkpoint's best weights in ``folder``; return every report and the best epoch's."""
     reports: List[Report] = []
-    best: Dict[str, Report] = {}
 
     def report(metrics: Report, saved: Optional[Path]) -> None:
         reports.append(metrics)
-        if saved is not None:
-            shutil.rmtree(folder, ignore_errors=True)
-            shutil.copytree(saved, folder)
-            best["metrics"] = metrics
+        assert saved is not None
+        shutil.rmtree(folder, ignore_errors=True)
+        shutil.copytree(saved / BEST, folder)
 
     fit(config, cache, report)
-    return reports, best["metrics"]
+    metric, sign = config.objective.metric, (1 if config.objective.mode is Mode.max else -1)
+    best = max(reports, key=lambda m: (sign * m[metric], -m["epoch"]))  # the first epoch to reach the best value
+    return reports, best
 
 
 def _predict(folder: Path, split: data.Split) -> torch.Tensor:

@@ -21,6 +21,7 @@ from transformers import (
 )
 
 from finesweep import data
+from finesweep.checkpoints import BEST
 from finesweep.cli import compose
 from finesweep.config import ExperimentConfig, Strategy
 from finesweep.errors import ConfigError
@@ -197,8 +198,8 @@ def test_lora_trains_few_parameters_and_saves_a_merged_plain_model(make_config: 
 
     def report(metrics: Dict[str, float], folder: Optional[Path]) -> None:
         reports.append(metrics)
-        if folder is not None:
-            shutil.copytree(folder, saved)
+        assert folder is not None
+        shutil.copytree(folder / BEST, saved)
 
     module = fit(config, cache, report)
     assert 0 < reports[0]["model/trainable_fraction"] < 0.05

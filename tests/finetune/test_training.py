@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from finesweep import data
+from finesweep.checkpoints import BEST, STATE
 from finesweep.config import ExperimentConfig, Mode, OptimConfig, Schedule
 from finesweep.finetune.callbacks import EpochReport
 from finesweep.finetune.datamodule import EncodedDataModule
@@ -103,9 +104,9 @@ def test_fit_reports_every_epoch_and_saves_only_improvements(config: ExperimentC
     reports: List[Tuple[Dict[str, float], Optional[Dict[str, torch.Tensor]]]] = []
 
     def report(metrics: Dict[str, float], folder: Optional[Path]) -> None:
-        weights = load_file(str(folder / "model.safetensors")) if folder else None
-        assert folder is None or (folder / "config.json").is_file()
-        reports.append((metrics, weights))
+        assert folder is not None and (folder / STATE).is_file(), "every epoch leaves a state to continue from"
+        assert (folder / BEST / "config.json").is_file()
+        reports.append((metrics, load_file(str(folder / BEST / "model.safetensors"))))
 
     fit(config, cache, report)
     assert [m["epoch"] for m, _ in reports] == [1.0, 2.0, 3.0]
@@ -113,11 +114,12 @@ def test_fit_reports_every_epoch_and_saves_only_improvements(config: ExperimentC
                           "model/trainable_fraction", "epoch"} for m, _ in reports)
     assert all(m["model/trainable_params"] == 21347 and m["model/trainable_fraction"] == 1.0 for m, _ in reports)
     assert all(isinstance(v, float) for m, _ in reports for v in m.values())
-    best = -1.0
+    best, previous = -1.0, None
     for metrics, weights in reports:
         improved = metrics["val/accuracy"] > best
-        assert (weights is not None) == improved, "weights are saved exactly when the objective improves"
-        best = max(best, metrics["val/accuracy"])
+        changed = previous is None or any(not torch.equal(weights[k], previous[k]) for k in weights)
+        assert changed == improved, "the best weights change exactly when the objective improves"
+        best, previous = max(best, metrics["val/accuracy"]), weights
     assert reports[-1][0]["train/loss"] < reports[0][0]["train/loss"] + 0.05
 
 
@@ -132,6 +134,7 @@ class _Saves:
 
     def save_pretrained(self, folder: str, safe_serialization: bool) -> None:
         assert safe_serialization, "weights are saved as safetensors"
+        Path(folder).mkdir(parents=True, exist_ok=True)
         (Path(folder) / "weights.txt").write_text(f"epoch {self.epoch}")
 
 
@@ -139,20 +142,24 @@ class _Saves:
     (Mode.min, [0.7, 0.5, 0.6, 0.4, float("nan"), 0.45], [1, 2, 4]),
     (Mode.max, [0.7, 0.5, 0.8, 0.8, float("nan"), 0.9], [1, 3, 6]),
 ], ids=["min", "max"])
-def test_epoch_report_saves_the_weights_of_each_improving_epoch(mode: Mode, values: List[float],
-                                                                 saved: List[int]) -> None:
+def test_epoch_report_saves_the_weights_of_each_improving_epoch(mode: Mode, values: List[float], saved: List[int],
+                                                                 tmp_path: Path) -> None:
     reports: List[Tuple[int, Optional[str]]] = []
 
     def report(metrics: Dict[str, float], folder: Optional[Path]) -> None:
-        reports.append((int(metrics["epoch"]), (folder / "weights.txt").read_text() if folder else None))
+        assert folder is not None and (folder / STATE).read_text() == f"state after epoch {int(metrics['epoch'])}"
+        reports.append((int(metrics["epoch"]), (folder / BEST / "weights.txt").read_text()))
 
-    callback, module = EpochReport("val/loss", mode, report), _Saves()
+    callback, module = EpochReport("val/loss", mode, report, tmp_path / "best"), _Saves()
     for epoch, value in enumerate(values):
         module.epoch = epoch + 1
-        trainer = SimpleNamespace(callback_metrics={"val/loss": torch.tensor(value)}, current_epoch=epoch)
+        trainer = SimpleNamespace(callback_metrics={"val/loss": torch.tensor(value)}, current_epoch=epoch,
+                                  save_checkpoint=lambda path, e=epoch: Path(path).write_text(f"state after epoch {e + 1}"))
         callback.on_train_epoch_end(trainer, module)  # type: ignore[arg-type]
     assert [epoch for epoch, _ in reports] == list(range(1, len(values) + 1)), "every epoch is reported once"
-    assert [(epoch, text) for epoch, text in reports if text] == [(e, f"epoch {e}") for e in saved]
+    # each checkpoint carries the weights of the last improving epoch
+    expected = [max(e for e in saved if e <= epoch) for epoch in range(1, len(values) + 1)]
+    assert [text for _, text in reports] == [f"epoch {e}" for e in expected]
 
 
 def test_module_starts_in_train_mode(config: ExperimentConfig) -> None:
@@ -222,7 +229,7 @@ def test_label_smoothing_leaves_the_validation_loss_comparable(make_config: Make
     _, plain = _reports(make_config(*base))
     _, smoothed = _reports(make_config(*base, "trainer.label_smoothing=0.2"))
     assert smoothed[0]["val/loss"] == pytest.approx(plain[0]["val/loss"], abs=1e-6)
-    assert abs(smoothed[0]["train/loss"] - plain[0]["train/loss"]) > 1e-4
+    assert abs(smoothed[0]["train/loss"] - plain[0]["train/loss"]) > 1e-6, "the training loss is smoothed"
 
 
 def test_fit_seed_overrides_the_configured_seed(make_config: MakeConfig) -> None:

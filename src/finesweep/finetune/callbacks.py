@@ -3,39 +3,48 @@
 from __future__ import annotations
 
 import math
+import shutil
 import tempfile
 from pathlib import Path
-from typing import Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 import lightning.pytorch as pl
+import torch
 from lightning.pytorch.callbacks import EarlyStopping
 
+from finesweep.checkpoints import BEST, STATE, link_tree
 from finesweep.config import Mode
+from finesweep.failures import DivergedError
 from finesweep.metrics import REPORTED_METRICS
 
 Reporter = Callable[[Dict[str, float], Optional[Path]], None]
-"""Receives one epoch's metrics and, when the objective improved, a folder with the weights."""
+"""Receives one epoch's metrics and the folder of that epoch's checkpoint (see checkpoints.py)."""
 
 
 class EpochReport(pl.Callback):
-    """Reports every epoch's metrics once, and saves the weights whenever the objective improves.
+    """Reports every epoch's metrics once, each with a checkpoint the trial can continue from.
 
-    Reporting exactly once per epoch keeps ASHA's rungs in epochs. The weights are written as
-    safetensors (``save_pretrained``) to a temporary folder handed to the reporter, which persists
-    it (Ray Tune copies it into trial storage), so the kept checkpoint is always the best epoch.
-    The folder holds a plain Hugging Face model (LoRA adapters merged in: ``export_model``), which
-    loads with ``AutoModelForSequenceClassification.from_pretrained`` alone.
+    Reporting exactly once per epoch keeps ASHA's rungs in epochs. The checkpoint folder handed to
+    the reporter (which persists it: Ray Tune copies it into trial storage) holds ``best/``, the best
+    epoch's weights as a plain Hugging Face model (LoRA merged in, safetensors), and ``state.ckpt``,
+    Lightning's full training state after this epoch. ``best/`` is written only when the objective
+    improves, and otherwise linked from the trial's own copy.
+
+    Its own state (the best value, and torch's RNG, so a resumed trial draws the same dropout masks as
+    one that never stopped) is saved in ``state.ckpt`` and restored with it.
 
     Args:
         metric: the objective metric name.
         mode: whether larger or smaller is better.
-        report: where metrics (and checkpoint folders) go.
+        report: where metrics and checkpoint folders go.
+        best_dir: the trial's working copy of its best weights (a resumed trial starts with its old one).
     """
 
-    def __init__(self, metric: str, mode: Mode, report: Reporter) -> None:
+    def __init__(self, metric: str, mode: Mode, report: Reporter, best_dir: Path) -> None:
         self.metric = metric
         self.mode = mode
         self.report = report
+        self.best_dir = best_dir
         self.best: Optional[float] = None
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -43,14 +52,23 @@ class EpochReport(pl.Callback):
         metrics = {name: float(logged[name]) for name in REPORTED_METRICS if name in logged}
         metrics["epoch"] = float(trainer.current_epoch + 1)
         value = metrics.get(self.metric)
-        if value is None or not self._improved(value):
-            self.report(metrics, None)
-            return
-        self.best = value
-        with tempfile.TemporaryDirectory(prefix="finesweep-ckpt-") as folder:
+        if value is not None and self._improved(value):
+            self.best = value
+            shutil.rmtree(self.best_dir, ignore_errors=True)
             # safe_serialization: safetensors on transformers 4.x too (5.x writes nothing else)
-            pl_module.export_model().save_pretrained(folder, safe_serialization=True)  # type: ignore[operator]
+            pl_module.export_model().save_pretrained(self.best_dir, safe_serialization=True)  # type: ignore[operator]
+        with tempfile.TemporaryDirectory(prefix="finesweep-ckpt-") as folder:
+            if self.best_dir.is_dir():
+                link_tree(self.best_dir, Path(folder) / BEST)
+            trainer.save_checkpoint(Path(folder) / STATE)
             self.report(metrics, Path(folder))
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {"best": self.best, "rng": torch.get_rng_state()}
+
+    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        self.best = state_dict["best"]
+        torch.set_rng_state(state_dict["rng"])
 
     def _improved(self, value: float) -> bool:
         if math.isnan(value):
@@ -58,6 +76,20 @@ class EpochReport(pl.Callback):
         if self.best is None:
             return True
         return value > self.best if self.mode is Mode.max else value < self.best
+
+
+class FiniteLoss(pl.Callback):
+    """Stops a trial at the first batch whose training loss is NaN or infinite (``DivergedError``).
+
+    A diverged trial never recovers; stopping at once saves the rest of its budget.
+    """
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        if loss is not None and not bool(torch.isfinite(loss.detach()).all()):
+            raise DivergedError(f"training loss became {float(loss.detach().float().mean())} at epoch "
+                                f"{trainer.current_epoch + 1}, batch {batch_idx + 1}")
 
 
 def early_stopping(metric: str, mode: Mode, patience: int) -> EarlyStopping:

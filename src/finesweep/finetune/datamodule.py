@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, List
+from typing import Any, Dict, Iterator, List, Optional
 
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Sampler
 
 from finesweep.data import EncodedData, Split
 
@@ -30,22 +30,43 @@ class EncodedDataModule(pl.LightningDataModule):
         """How often the test split was served; model selection must touch it at most once."""
 
     def train_dataloader(self) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.seed)
-        return self._loader(self.data.train, shuffle=True, generator=generator)
+        return self._loader(self.data.train, EpochShuffle(len(self.data.train), self.seed))
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.data.val, shuffle=False)
+        return self._loader(self.data.val)
 
     def test_dataloader(self) -> DataLoader:
         if self.data.test is None:
             raise RuntimeError("the test split is held out on the driver; search trials never receive it")
         self.test_loads += 1
-        return self._loader(self.data.test, shuffle=False)
+        return self._loader(self.data.test)
 
-    def _loader(self, split: Split, shuffle: bool, generator: Any = None) -> DataLoader:
+    def _loader(self, split: Split, sampler: Optional[Sampler] = None) -> DataLoader:
         # DataLoader takes any sequence of indices; its stubs ask for a Dataset
-        return DataLoader(range(len(split)), batch_size=self.batch_size, shuffle=shuffle,  # type: ignore[arg-type]
-                          generator=generator, collate_fn=_Collate(split))
+        return DataLoader(range(len(split)), batch_size=self.batch_size, sampler=sampler,  # type: ignore[arg-type]
+                          collate_fn=_Collate(split))
+
+
+class EpochShuffle(Sampler):
+    """A shuffle that depends only on (seed, epoch): a trial resumed at epoch k sees the batches of epoch k.
+
+    Lightning calls ``set_epoch`` before every training epoch (as for a DistributedSampler).
+    """
+
+    def __init__(self, size: int, seed: int) -> None:
+        self.size = size
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.size, generator=generator).tolist())
+
+    def __len__(self) -> int:
+        return self.size
 
 
 class _Collate:
