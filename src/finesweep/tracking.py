@@ -100,6 +100,7 @@ class Projector:
         self._idle = threading.Event()
         self._idle.set()
         self._stop = threading.Event()
+        self._hurry = threading.Event()  # set while the driver waits at the end: retry every second
         self._thread: Optional[threading.Thread] = None
         self._client: Optional[MlflowClient] = None
         self._uncertain = True  # the first event after a (re)start may have been half sent before
@@ -154,11 +155,13 @@ class Projector:
         """Wait until every queued event is sent, at most ``timeout`` seconds; True when all went through."""
         if self._thread is None or not self._thread.is_alive():
             return self._queue.empty()
+        self._hurry.set()
         return self._idle.wait(timeout)
 
     def close(self) -> None:
         """Stop the thread (events not sent stay in the log for ``finesweep sync``)."""
         self._stop.set()
+        self._hurry.set()
         self._queue.put({})
         if self._thread is not None:
             self._thread.join(timeout=5)
@@ -201,7 +204,7 @@ class Projector:
                 log.warning("MLflow unreachable (%s); retrying event %s in %.1f s", self.waiting, event["seq"], pause)
                 if self._stop.is_set() or (deadline is not None and time.monotonic() + pause > deadline):
                     return False
-                self._stop.wait(pause)
+                self._stop.wait(min(pause, 1.0) if self._hurry.is_set() else pause)
                 pause = min(self.retry_cap, pause * 2)
         self.cursor.sent = event["seq"] + 1
         self.cursor.save(self.folder)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 from optuna.trial import TrialState
@@ -241,7 +242,7 @@ class _EventBridge(tune.Callback):  # type: ignore[misc]
         if record is None or record.status is not TrialStatus.running:
             return
         self._flush(trial)
-        failure = classify(trial.get_error() if hasattr(trial, "get_error") else None)
+        failure = classify(_error_text(trial))
         record.failure, record.error = failure.kind, failure.summary
         overrides = retry_overrides(failure, record, self.config)
         if overrides is not None and record.attempts <= self.config.search.max_retries:
@@ -276,6 +277,14 @@ class _EventBridge(tune.Callback):  # type: ignore[misc]
         record.status = status
         for listener in self.listeners:
             listener.trial_ended(record)
+
+
+def _error_text(trial: Trial) -> Optional[str]:
+    """The trial's error: the file Tune writes on the driver at once (its copy in storage comes later)."""
+    path = getattr(trial, "error_file", None)
+    if path and Path(path).is_file():
+        return Path(path).read_text(errors="replace")
+    return trial.get_error() if hasattr(trial, "get_error") else None
 
 
 __all__ = ["Failure", "Plan", "RecordingASHA", "make_scheduler", "points_plan", "run_plan", "search_plan"]

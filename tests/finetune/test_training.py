@@ -153,8 +153,9 @@ def test_epoch_report_saves_the_weights_of_each_improving_epoch(mode: Mode, valu
     callback, module = EpochReport("val/loss", mode, report, tmp_path / "best"), _Saves()
     for epoch, value in enumerate(values):
         module.epoch = epoch + 1
+        state = f"state after epoch {epoch + 1}"
         trainer = SimpleNamespace(callback_metrics={"val/loss": torch.tensor(value)}, current_epoch=epoch,
-                                  save_checkpoint=lambda path, e=epoch: Path(path).write_text(f"state after epoch {e + 1}"))
+                                  save_checkpoint=lambda path, text=state: Path(path).write_text(text))
         callback.on_train_epoch_end(trainer, module)  # type: ignore[arg-type]
     assert [epoch for epoch, _ in reports] == list(range(1, len(values) + 1)), "every epoch is reported once"
     # each checkpoint carries the weights of the last improving epoch
