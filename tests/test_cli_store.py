@@ -59,8 +59,8 @@ def make_store(cwd: Path) -> str:
 
     from finesweep.data import DataCache
     from finesweep.records import TrialRecord, TrialStatus
-    from finesweep.runner import sweep_header
     from finesweep.state import EventLog, SweepLog, new_sweep_id, read_events, sweep_dir
+    from finesweep.sweep import data_fingerprint, header
     from finesweep.tracking import Projector
 
     sweep = compose("demo", [])
@@ -72,7 +72,7 @@ def make_store(cwd: Path) -> str:
     sweep_id = new_sweep_id()
     folder = sweep_dir(config.cluster.storage_path, sweep_id)
     log = EventLog(folder)
-    log.append("sweep", durable=True, **sweep_header(sweep, DataCache({}), sweep_id, folder))
+    log.append("sweep", durable=True, **header(sweep, data_fingerprint(DataCache({})), sweep_id, folder))
     journal = SweepLog(log, sweep_id, lambda event: None)
     record = TrialRecord("t0", 0, {"optim.lr": 1e-4}, optuna_number=0)
     journal.trial_started(record)

@@ -10,7 +10,8 @@ import pytest
 from finesweep.cli import compose
 from finesweep.config import ExperimentConfig
 from finesweep.errors import SearchSpaceError
-from finesweep.search_space import Distribution, Param, grid, grid_size, iter_grid, parse_space, probes, suggest
+from finesweep.preflight import probes
+from finesweep.search_space import Distribution, Param, grid, grid_size, iter_grid, parse_space, suggest
 
 
 @pytest.fixture(scope="module")
@@ -197,3 +198,19 @@ def test_probes_stop_at_the_limit(base: ExperimentConfig) -> None:
     params = parse_space(space, base)
     assert len([p for p in probes(params, exhaustive=False, limit=5) if p.param is None]) == 5
     assert len([p for p in probes(params, exhaustive=False) if p.param is None]) == 27
+
+
+def test_list_choices_reach_optuna_as_text_and_come_back_as_lists(base: ExperimentConfig) -> None:
+    """Optuna's choices must be scalars (for persistent storage too); a list of modules is searched as its JSON."""
+    params = parse_space({"finetune.lora.target_modules": {"distribution": "categorical",
+                                                           "choices": [["query"], ["query", "value"]]}}, base)
+    (param,) = params
+    assert param.to_optuna() == optuna.distributions.CategoricalDistribution(('["query"]', '["query", "value"]'))
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = set()
+    for _ in range(12):
+        trial = study.ask()
+        value = suggest(trial, params)["finetune.lora.target_modules"]
+        assert isinstance(value, list) and isinstance(trial.params["finetune.lora.target_modules"], str)
+        seen.add(tuple(value))
+    assert seen == {("query",), ("query", "value")}

@@ -16,10 +16,10 @@ from finesweep.cli import compose
 from finesweep.config import ExperimentConfig
 from finesweep.data import DataCache
 from finesweep.records import TrialRecord, TrialStatus
-from finesweep.runner import sweep_header
 from finesweep.serving import ServingMeta
 from finesweep.state import EventLog, SweepLog, new_sweep_id, read_events, sweep_dir
-from finesweep.tracking import Cursor, Projector, git_state, list_sweeps
+from finesweep.sweep import data_fingerprint, git_state, header
+from finesweep.tracking import Cursor, Projector, list_sweeps
 
 
 @pytest.fixture()
@@ -40,7 +40,8 @@ class Logged:
         self.sweep_id = new_sweep_id()
         self.folder = sweep_dir(self.config.cluster.storage_path, self.sweep_id)
         self.log = EventLog(self.folder)
-        self.log.append("sweep", durable=True, **sweep_header(sweep, DataCache({}), self.sweep_id, self.folder))
+        event = header(sweep, data_fingerprint(DataCache({})), self.sweep_id, self.folder)
+        self.log.append("sweep", durable=True, **event)
         self.journal = SweepLog(self.log, self.sweep_id, lambda event: None)
 
     def trial(self, number: int, values: List[float], status: TrialStatus, tmp: Path) -> TrialRecord:

@@ -18,7 +18,6 @@ import typing
 from pathlib import Path
 from typing import Any, Dict, Iterator, Optional, Sequence
 
-import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
 from rich.console import Console
@@ -27,11 +26,11 @@ from rich.table import Table
 
 import finesweep
 from finesweep import preflight
-from finesweep.config import ExperimentConfig, Sampler
-from finesweep.errors import ConfigError, SearchSpaceError, SweepFailedError, UserError, one_line
+from finesweep.config import ExperimentConfig
+from finesweep.errors import ConfigError, SweepFailedError, UserError, one_line
 from finesweep.overrides import key_hint, leaf_keys
-from finesweep.search_space import Param, grid_size, parse_space, planned_trials
-from finesweep.sweep import Sweep
+from finesweep.search_space import parse_space, planned_trials
+from finesweep.sweep import Sweep, read_document
 
 DEFAULT_UI_PORT = 5000
 
@@ -69,7 +68,7 @@ def compose(sweep: str, overrides: Sequence[str]) -> Sweep:
         UserError: any rule broken; the message names the sweep file and the key.
     """
     sweep_file = resolve_sweep(sweep)
-    document = _read_sweep(sweep_file)
+    document = read_document(sweep_file, _display(sweep_file))
     with blame(sweep_file):
         try:
             cfg = _compose(document, [f"name={sweep_file.stem}", *overrides])
@@ -80,7 +79,7 @@ def compose(sweep: str, overrides: Sequence[str]) -> Sweep:
         except (OmegaConfBaseException, ValueError) as exc:
             raise ConfigError(one_line(exc)) from None
         params = parse_space(config.space, config)
-        _check_budget(config, params)
+        preflight.check_budget(config, params)
         preflight.check_values(config, params)
     return Sweep(config, params, sweep_file, OmegaConf.to_yaml(cfg, resolve=True))
 
@@ -178,7 +177,7 @@ def cmd_sync(args: argparse.Namespace, console: Console) -> int:
 
 def cmd_show(args: argparse.Namespace, console: Console) -> int:
     """finesweep show: print the composed config and the search space; validate; start nothing."""
-    from finesweep.search_space import Distribution
+    from finesweep.view import space_table
 
     composed = compose(args.sweep, args.overrides)
     with blame(composed.sweep_file):
@@ -186,16 +185,7 @@ def cmd_show(args: argparse.Namespace, console: Console) -> int:
         preflight.check_model(composed)
     console.print(f"# composed config of {_display(composed.sweep_file)}")
     console.print(composed.yaml_text, markup=False)
-    table = Table(title="search space")
-    for column in ("key", "distribution", "values", "only when"):
-        table.add_column(column)
-    for param in composed.params:
-        values = (f"{list(param.choices)}" if param.distribution is Distribution.categorical
-                  else f"[{param.low}, {param.high}]" + (f" step {param.step}" if param.step else "")
-                  + (" log" if param.log or param.distribution is Distribution.loguniform else ""))
-        when = ", ".join(f"{k} in {list(v)}" for k, v in param.when)
-        table.add_row(param.key, param.distribution.value, values, when)
-    console.print(table)
+    console.print(space_table(composed.params))
     config = composed.config
     console.print(f"{config.search.sampler.value} sampler, {planned_trials(config, composed.params)} trials, "
                   f"{config.search.max_concurrent} at a time; {config.scheduler.kind.value} scheduler over "
@@ -350,29 +340,6 @@ def package_path(package: str, relative: str = "") -> str:
         raise ConfigError(f"package {package!r} is not installed, so its files cannot be used. "
                           f"Install it (pip install {package.replace('_', '-')}) or set the path yourself.")
     return str(Path(list(spec.submodule_search_locations)[0]) / relative)
-
-
-def _read_sweep(path: Path) -> Dict[str, Any]:
-    try:
-        document = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (yaml.YAMLError, UnicodeError, OSError) as exc:
-        raise ConfigError(f"{_display(path)}: not a readable YAML file: {one_line(exc)}. Fix the syntax "
-                          "(a sweep file is UTF-8 YAML).") from None
-    if not isinstance(document, dict):
-        raise ConfigError(f"{_display(path)}: a sweep file must be a mapping (objective:, search:, space: ...), "
-                          f"got {type(document).__name__}. See sweeps/demo.yaml.")
-    if "space" in document and not isinstance(document["space"], dict):
-        raise SearchSpaceError(f"{_display(path)}: space must map config keys to distributions, got "
-                               f"{document['space']!r}. Write e.g. space: {{optim.lr: {{distribution: ...}}}}.")
-    return document
-
-
-def _check_budget(config: ExperimentConfig, params: Sequence[Param]) -> None:
-    if config.search.sampler is Sampler.grid:
-        size = grid_size(params)
-        if config.search.num_trials is not None and config.search.num_trials != size:
-            raise ConfigError(f"search.num_trials: the grid has {size} combinations and runs each once, got "
-                              f"num_trials={config.search.num_trials}. Remove num_trials or set it to {size}.")
 
 
 def _display(path: Path) -> str:

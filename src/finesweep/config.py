@@ -21,12 +21,6 @@ from finesweep.choices import Accelerator, Mode, Precision, Sampler, Schedule, S
 from finesweep.errors import ConfigError
 from finesweep.metrics import OBJECTIVE_METRICS
 
-__all__ = [
-    "Accelerator", "ClusterConfig", "DataConfig", "ExperimentConfig", "FinalConfig", "FinetuneConfig", "LoraConfig",
-    "Mode", "ModelConfig", "ObjectiveConfig", "OptimConfig", "Precision", "Sampler", "Schedule", "SchedulerConfig",
-    "SchedulerKind", "SearchConfig", "Strategy", "Task", "TrackingConfig", "TrainerConfig",
-]
-
 
 @dataclass
 class ModelConfig:

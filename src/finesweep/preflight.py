@@ -9,17 +9,84 @@ message names the key, the value at fault and the fix.
 
 from __future__ import annotations
 
+import itertools
 import warnings
-from typing import Any, Dict, List, Sequence
+from dataclasses import dataclass
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence
 
 from finesweep.config import ExperimentConfig, Sampler
 from finesweep.errors import ConfigError, SearchSpaceError, one_line
 from finesweep.overrides import with_overrides
-from finesweep.search_space import Param, Probe, probes
+from finesweep.search_space import Param, grid_size, iter_grid, walk_branches
 from finesweep.sweep import Sweep
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One set of values the space can produce, to check before any trial runs.
+
+    ``param`` and ``label`` name the parameter at fault when the probe tests one parameter alone
+    (at ``low``, ``high`` or one ``choice``, its ``when`` parents set so that it is active).
+    """
+
+    values: Dict[str, Any]
+    param: Optional[Param] = None
+    label: str = ""
+
+    def describe(self) -> str:
+        """What the probe tried, for an error message."""
+        if self.param is not None:
+            value = self.values[self.param.key]
+            what = f"choice {value!r}" if self.label == "choice" else f"{self.label}={value}"
+            return f"space.{self.param.key}: {what}"
+        return "space: the combination " + ", ".join(f"{k}={v!r}" for k, v in self.values.items())
+
+
+PROBE_LIMIT = 4096
+"""Combinations probed at most; the one-parameter probes are always complete."""
+
+
+def probes(params: Sequence[Param], exhaustive: bool, limit: int = PROBE_LIMIT) -> List[Probe]:
+    """What to check so that no value a sampler can propose breaks a rule.
+
+    First every parameter alone at each extreme (every choice, low and high), with its parents set to
+    make it active; then combinations, so rules across keys are checked too: every grid point when
+    ``exhaustive`` (a grid), otherwise every combination of extremes along every conditional
+    branch. Combinations stop after ``limit``.
+    """
+    by_key = {p.key: p for p in params}
+    singles = [Probe({**_activate(p, by_key), p.key: value}, p, label) for p in params for label, value in p.extremes()]
+    if exhaustive:
+        combos: Iterator[Dict[str, Any]] = iter_grid(params)
+    else:
+        combos = walk_branches(params, {p.key: [v for _, v in p.extremes()] for p in params})
+    return singles + [Probe(values) for values in itertools.islice(combos, limit)]
+
+
+def _activate(param: Param, by_key: Mapping[str, Param]) -> Dict[str, Any]:
+    """Values of ``param``'s ancestors that make it active (each parent at its first allowed value)."""
+    values: Dict[str, Any] = {}
+    for key, allowed in param.when:
+        values.update(_activate(by_key[key], by_key))
+        values[key] = allowed[0]
+    return values
+
 
 MODEL_KEYS = ("model.", "finetune.")
 """Searched keys whose values change what ``check_model`` builds."""
+
+
+def check_budget(config: ExperimentConfig, params: Sequence[Param]) -> None:
+    """A grid runs each combination once: ``search.num_trials``, when given, must be the grid's size.
+
+    Raises:
+        ConfigError: it is not.
+    """
+    if config.search.sampler is Sampler.grid:
+        size = grid_size(params)
+        if config.search.num_trials is not None and config.search.num_trials != size:
+            raise ConfigError(f"search.num_trials: the grid has {size} combinations and runs each once, got "
+                              f"num_trials={config.search.num_trials}. Remove num_trials or set it to {size}.")
 
 
 def check_values(config: ExperimentConfig, params: Sequence[Param]) -> List[Probe]:

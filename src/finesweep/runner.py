@@ -12,38 +12,35 @@ import contextlib
 import io
 import json
 import logging
-import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
-from optuna.trial import TrialState as OptunaState
 from rich.console import Console
 
-import finesweep
 from finesweep.cluster import ray_session
 from finesweep.config import ExperimentConfig
+from finesweep.continuation import rebuilt_study, retraining, search_reruns
 from finesweep.data import DataCache, EncodedData
-from finesweep.errors import SweepFailedError, UserError, one_line
+from finesweep.errors import SweepFailedError, one_line
 from finesweep.failures import KINDS
 from finesweep.overrides import with_overrides
 from finesweep.records import SweepListener, TrialRecord, TrialStatus, best_trial, format_params
 from finesweep.search_space import planned_trials
-from finesweep.searcher import Numbering, PastTrial, Rerun, rebuild_study
+from finesweep.searcher import Numbering
 from finesweep.selection import Selection, leaderboard, select, test_summary
 from finesweep.state import (
     EventLog,
     SweepLog,
     SweepState,
-    fingerprint,
     load_state,
     new_sweep_id,
     read_events,
     sweep_dir,
 )
-from finesweep.sweep import Sweep
-from finesweep.tracking import Projector, git_state
+from finesweep.sweep import Sweep, check_same_data, data_fingerprint, header
+from finesweep.tracking import Projector
 from finesweep.trial import run_trial
 from finesweep.view import SweepView, results_table
 
@@ -97,7 +94,7 @@ def run(sweep: Sweep, cache: DataCache, console: Console, trainable: Trainable =
     sweep_id = new_sweep_id()
     folder = sweep_dir(sweep.config.cluster.storage_path, sweep_id)
     event_log = EventLog(folder)
-    event_log.append("sweep", durable=True, **sweep_header(sweep, cache, sweep_id, folder))
+    event_log.append("sweep", durable=True, **header(sweep, data_fingerprint(cache), sweep_id, folder))
     state = load_state(folder)
     command = " ".join(["finesweep resume", sweep_id, *resume_overrides])
     return _drive(_session(sweep, state, event_log, command), cache, console, trainable)
@@ -112,7 +109,7 @@ def resume(sweep: Sweep, folder: Path, cache: DataCache, console: Console, train
     """
     event_log = EventLog(folder)
     state = load_state(folder)
-    _check_same_data(state, cache)
+    check_same_data(state, data_fingerprint(cache))
     budget = planned_trials(sweep.config, sweep.params)
     if state.complete and budget <= state.budget and not state.unfinished():
         event_log.close()
@@ -182,64 +179,14 @@ def _search(session: Session, cache: DataCache, trainable: Trainable, listeners:
     config, state = session.config, session.state
     scheduler = make_scheduler(config)
     by_number = {r.number: r for r in past}
-    reruns = _continue(session, scheduler, by_number)
-    study = rebuild_study(config.objective.mode, session.sweep.params,
-                          [_past_trial(r, config) for r in by_number.values() if r.optuna_number is not None])
+    reruns = search_reruns(state, config, scheduler, by_number, session.journal.trial_ended)
+    study = rebuilt_study(config, session.sweep.params, list(by_number.values()))
     if not reruns and len(study.trials) >= state.budget:
         return past
     plan = search_plan(config, session.sweep.params, session.numbering, study, reruns,
                        known={r.number: by_number[r.number] for r in reruns}, scheduler=scheduler)
     ran = run_plan(config, plan, trainable, listeners, base=config, cache=cache.without_test())
     return past + [r for r in ran if r.number not in by_number]
-
-
-def _continue(session: Session, scheduler: Any, by_number: Dict[int, TrialRecord]) -> List[Rerun]:
-    """Replay the log's results into ASHA (its rungs come back); return the trials to continue.
-
-    A trial the replayed ASHA stops (or that had reached its full budget) ends here, as it would
-    have if the driver had lived a moment longer: it is not run again.
-    """
-    from finesweep.tuner import RecordingASHA
-
-    config, state = session.config, session.state
-    results = sorted((seq, t.number, metrics) for t in state.search_trials()
-                     for seq, metrics in zip(t.seqs, t.history, strict=True))
-    decisions: Dict[int, str] = {}
-    if isinstance(scheduler, RecordingASHA):
-        for _, number, metrics in results:
-            decisions[number] = scheduler.replay(number, [metrics])
-    reruns = []
-    for trial in state.search_trials():
-        if trial.finished:
-            continue
-        record = by_number[trial.number]
-        epochs = int(trial.history[-1].get("epoch", 0)) if trial.history else 0
-        if epochs >= config.scheduler.max_epochs or decisions.get(trial.number) == "STOP":
-            stopped = epochs < config.scheduler.max_epochs
-            record.status = TrialStatus.early_stopped if stopped else TrialStatus.completed
-            session.journal.trial_ended(record)
-            continue
-        reruns.append(Rerun(trial.number, trial.params, trial.optuna_number,
-                            trial.checkpoint if trial.checkpoint_epoch == epochs else None, trial.attempts))
-    return reruns
-
-
-def _past_trial(record: TrialRecord, config: ExperimentConfig) -> PastTrial:
-    states = {TrialStatus.completed: OptunaState.COMPLETE, TrialStatus.early_stopped: OptunaState.COMPLETE,
-              TrialStatus.failed: OptunaState.FAIL, TrialStatus.running: OptunaState.RUNNING}
-    state = states[record.status]
-    if state is OptunaState.COMPLETE and record.best_value is None:
-        state = OptunaState.FAIL
-    metric = config.objective.metric
-    intermediate = {int(m.get("epoch", i + 1)): m[metric] for i, m in enumerate(record.history)
-                    if metric in m and not math.isnan(m[metric])}
-    return PastTrial(int(record.optuna_number or 0), _searched(record.params, config), state, record.best_value,
-                     intermediate)
-
-
-def _searched(params: Dict[str, Any], config: ExperimentConfig) -> Dict[str, Any]:
-    # A retry after running out of memory adds batch settings that were not sampled: not Optuna's.
-    return {k: v for k, v in params.items() if k in config.space}
 
 
 # --- model selection ---------------------------------------------------------------------------------
@@ -267,23 +214,8 @@ def _retrain(session: Session, points: List[Dict[str, Any]], cache: DataCache, t
     """Run the re-training points; a resumed sweep reuses the runs it has and continues the unfinished ones."""
     from finesweep.tuner import points_plan, run_plan
 
-    config, state = session.config, session.state
-    earlier = {_key(t.params): t for t in state.trials.values() if t.phase == "final"}
-    done, reruns, fresh = [], [], []
-    known: Dict[int, TrialRecord] = {}
-    for point in points:
-        trial = earlier.get(_key(point))
-        if trial is None:
-            fresh.append(Rerun(session.numbering.take(), point))
-            continue
-        record = trial.record(config.objective.metric, config.objective.mode)
-        if trial.finished:
-            done.append(record)
-        else:
-            known[trial.number] = record
-            epoch = int(trial.history[-1]["epoch"]) if trial.history else 0
-            reruns.append(Rerun(trial.number, trial.params, None,
-                                trial.checkpoint if trial.checkpoint_epoch == epoch else None, trial.attempts))
+    config = session.config
+    done, reruns, fresh, known = retraining(session.state, points, config, session.numbering)
     if not fresh and not reruns:
         return done
     plan = points_plan(config, fresh, reruns, known)
@@ -400,52 +332,6 @@ def _print_failures(records: Sequence[TrialRecord], console: Console) -> None:
     parts = [f"{len(rs)} {kind} (trials {', '.join(str(r.number) for r in rs)}; e.g. {rs[0].error})"
              for kind, rs in groups.items() if rs]
     console.print(f"failed trials by reason: {'; '.join(parts)}", style="red", markup=False)
-
-
-def sweep_header(sweep: Sweep, cache: DataCache, sweep_id: str, folder: Path) -> Dict[str, Any]:
-    """The log's first event: everything needed to continue the sweep, and to log it to MLflow later."""
-    config = sweep.config
-    commit, dirty = git_state(Path.cwd())
-    objective = f"{config.objective.mode.value} {config.objective.metric}"
-    tags = {"finesweep.version": finesweep.__version__, "mlflow.source.git.commit": commit,
-            "finesweep.git_dirty": dirty, "finesweep.sweep_file": str(sweep.sweep_file),
-            "finesweep.objective": objective}
-    params = {"sampler": config.search.sampler.value, "scheduler": config.scheduler.kind.value,
-              "objective": objective, "search_space": json.dumps(sweep.space_description(), sort_keys=True),
-              "num_trials": str(config.search.num_trials), "max_concurrent": str(config.search.max_concurrent),
-              "seed": str(config.search.seed), "max_epochs": str(config.scheduler.max_epochs),
-              "grace_period": str(config.scheduler.grace_period),
-              "reduction_factor": str(config.scheduler.reduction_factor),
-              "model.name_or_path": config.model.name_or_path, "data.path": config.data.path}
-    return {"sweep_id": sweep_id, "name": config.name, "experiment": config.experiment_name,
-            "artifact_root": config.tracking.artifact_root, "tracking_uri": config.tracking.uri,
-            "folder": str(folder), "tags": tags, "params": params, "config_yaml": sweep.yaml_text,
-            "sweep_yaml": sweep.sweep_file.read_text() if sweep.sweep_file.is_file() else "",
-            "sweep_file": sweep.sweep_file.name, "space": sweep.space_description(),
-            "budget": planned_trials(config, sweep.params), "data_fingerprint": data_fingerprint(cache)}
-
-
-def data_fingerprint(cache: DataCache) -> str:
-    """A content hash of every tokenised split: a resume must train on the very same data."""
-    arrays = []
-    for key in sorted(cache.variants):
-        variant = cache.variants[key]
-        for split in (variant.train, variant.val, variant.test):
-            if split is not None:
-                arrays.extend([split.labels, *(split.features[name] for name in sorted(split.features))])
-    return fingerprint(arrays)
-
-
-def _check_same_data(state: SweepState, cache: DataCache) -> None:
-    if state.header.get("data_fingerprint") not in (None, data_fingerprint(cache)):
-        raise UserError(f"sweep {state.name} ({state.sweep_id}) trained on other data: "
-                        f"{state.header['params']['data.path']} (or its tokenisation) changed since the sweep started. "
-                        "A resume must see the same data; "
-                        "restore the file, or start a new sweep with finesweep run.")
-
-
-def _key(params: Dict[str, Any]) -> str:
-    return json.dumps(params, sort_keys=True, default=str)
 
 
 def _markdown(frame: Any) -> str:

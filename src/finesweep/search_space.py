@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import itertools
+import json
 import math
 import typing
 from dataclasses import dataclass
@@ -99,14 +99,22 @@ class Param:
         return self.low, self.high
 
     def to_optuna(self) -> optuna.distributions.BaseDistribution:
-        """The equivalent Optuna distribution."""
+        """The equivalent Optuna distribution (non-scalar choices, such as lists, as their JSON text)."""
         if self.distribution is Distribution.categorical:
-            return optuna.distributions.CategoricalDistribution(self.choices)
+            return optuna.distributions.CategoricalDistribution(tuple(self.to_optuna_value(c) for c in self.choices))
         low, high = self.bounds
         if self.distribution is Distribution.int:
             return optuna.distributions.IntDistribution(int(low), int(high), log=self.log, step=int(self.step or 1))
         return optuna.distributions.FloatDistribution(
             low, high, log=self.distribution is Distribution.loguniform, step=self.step)
+
+    def to_optuna_value(self, value: Any) -> Any:
+        """A value as Optuna stores it: Optuna's choices must be None, bool, int, float or str."""
+        return value if value is None or isinstance(value, (bool, int, float, str)) else json.dumps(value)
+
+    def from_optuna_value(self, value: Any) -> Any:
+        """The config value behind what Optuna stored."""
+        return next((c for c in self.choices if self.to_optuna_value(c) == value), value)
 
     def extremes(self) -> List[Tuple[str, Any]]:
         """The values that bound what the sampler can propose: (label, value) for each choice, or low and high.
@@ -155,7 +163,7 @@ def suggest(trial: Any, params: Sequence[Param]) -> Dict[str, Any]:
             continue
         dist = param.to_optuna()
         if isinstance(dist, optuna.distributions.CategoricalDistribution):
-            values[param.key] = trial.suggest_categorical(param.key, list(dist.choices))
+            values[param.key] = param.from_optuna_value(trial.suggest_categorical(param.key, list(dist.choices)))
         elif isinstance(dist, optuna.distributions.IntDistribution):
             values[param.key] = trial.suggest_int(param.key, dist.low, dist.high, step=dist.step, log=dist.log)
         elif isinstance(dist, optuna.distributions.FloatDistribution):
@@ -206,7 +214,13 @@ def iter_grid(params: Sequence[Param]) -> Iterator[Dict[str, Any]]:
     yield from _branches(list(params), values, {})
 
 
-def _branches(params: List[Param], values: Dict[str, List[Any]], chosen: Dict[str, Any]) -> Iterator[Dict[str, Any]]:
+def walk_branches(params: Sequence[Param], values: Mapping[str, Sequence[Any]]) -> Iterator[Dict[str, Any]]:
+    """Every combination of the given values of each parameter, along every conditional branch."""
+    yield from _branches(list(params), values, {})
+
+
+def _branches(params: List[Param], values: Mapping[str, Sequence[Any]],
+              chosen: Dict[str, Any]) -> Iterator[Dict[str, Any]]:
     if not params:
         yield dict(chosen)
         return
@@ -216,57 +230,6 @@ def _branches(params: List[Param], values: Dict[str, List[Any]], chosen: Dict[st
         return
     for value in values[head.key]:
         yield from _branches(rest, values, {**chosen, head.key: value})
-
-
-@dataclass(frozen=True)
-class Probe:
-    """One set of values the space can produce, to check before any trial runs.
-
-    ``param`` and ``label`` name the parameter at fault when the probe tests one parameter alone
-    (at ``low``, ``high`` or one ``choice``, its ``when`` parents set so that it is active).
-    """
-
-    values: Dict[str, Any]
-    param: Optional[Param] = None
-    label: str = ""
-
-    def describe(self) -> str:
-        """What the probe tried, for an error message."""
-        if self.param is not None:
-            value = self.values[self.param.key]
-            what = f"choice {value!r}" if self.label == "choice" else f"{self.label}={value}"
-            return f"space.{self.param.key}: {what}"
-        return "space: the combination " + ", ".join(f"{k}={v!r}" for k, v in self.values.items())
-
-
-PROBE_LIMIT = 4096
-"""Combinations probed at most; the one-parameter probes are always complete."""
-
-
-def probes(params: Sequence[Param], exhaustive: bool, limit: int = PROBE_LIMIT) -> List[Probe]:
-    """What to check so that no value a sampler can propose breaks a rule.
-
-    First every parameter alone at each extreme (every choice, low and high), with its parents set to
-    make it active; then combinations, so rules across keys are checked too: every grid point when
-    ``exhaustive`` (a grid), otherwise every combination of extremes along every conditional
-    branch. Combinations stop after ``limit``.
-    """
-    by_key = {p.key: p for p in params}
-    singles = [Probe({**_activate(p, by_key), p.key: value}, p, label) for p in params for label, value in p.extremes()]
-    if exhaustive:
-        combos: Iterator[Dict[str, Any]] = iter_grid(params)
-    else:
-        combos = _branches(list(params), {p.key: [v for _, v in p.extremes()] for p in params}, {})
-    return singles + [Probe(values) for values in itertools.islice(combos, limit)]
-
-
-def _activate(param: Param, by_key: Mapping[str, Param]) -> Dict[str, Any]:
-    """Values of ``param``'s ancestors that make it active (each parent at its first allowed value)."""
-    values: Dict[str, Any] = {}
-    for key, allowed in param.when:
-        values.update(_activate(by_key[key], by_key))
-        values[key] = allowed[0]
-    return values
 
 
 def affects_tokenisation(key: str) -> bool:

@@ -217,10 +217,11 @@ def rebuild_study(mode: Mode, params: Sequence[Param], past: Sequence[PastTrial]
     """A study holding the sweep's past trials, in their original order, ready to propose the next one."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize" if mode is Mode.max else "minimize")
-    distributions = {p.key: p.to_optuna() for p in params}
+    by_key = {p.key: p for p in params}
     for trial in sorted(past, key=lambda t: t.optuna_number):
         study.add_trial(optuna.trial.create_trial(
-            params=trial.params, distributions={k: distributions[k] for k in trial.params},
+            params={k: by_key[k].to_optuna_value(v) for k, v in trial.params.items()},
+            distributions={k: by_key[k].to_optuna() for k in trial.params},
             value=trial.value if trial.state is TrialState.COMPLETE else None, state=trial.state,
             intermediate_values=trial.intermediate))
     return study

@@ -279,7 +279,7 @@ class _EventBridge(tune.Callback):  # type: ignore[misc]
             listener.trial_ended(record)
 
 
-def _error_text(trial: Trial) -> Optional[str]:
+def _error_text(trial: Trial) -> Any:
     """The trial's error: the file Tune writes on the driver at once (its copy in storage comes later)."""
     path = getattr(trial, "error_file", None)
     if path and Path(path).is_file():

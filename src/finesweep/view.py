@@ -12,6 +12,7 @@ from rich.text import Text
 
 from finesweep.config import ExperimentConfig
 from finesweep.records import TrialRecord, TrialStatus, best_trial, format_params, ranked, short
+from finesweep.search_space import Distribution, Param
 
 STATUS_STYLE = {TrialStatus.running: "cyan", TrialStatus.completed: "green",
                 TrialStatus.early_stopped: "yellow", TrialStatus.failed: "red"}
@@ -97,4 +98,18 @@ def results_table(config: ExperimentConfig, records: Sequence[TrialRecord], top:
         table.add_row(str(rank), str(record.number), f"{record.best_value:.4f}", str(record.best_epoch),
                       str(record.epochs_run), Text(record.status.value, STATUS_STYLE[record.status]),
                       *[short(record.params[k]) if k in record.params else "-" for k in keys])
+    return table
+
+
+def space_table(params: Sequence[Param]) -> Table:
+    """The search space, one row per searched key (``finesweep show``)."""
+    table = Table(title="search space")
+    for column in ("key", "distribution", "values", "only when"):
+        table.add_column(column)
+    for param in params:
+        values = (f"{list(param.choices)}" if param.distribution is Distribution.categorical
+                  else f"[{param.low}, {param.high}]" + (f" step {param.step}" if param.step else "")
+                  + (" log" if param.log or param.distribution is Distribution.loguniform else ""))
+        when = ", ".join(f"{k} in {list(v)}" for k, v in param.when)
+        table.add_row(Text(param.key), param.distribution.value, Text(values), Text(when))
     return table

@@ -1,32 +1,15 @@
-"""The only module that logs to MLflow: a sweep's log becomes one parent run and one child run per trial.
+"""Sending a sweep's log to MLflow, in order, each event once in effect, whatever MLflow is doing.
 
-The driver never waits on MLflow. Every event of the sweep's log (state.py) is handed to a
-``Projector``, which sends them to the tracking store in order, on a thread of its own. A server
-that is down or slow only delays it: each event is retried with back-off until it goes through,
-and the events not yet sent stay in the log (the spool) with a cursor saying where sending stopped.
-``finesweep sync`` and ``finesweep resume`` send the rest later.
-
-Every event is sent exactly once in effect, even when a send is repeated after a crash or a timeout:
-runs are found again by their ``finesweep.run_key`` tag before one is created, metrics carry the
-time they were recorded (MLflow keeps one row per key, step, time and value), tags and params are
-set to the same values again, and a model version is registered once per selection round.
-
-Trials never talk to MLflow: when ASHA stops a trial, Ray ends it abruptly, which would leave an
-in-trial logger's run RUNNING without its last epoch. The driver knows why a trial ended.
+See the package docstring (``finesweep.tracking``) for the guarantees.
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import logging
 import os
 import queue
 import re
-import shutil
-import subprocess
-import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -40,6 +23,7 @@ from mlflow.tracking import MlflowClient
 from finesweep.checkpoints import best_weights
 from finesweep.errors import ConfigError
 from finesweep.records import TrialStatus
+from finesweep.tracking.registry import register
 
 ROLE_TAG = "finesweep.role"
 STATUS_TAG = "finesweep.trial_status"
@@ -309,7 +293,7 @@ class Projector:
         round_ = str(event["round"])
         if round_ in self.cursor.registered:
             return
-        version = self._registered_in_round(event["name"], round_) or _register(self, event)
+        version = self._registered_in_round(event["name"], round_) or register(self, event)
         self.cursor.registered[round_] = version
         self.client.set_tag(self.parent_id, "finesweep.registered_model", version)
 
@@ -356,50 +340,6 @@ class Projector:
         return None
 
 
-def _register(projector: Projector, event: Dict[str, Any]) -> str:
-    """Log the winner as an MLflow "model from code" on the parent run and register it; return 'name/version'."""
-    import mlflow
-
-    from finesweep.serving import ServingMeta
-
-    meta = ServingMeta.from_json(json.dumps(event["meta"]))
-    said = io.StringIO()
-    # MLflow prints "Successfully registered model ..." straight to stderr; it belongs in the sweep's log.
-    with tempfile.TemporaryDirectory(prefix="finesweep-model-") as folder, contextlib.redirect_stderr(said):
-        package = _model_package(Path(folder), best_weights(event["checkpoint"]), event["tokenizer"], meta)
-        mlflow.set_tracking_uri(projector.uri)
-        with mlflow.start_run(run_id=projector.parent_id):
-            info = mlflow.pyfunc.log_model(
-                name="model", python_model=_serving_source(), artifacts={"model": str(package)},
-                registered_model_name=event["name"], signature=meta.signature(),
-                pip_requirements=["mlflow", "torch", "transformers", "safetensors", "pandas", "numpy"])
-    if said.getvalue().strip():
-        log.info("MLflow: %s", " ".join(said.getvalue().split()))
-    version = str(info.registered_model_version)
-    projector.client.set_model_version_tag(event["name"], version, "finesweep.selection_round", str(event["round"]))
-    return f"{event['name']}/{version}"
-
-
-def _model_package(folder: Path, weights: Path, tokenizer_source: str, meta: Any) -> Path:
-    from transformers import AutoTokenizer
-
-    from finesweep.serving import META_FILE
-
-    for item in weights.iterdir():
-        if item.is_file():
-            shutil.copy2(item, folder / item.name)
-    AutoTokenizer.from_pretrained(tokenizer_source).save_pretrained(folder)
-    (folder / META_FILE).write_text(meta.to_json())
-    return folder
-
-
-def _serving_source() -> str:
-    import importlib.util
-
-    spec = importlib.util.find_spec("finesweep.serving")
-    return str(spec.origin) if spec and spec.origin else ""
-
-
 def _transient(exc: BaseException) -> bool:
     """Worth trying again later: the store is unreachable, overloaded or locked, not refusing the request."""
     if isinstance(exc, MlflowException):
@@ -443,58 +383,3 @@ def sync_log(folder: Path, uri: Optional[str], deadline: float) -> tuple[str, in
                                                                  if missing else "")), missing
 
 
-# --- reading the store back (finesweep ls) --------------------------------------------------------
-
-@dataclass(frozen=True)
-class SweepRow:
-    """One past sweep, as ``finesweep ls`` lists it."""
-
-    experiment: str
-    run_name: str
-    run_id: str
-    start_time: float
-    status: str
-    counts: Dict[str, int]
-    objective: str
-    best_value: Optional[float]
-    state: str
-    """The sweep's folder (its log), for resume."""
-
-
-def list_sweeps(uri: str) -> List[SweepRow]:
-    """Every sweep (parent run) in the tracking store, newest first."""
-    client = MlflowClient(tracking_uri=uri)
-    experiments = {e.experiment_id: e.name for e in client.search_experiments()}
-    if not experiments:
-        return []
-    parents = client.search_runs(list(experiments), f"tags.`{ROLE_TAG}` = 'sweep'",
-                                 order_by=["attributes.start_time DESC"], max_results=1000)
-    return [_row(client, experiments[run.info.experiment_id], run) for run in parents]
-
-
-def _row(client: MlflowClient, experiment: str, run: Any) -> SweepRow:
-    children = client.search_runs([run.info.experiment_id], f"tags.`{PARENT_TAG}` = '{run.info.run_id}'",
-                                  max_results=10000)
-    counts: Dict[str, int] = {s.value: 0 for s in TrialStatus}
-    counts["interrupted"] = 0
-    for child in children:
-        if child.data.tags.get(PHASE_TAG, "search") == "search":
-            status = child.data.tags.get(STATUS_TAG, TrialStatus.running.value)
-            counts[status] = counts.get(status, 0) + 1
-    objective = run.data.tags.get("finesweep.objective", "")
-    metric = objective.split(" ", 1)[-1]
-    return SweepRow(experiment, run.info.run_name or "", run.info.run_id, run.info.start_time / 1000.0,
-                    run.info.status, counts, objective, run.data.metrics.get(f"best/{metric}"),
-                    run.data.tags.get(STATE_TAG, ""))
-
-
-def git_state(folder: Path) -> tuple[str, str]:
-    """(commit, dirty flag) of the git checkout holding ``folder``, or ('unknown', 'unknown')."""
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True, text=True,
-                                check=True, timeout=10).stdout.strip()
-        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=folder,
-                                capture_output=True, text=True, check=True, timeout=10).stdout
-    except (OSError, subprocess.SubprocessError):
-        return "unknown", "unknown"
-    return commit, str(bool(status.strip())).lower()
