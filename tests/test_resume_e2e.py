@@ -52,7 +52,7 @@ def search_trials(log: List[Dict[str, Any]]) -> Dict[int, Dict[str, Any]]:
             trials.setdefault(event["number"], {"params": event["params"], "results": [], "status": None,
                                                 "starts": 0})["starts"] += 1
         elif event["kind"] == "trial_result" and event["number"] in trials:
-            trials[event["number"]]["results"].append((event["seq"], event["metrics"]))
+            trials[event["number"]]["results"].append(((event["seen_at"], event["seq"]), event["metrics"]))
         elif event["kind"] == "trial_ended" and event["number"] in trials:
             trials[event["number"]]["status"] = event["status"]
     return trials
@@ -78,18 +78,57 @@ def assert_exactly_once(cwd: Path, experiment: str, planned: int) -> Dict[int, D
 
 
 def assert_asha_consistent(trials: Dict[int, Dict[str, Any]], sweep: Any) -> None:
-    """Replaying every logged result, in the order it came, through a fresh ASHA gives the statuses seen."""
+    """A fresh ASHA fed every logged result, in the order ASHA saw them, takes the decisions the sweep shows:
+    each early-stopped trial stops at its last epoch and not before, each completed one is never stopped."""
     asha = make_scheduler(sweep.config)
-    ordered = sorted((seq, number, metrics) for number, t in trials.items() for seq, metrics in t["results"])
-    last: Dict[int, str] = {}
+    ordered = sorted((order, number, metrics) for number, t in trials.items() for order, metrics in t["results"])
+    decisions: Dict[int, List[str]] = {number: [] for number in trials}
     for _, number, metrics in ordered:
-        last[number] = asha.replay(number, [metrics])  # type: ignore[attr-defined]
+        decisions[number].append(asha.replay(number, [metrics]))  # type: ignore[attr-defined]
     for number, trial in trials.items():
-        epochs = len(trial["results"])
+        said = decisions[number]
+        assert "STOP" not in said[:-1], f"trial {number} went on after ASHA stopped it: {said}"
         if trial["status"] == "early_stopped":
-            assert last[number] == "STOP" and epochs < 3, f"trial {number} stopped without ASHA's say-so"
+            assert said[-1] == "STOP" and len(said) < 3, f"trial {number} stopped without ASHA's say-so: {said}"
         else:
-            assert epochs == 3, f"trial {number} completed without its full budget"
+            assert len(said) == 3, f"trial {number} completed without its full budget: {said}"
+
+
+def kill_while_a_trial_is_mid_way(driver: Driver, sweep: Any, after: int) -> None:
+    """SIGKILL right after a result, at least ``after`` of them in, that ASHA let go on: that trial is mid-way."""
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        log = events(driver.cwd)
+        results = [e for e in log if e["kind"] == "trial_result"]
+        if len(results) >= after:
+            asha = make_scheduler(sweep.config)
+            decision = "STOP"
+            for event in sorted(results, key=lambda e: (e["seen_at"], e["seq"])):
+                decision = asha.replay(event["number"], [event["metrics"]])  # type: ignore[attr-defined]
+            latest = max(results, key=lambda e: (e["seen_at"], e["seq"]))
+            if decision != "STOP" and latest["metrics"]["epoch"] < sweep.config.scheduler.max_epochs:
+                driver.kill()
+                return
+        assert driver.process.poll() is None, f"the sweep ended first:\n{driver.output()}"
+        time.sleep(0.05)
+    raise AssertionError("no trial was mid-way in 180 s")
+
+
+def continued_mid_way(log: List[Dict[str, Any]]) -> int:
+    """How many times a trial went on after a restart from a later epoch than 1 (from its checkpoint)."""
+    last_epoch: Dict[int, int] = {}
+    restarted: set = set()
+    count = 0
+    for event in log:
+        if event["kind"] == "session":
+            restarted = set(last_epoch)
+        elif event["kind"] == "trial_result":
+            number, epoch = event["number"], int(event["metrics"]["epoch"])
+            if number in restarted:
+                count += epoch > 1
+                restarted.discard(number)
+            last_epoch[number] = epoch
+    return count
 
 
 @pytest.mark.timeout(600)
@@ -98,17 +137,17 @@ def test_killed_twice_and_resumed_runs_every_trial_exactly_once(tmp_path: Path, 
     sweep_file = tmp_path / "chaos.yaml"
     sweep_file.write_text(ASHA)
     overrides = data_overrides(tiny_model, tiny_csv)
-    kills = sorted(random.Random(7).sample(range(2, 12), 2))  # after this many epoch results in the log
+    sweep = compose(str(sweep_file), overrides)
+    kills = sorted(random.Random(7).sample(range(1, 10), 2))  # at least this many results in, a trial mid-way
     driver = Driver(["run", str(sweep_file), *overrides], tmp_path)
-    for kill_at in kills:
-        driver.wait_for_results(kill_at)
-        driver.kill()
+    for after in kills:
+        kill_while_a_trial_is_mid_way(driver, sweep, after)
         driver = Driver(["resume"], tmp_path)
     assert driver.wait() == 0, driver.output()
     assert re.search(r"registered as models:/chaos/1", driver.output())
     trials = assert_exactly_once(tmp_path, "chaos", planned=8)
-    assert sum(t["starts"] for t in trials.values()) > 8, "trials that were running at a kill went on"
-    assert_asha_consistent(trials, compose(str(sweep_file), overrides))
+    assert continued_mid_way(events(tmp_path)) >= 1, "a trial running at a kill went on from its checkpoint"
+    assert_asha_consistent(trials, sweep)
 
 
 SERIAL = ASHA.replace("num_trials: 8, max_concurrent: 2", "num_trials: 5, max_concurrent: 1")
@@ -130,7 +169,8 @@ def test_one_at_a_time_an_interrupted_sweep_ends_as_the_uninterrupted_one(tmp_pa
         (folder / "serial.yaml").write_text(SERIAL)
     assert run_cli(["run", str(straight / "serial.yaml"), *overrides], straight).returncode == 0
     driver = Driver(["run", str(broken / "serial.yaml"), *overrides], broken)
-    for kill_at in (2, 6):
+    # during trial 0 (the next proposal is a random start-up one), then during a TPE-proposed trial
+    for kill_at in (1, 7):
         driver.wait_for_results(kill_at)
         driver.kill()
         driver = Driver(["resume"], broken)

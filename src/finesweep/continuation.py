@@ -30,11 +30,11 @@ def search_reruns(state: SweepState, config: ExperimentConfig, scheduler: Any, b
     """
     from finesweep.tuner import RecordingASHA
 
-    results = sorted((seq, t.number, metrics) for t in state.search_trials()
-                     for seq, metrics in zip(t.seqs, t.history, strict=True))
+    results = sorted((seen, seq, t.number, metrics) for t in state.search_trials()
+                     for seen, seq, metrics in zip(t.seen, t.seqs, t.history, strict=True))
     decisions: Dict[int, str] = {}
     if isinstance(scheduler, RecordingASHA):
-        for _, number, metrics in results:
+        for _, _, number, metrics in results:
             decisions[number] = scheduler.replay(number, [metrics])
     reruns = []
     for trial in state.search_trials():

@@ -46,6 +46,8 @@ class TrialRecord:
     """1, plus one per retry after a failure."""
     failure: str = ""
     """How it failed (error, nan, oom); empty unless it failed (or failed before a retry)."""
+    seen_at: float = 0.0
+    """When the scheduler saw the latest result (Unix time): the order ASHA decided in, for replaying it."""
 
     @property
     def epochs_run(self) -> int:

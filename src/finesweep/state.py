@@ -118,7 +118,7 @@ class SweepLog:
 
     def trial_result(self, record: TrialRecord, metrics: Dict[str, float]) -> None:
         self.event("trial_result", number=record.number, metrics=metrics, at=int(time.time() * 1000),
-                   checkpoint=record.checkpoint)
+                   checkpoint=record.checkpoint, seen_at=record.seen_at)
 
     def trial_retrying(self, record: TrialRecord) -> None:
         self.event("trial_retrying", durable=True, number=record.number, attempt=record.attempts,
@@ -162,7 +162,9 @@ class TrialState:
     times: List[int] = field(default_factory=list)
     """When each epoch was logged (ms), so MLflow receives the same (key, step, time) on every replay."""
     seqs: List[int] = field(default_factory=list)
-    """The log position of each result: replaying results in this order rebuilds ASHA's rungs."""
+    """The log position of each result."""
+    seen: List[float] = field(default_factory=list)
+    """When the scheduler decided on each result: replaying results in this order rebuilds ASHA's rungs."""
     checkpoint: Optional[str] = None
     checkpoint_epoch: int = 0
     failure: str = ""
@@ -275,6 +277,7 @@ def _apply(state: SweepState, event: Dict[str, Any]) -> None:
         trial.history.append(event["metrics"])
         trial.times.append(event["at"])
         trial.seqs.append(event["seq"])
+        trial.seen.append(float(event.get("seen_at") or event["time"]))
         if event.get("checkpoint"):
             trial.checkpoint, trial.checkpoint_epoch = event["checkpoint"], int(event["metrics"].get("epoch", 0))
     elif kind == "trial_ended" and trial is not None:

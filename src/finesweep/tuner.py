@@ -12,7 +12,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from optuna.trial import TrialState
 from ray import tune
@@ -189,7 +189,7 @@ class _EventBridge(tune.Callback):  # type: ignore[misc]
         self.records: List[TrialRecord] = []
         self._by_number: Dict[int, TrialRecord] = {}
         self._by_id: Dict[str, TrialRecord] = {}
-        self._deferred: Dict[str, Dict[str, float]] = {}
+        self._deferred: Dict[str, Tuple[Dict[str, float], float]] = {}
 
     def __getstate__(self) -> Dict[str, Any]:
         # Ray pickles the run config for experiment restore; listeners and the searcher hold live
@@ -216,16 +216,19 @@ class _EventBridge(tune.Callback):  # type: ignore[misc]
     def on_trial_result(self, iteration: int, trials: List[Trial], trial: Trial, result: Dict,
                         **info: Any) -> None:
         metrics = {k: float(result[k]) for k in (*REPORTED_METRICS, "epoch") if k in result}
+        # ASHA has just decided on this result (schedulers see a result before callbacks do): remember
+        # when, so a resume replays results in the order ASHA saw them, not the order they were saved.
+        metrics_at = (metrics, time.time())
         if result.get("should_checkpoint"):
-            self._deferred[trial.trial_id] = metrics  # passed on with its checkpoint
+            self._deferred[trial.trial_id] = metrics_at  # passed on with its checkpoint
         else:
-            self._result(trial, metrics, None)
+            self._result(trial, metrics_at, None)
 
     def on_checkpoint(self, iteration: int, trials: List[Trial], trial: Trial, checkpoint: Any,
                       **info: Any) -> None:
-        metrics = self._deferred.pop(trial.trial_id, None)
-        if metrics is not None:
-            self._result(trial, metrics, checkpoint.path)
+        deferred = self._deferred.pop(trial.trial_id, None)
+        if deferred is not None:
+            self._result(trial, deferred, checkpoint.path)
 
     def on_trial_complete(self, iteration: int, trials: List[Trial], trial: Trial, **info: Any) -> None:
         record = self._by_id.get(trial.trial_id)
@@ -256,8 +259,9 @@ class _EventBridge(tune.Callback):  # type: ignore[misc]
         self.plan.searcher.tell(record.number, record.optuna_number, TrialState.FAIL)
         self._end(record, TrialStatus.failed)
 
-    def _result(self, trial: Trial, metrics: Dict[str, float], checkpoint: Optional[str]) -> None:
+    def _result(self, trial: Trial, metrics_at: Tuple[Dict[str, float], float], checkpoint: Optional[str]) -> None:
         record = self._by_id[trial.trial_id]
+        metrics, record.seen_at = metrics_at
         if checkpoint is not None:
             record.checkpoint = checkpoint
         record.add_result(metrics, self.config.objective.metric, self.config.objective.mode)
@@ -269,9 +273,9 @@ class _EventBridge(tune.Callback):  # type: ignore[misc]
 
     def _flush(self, trial: Trial) -> None:
         # A result whose checkpoint never came (the trial ended while saving) still counts.
-        metrics = self._deferred.pop(trial.trial_id, None)
-        if metrics is not None:
-            self._result(trial, metrics, None)
+        deferred = self._deferred.pop(trial.trial_id, None)
+        if deferred is not None:
+            self._result(trial, deferred, None)
 
     def _end(self, record: TrialRecord, status: TrialStatus) -> None:
         record.status = status
