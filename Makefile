@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml .ci/constraints.txt
 	$(BIN)/pip install --quiet -c .ci/constraints.txt -e ".[demo,test]"
 	rm -f $(VENV)/.installed-* && touch $@
 
-demo: install  ## fine-tune MiniLM on tweet sentiment: 14 TPE trials over strategies, ASHA, ~8 min on 2 CPU cores
+demo: install  ## fine-tune MiniLM on tweet sentiment: 14 TPE trials over strategies, ASHA, ~7 min on 2 CPU cores
 	$(BIN)/finesweep run demo
 
 test: install lint  ## lint, types, then the whole suite, end-to-end tests included (~5 min on 2 cores, after install)

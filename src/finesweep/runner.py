@@ -12,6 +12,7 @@ import contextlib
 import io
 import json
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +41,7 @@ from finesweep.state import (
     sweep_dir,
 )
 from finesweep.sweep import Sweep, check_same_data, data_fingerprint, header
-from finesweep.tracking import Projector
+from finesweep.tracking import Projector, sync_log
 from finesweep.trial import run_trial
 from finesweep.view import SweepView, results_table
 
@@ -72,7 +73,6 @@ class _Outcome:
     records: List[TrialRecord] = field(default_factory=list)
     selection: Optional[Selection] = None
     selection_error: str = ""
-    registered: str = ""
     finished: bool = False
     """The search (and selection) ran to the end: no trial was left running."""
 
@@ -116,6 +116,10 @@ def resume(sweep: Sweep, folder: Path, cache: DataCache, console: Console, train
         console.print(f"sweep {state.name} ({state.sweep_id}) is finished: {len(state.search_trials())} trials, "
                       f"nothing to resume. To run more trials: finesweep resume {state.sweep_id} "
                       f"search.num_trials=N (N > {state.budget}).", markup=False)
+        deadline = time.monotonic() + sweep.config.tracking.flush_timeout
+        message, _ = sync_log(folder, sweep.config.tracking.uri, deadline)
+        if message:  # what MLflow had not taken yet (the spool) goes first, even with nothing to run
+            console.print(message, markup=False)
         return 0
     if budget > state.budget:
         event_log.append("extended", durable=True, budget=budget)
@@ -202,7 +206,7 @@ def _select_and_register(session: Session, outcome: _Outcome, cache: DataCache, 
         outcome.selection = select(config, outcome.records, cache,
                                    lambda points: _retrain(session, points, cache, trainable, listeners), _evaluate)
         if outcome.selection is not None:
-            outcome.registered = _record_selection(session, outcome.selection, cache, console)
+            _record_selection(session, outcome.selection, cache, console)
     except Exception as exc:  # noqa: BLE001 - the search's results stand; say what failed after it
         log.exception("model selection failed")
         outcome.selection_error = one_line(exc, kind=True)
@@ -234,8 +238,8 @@ def _evaluate(config: ExperimentConfig, data: EncodedData, weights: Path, split:
     return evaluate(config, data, weights, split)
 
 
-def _record_selection(session: Session, chosen: Selection, cache: DataCache, console: Console) -> str:
-    """Log the selection and registration events; return the registered name (version comes from MLflow)."""
+def _record_selection(session: Session, chosen: Selection, cache: DataCache, console: Console) -> None:
+    """Log the selection and the registration (MLflow gives the version when the projector sends it)."""
     import pandas as pd
 
     from finesweep.serving import ServingMeta
@@ -265,7 +269,6 @@ def _record_selection(session: Session, chosen: Selection, cache: DataCache, con
     tests = ", ".join(f"{k} {v:.4f}" for k, v in chosen.test_metrics.items())
     console.print(f"winner: {format_params(chosen.winner.params)}; val {metric} {chosen.winner.mean:.4f}{spread}; "
                   f"{tests}; {chosen.latency_ms:.2f} ms/example on {chosen.device}", markup=False)
-    return config.registered_model_name
 
 
 # --- closing the books ---------------------------------------------------------------------------------
