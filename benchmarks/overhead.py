@@ -60,16 +60,16 @@ def run_finesweep(workdir: Path) -> Dict[str, float]:
     from finesweep.data import DataCache
 
     fit_time: Dict[str, float] = {}
-    real_run_sweep = tuner.run_sweep
+    real_run_plan = tuner.run_plan
 
-    def timed_run_sweep(*args: Any, **kwargs: Any) -> Any:
+    def timed_run_plan(*args: Any, **kwargs: Any) -> Any:
         start = time.perf_counter()
         try:
-            return real_run_sweep(*args, **kwargs)
+            return real_run_plan(*args, **kwargs)
         finally:
             fit_time["fit_s"] = time.perf_counter() - start
 
-    tuner.run_sweep = timed_run_sweep
+    tuner.run_plan = timed_run_plan
     sweep = workdir / "overhead.yaml"
     sweep.write_text(SWEEP)
     start = time.perf_counter()
