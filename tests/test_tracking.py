@@ -206,6 +206,37 @@ def test_an_unreachable_store_keeps_the_events_for_later(sweep: Any, tmp_path: P
                                                           up.parent_id)) == 1
 
 
+def test_the_end_waits_for_a_slow_store_while_it_makes_progress(sweep: Any, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    logged = Logged(sweep)
+    for number in range(3):
+        logged.trial(number, [0.5, 0.6], TrialStatus.completed, tmp_path)
+    projector = Projector(logged.folder, sweep.config.tracking.uri)
+    assert projector.prepare(sweep.config.experiment_name, sweep.config.tracking.artifact_root)  # as the runner does
+    real = projector._apply
+
+    def slow(event: Dict[str, Any]) -> None:  # a server working through a backlog: 0.3 s an event
+        time.sleep(0.3)
+        real(event)
+
+    monkeypatch.setattr(projector, "_apply", slow)
+    events = list(read_events(logged.log.path))
+    assert len(events) * 0.3 > 3, "the backlog takes longer than the timeout below"
+    projector.start(events)
+    started = time.monotonic()
+    assert projector.drain(timeout=1.0), "events kept going through: the end waits for them"
+    assert projector.cursor.sent == len(events) and time.monotonic() - started > 2
+    projector.close()
+
+    stuck = Logged(sweep)
+    stuck.trial(0, [0.5], TrialStatus.completed, tmp_path / "stuck")
+    down = Projector(stuck.folder, "http://127.0.0.1:9", retry_cap=0.1)  # port 9: nothing listens
+    down.start(list(read_events(stuck.log.path)))
+    started = time.monotonic()
+    assert not down.drain(timeout=1.0) and time.monotonic() - started < 3, "no progress: it gives up in time"
+    down.close()
+
+
 def test_git_state_outside_a_repo(tmp_path: Path) -> None:
     assert git_state(tmp_path) == ("unknown", "unknown")
 

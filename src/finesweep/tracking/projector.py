@@ -136,11 +136,21 @@ class Projector:
         self._queue.put(event)
 
     def drain(self, timeout: float) -> bool:
-        """Wait until every queued event is sent, at most ``timeout`` seconds; True when all went through."""
+        """Wait until every queued event is sent; True when all went through.
+
+        ``timeout`` bounds the time without progress, not the whole wait: a server that came back after an
+        outage and is working through the backlog is waited for as long as events keep going through.
+        """
         if self._thread is None or not self._thread.is_alive():
             return self._queue.empty()
         self._hurry.set()
-        return self._idle.wait(timeout)
+        sent, deadline = self.cursor.sent, time.monotonic() + timeout
+        while not self._idle.wait(min(1.0, max(0.0, deadline - time.monotonic()))):
+            if self.cursor.sent > sent:
+                sent, deadline = self.cursor.sent, time.monotonic() + timeout
+            elif time.monotonic() >= deadline:
+                return False
+        return True
 
     def close(self) -> None:
         """Stop the thread (events not sent stay in the log for ``finesweep sync``)."""
