@@ -76,3 +76,38 @@ def test_results_table_ranks_by_best_epoch_and_leaves_failed_trials_out(config: 
     assert [row[:6] for row in cells] == [["1", "0", "0.9000", "2", "3", "completed"],
                                           ["2", "1", "0.7000", "1", "1", "early_stopped"]]
     assert cells[0][6] == "0.0001"
+
+
+def test_off_a_terminal_the_view_prints_progress_lines(config: ExperimentConfig) -> None:
+    console = new_console()  # force_terminal=False: what a job's log or `> demo.log` is
+    with SweepView(config, total=2, console=console) as view:
+        add(view, 0, 1e-4, [0.5, 0.7], TrialStatus.completed)
+        add(view, 1, 2e-4, [0.4], TrialStatus.early_stopped)
+    lines = [line.split("] ", 1)[1] for line in render(console).splitlines() if "] trial" in line]
+    assert lines == ["trial 0 started: optim.lr=0.0001", "trial 0 epoch 1/3: val/accuracy 0.5000",
+                     "trial 0 epoch 2/3: val/accuracy 0.7000",
+                     "trial 0 completed, best 0.7000 at epoch 2  (1/2 done)",
+                     "trial 1 started: optim.lr=0.0002", "trial 1 epoch 1/3: val/accuracy 0.4000",
+                     "trial 1 early stopped, best 0.4000 at epoch 1  (2/2 done)"]
+    assert "demo  2/2 started" in render(console), "the summary line closes the log"
+
+
+def test_top_trials_keep_every_value_whole_in_80_columns(config: ExperimentConfig) -> None:
+    view = SweepView(config, total=2, console=new_console())
+    params = {"finetune.strategy": "freeze", "finetune.freeze_layers": 3, "optim.lr": 0.000251,
+              "optim.weight_decay": 0.0438, "data.batch_size": 32, "optim.warmup_ratio": 0.05,
+              "finetune.lora.r": 8}
+    records = []
+    for number, value in enumerate([0.6768, 0.6566]):
+        record = add(view, number, 1e-4, [value], TrialStatus.completed)
+        record.params = dict(params)
+        records.append(record)
+    console = Console(file=io.StringIO(), width=80, color_system=None)
+    console.print(results_table(config, records, console.width))
+    text = render(console)
+    assert "1. trial 0: val/accuracy 0.6768 at epoch 1 of 1, completed" in text
+    assert "     optim.weight_decay = 0.0438" in text and "     finetune.strategy = freeze" in text
+    assert "…" not in text and max(len(line) for line in text.splitlines()) <= 80
+    wide = Console(file=io.StringIO(), width=250, color_system=None)
+    wide.print(results_table(config, records, wide.width))
+    assert "┃ rank" in render(wide), "a table when it fits"

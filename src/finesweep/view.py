@@ -1,12 +1,19 @@
-"""The terminal: a live view of the sweep while it runs and a table of the top trials after."""
+"""The terminal: a live view of the sweep while it runs and a table of the top trials after.
+
+When stdout is not a terminal (a job's log, CI, ``nohup``, ``> demo.log``) the live view becomes
+plain progress lines, one per event, and the top trials are printed one block each whenever a table
+would not fit the width, so every value stays whole.
+"""
 
 from __future__ import annotations
 
+import io
 import time
 from typing import Any, Dict, List, Optional, Sequence
 
-from rich.console import Console, Group
+from rich.console import Console, Group, RenderableType
 from rich.live import Live
+from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
@@ -19,7 +26,7 @@ STATUS_STYLE = {TrialStatus.running: "cyan", TrialStatus.completed: "green",
 
 
 class SweepView:
-    """Live terminal view of a sweep; a ``SweepListener``. Use as a context manager."""
+    """Live view of a sweep (progress lines off a terminal); a ``SweepListener``. Use as a context manager."""
 
     def __init__(self, config: ExperimentConfig, total: int, console: Console,
                  past: Sequence[TrialRecord] = ()) -> None:
@@ -32,8 +39,9 @@ class SweepView:
         self._live: Optional[Live] = None
 
     def __enter__(self) -> "SweepView":
-        self._live = Live(self._render(), console=self.console, refresh_per_second=2, transient=False)
-        self._live.__enter__()
+        if self.console.is_terminal:
+            self._live = Live(self._render(), console=self.console, refresh_per_second=2, transient=False)
+            self._live.__enter__()
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -41,26 +49,45 @@ class SweepView:
             self._live.update(self._render(), refresh=True)
             self._live.__exit__(*exc)
             self.console.print()
+        else:
+            head, best_line, _ = self._render().renderables
+            self.console.print(head, best_line, sep="\n", soft_wrap=True)
 
     def trial_started(self, record: TrialRecord) -> None:
         if all(r is not record and r.number != record.number for r in self.records):
             self.records.append(record)
         else:  # the same trial goes on (resumed, retried): show the live record
             self.records = [record if r.number == record.number else r for r in self.records]
-        self._refresh()
+        again = f" (attempt {record.attempts})" if record.attempts > 1 else ""
+        self._line(f"trial {record.number} started{again}: {format_params(record.params)}")
 
     def trial_retrying(self, record: TrialRecord) -> None:
-        self._refresh()
+        self._line(f"trial {record.number} failed ({record.failure}: {record.error}); retrying from its checkpoint")
 
     def trial_result(self, record: TrialRecord, metrics: Dict[str, float]) -> None:
-        self._refresh()
+        metric = self.config.objective.metric
+        value = metrics.get(metric)
+        shown = "-" if value is None else f"{value:.4f}"
+        self._line(f"trial {record.number} epoch {record.epochs_run}/{self.config.scheduler.max_epochs}: "
+                   f"{metric} {shown}")
 
     def trial_ended(self, record: TrialRecord) -> None:
-        self._refresh()
+        best = "" if record.best_value is None else f", best {record.best_value:.4f} at epoch {record.best_epoch}"
+        why = f": {record.failure}: {record.error}" if record.status is TrialStatus.failed else ""
+        self._line(f"trial {record.number} {record.status.value.replace('_', ' ')}{best}{why}  ({self._counts()})")
 
-    def _refresh(self) -> None:
+    def _line(self, text: str) -> None:
+        """One progress line off a terminal; on a terminal, the live view shows it instead."""
         if self._live is not None:
             self._live.update(self._render())
+        else:
+            self.console.print(f"[{time.monotonic() - self.started:6.0f}s] {text}", markup=False, highlight=False,
+                               soft_wrap=True)
+
+    def _counts(self) -> str:
+        search = [r for r in self.records if r.phase == "search"]
+        done = sum(r.status is not TrialStatus.running for r in search)
+        return f"{done}/{self.total} done"
 
     def _render(self) -> Group:
         search = [r for r in self.records if r.phase == "search"]
@@ -87,18 +114,34 @@ class SweepView:
         return Group(head, best_line, table)
 
 
-def results_table(config: ExperimentConfig, records: Sequence[TrialRecord], top: int = 10) -> Table:
-    """The top trials by their best objective value."""
+def results_table(config: ExperimentConfig, records: Sequence[TrialRecord], width: Optional[int] = None,
+                  top: int = 10) -> RenderableType:
+    """The top trials by their best objective value: a table when it fits ``width``, else one block per trial."""
     metric = config.objective.metric
-    table = Table(title=f"Top trials by {config.objective.mode.value} {metric}")
+    title = f"Top trials by {config.objective.mode.value} {metric}"
+    best = ranked(records, config.objective.mode)[:top]
     keys = list(dict.fromkeys(k for r in records for k in r.params))
+    table = Table(title=title)
     for column in ("rank", "trial", metric, "best epoch", "epochs", "status", *keys):
-        table.add_column(column)
-    for rank, record in enumerate(ranked(records, config.objective.mode)[:top], start=1):
+        table.add_column(column, no_wrap=True)
+    for rank, record in enumerate(best, start=1):
         table.add_row(str(rank), str(record.number), f"{record.best_value:.4f}", str(record.best_epoch),
                       str(record.epochs_run), Text(record.status.value, STATUS_STYLE[record.status]),
-                      *[short(record.params[k]) if k in record.params else "-" for k in keys])
-    return table
+                      *[Text(short(record.params[k])) if k in record.params else "-" for k in keys])
+    if width is None or _natural_width(table) <= width:
+        return table
+    blocks: List[RenderableType] = [Text(title, style="bold")]
+    for rank, record in enumerate(best, start=1):
+        blocks.append(Text(f"{rank}. trial {record.number}: {metric} {record.best_value:.4f} at epoch "
+                           f"{record.best_epoch} of {record.epochs_run}, {record.status.value}"))
+        blocks.extend(Text(f"     {k} = {short(record.params[k])}") for k in keys if k in record.params)
+    return Group(*blocks)
+
+
+def _natural_width(table: Table) -> int:
+    """How wide a table is when nothing is cut."""
+    wide = Console(width=10_000, file=io.StringIO())
+    return Measurement.get(wide, wide.options, table).maximum
 
 
 def space_table(params: Sequence[Param]) -> Table:
