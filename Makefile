@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml .ci/constraints.txt | cksum | cut -d' ' -f1)
 
-.PHONY: demo test test-fast lint bench install clean
+.PHONY: demo test test-fast lint bench install system-deps clean
 
 install: $(STAMP)
 
@@ -20,7 +20,15 @@ $(STAMP): pyproject.toml .ci/constraints.txt
 demo: install  ## fine-tune MiniLM on tweet sentiment: 14 TPE trials over strategies, ASHA, ~7 min on 2 CPU cores
 	$(BIN)/finesweep run demo
 
-test: install lint  ## lint, types, then the whole suite, end-to-end tests included (~5 min on 2 cores, after install)
+# The cluster tests start a real PostgreSQL (the MLflow server's backend): Debian's package, installed as root.
+system-deps:
+	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
+	  else echo "the cluster tests need PostgreSQL: sudo apt-get install postgresql" >&2; exit 1; fi; \
+	fi
+
+test: install system-deps lint  ## lint, types, then the whole suite, real servers included (~18 min on 2 cores)
 	$(BIN)/python -m pytest
 
 lint: install  ## ruff and mypy (src/ is mypy-clean)

@@ -88,8 +88,9 @@ def sweep_folder(cwd: Path) -> Path:
     return folder
 
 
-def events(cwd: Path) -> List[Dict[str, Any]]:
-    folders = find_sweeps(str(cwd / "mlruns" / "ray"))
+def events(cwd: Path, storage: str = "mlruns/ray") -> List[Dict[str, Any]]:
+    """The newest sweep's events under ``cwd / storage`` (the default cluster.storage_path)."""
+    folders = find_sweeps(str(cwd / storage))
     return list(read_events(folders[0] / "events.jsonl")) if folders else []
 
 

@@ -46,7 +46,7 @@ CASES = [
     ("precision-lightning-does-not-know", space("trainer.precision: {distribution: categorical, "
                                                 "choices: [32-true, 8-bit]}"), [],
      r"bad\.yaml: space\.trainer\.precision: trainer\.precision must be one of 32-true, 16-mixed, bf16-mixed, "
-     r"16-true, bf16-true, 64-true, got '8-bit'\. Use values of the config key's type\.$"),
+     r"16-true, bf16-true, 64-true, auto, got '8-bit'\. Use values of the config key's type\.$"),
     ("accelerator-gpu-without-gpus", space("trainer.accelerator: {distribution: categorical, choices: [cpu, gpu]}"),
      [], r"bad\.yaml: space\.trainer\.accelerator: choice 'gpu' would make an invalid config: trainer\.accelerator "
          r"needs cluster\.gpus_per_trial > 0 .*Remove that choice\.$"),
@@ -105,6 +105,11 @@ CASES = [
     ("gpu-without-gpus", space(LR.strip()), ["trainer.accelerator=cuda"],
      r"trainer\.accelerator needs cluster\.gpus_per_trial > 0 \(Ray shows a trial only the GPUs it reserved\), got "
      r"cuda\. Set cluster\.gpus_per_trial=1, or trainer\.accelerator=auto\.$"),
+    ("object-store-storage", space(LR.strip()), ["cluster.storage_path=s3://bucket/sweeps"],
+     r"cluster\.storage_path must be a folder: the sweep's log is appended to and locked, which object stores "
+     r"cannot do, got s3://bucket/sweeps\. Use a folder of a file system every node mounts"),
+    ("no-checkpoint-kept", space(LR.strip()), ["cluster.keep_checkpoints=0"],
+     r"cluster\.keep_checkpoints must be at least 1 \(the winner's\), got 0\. Use e\.g\. 3\.$"),
     ("grace-beyond-budget", space(LR.strip()), ["scheduler.grace_period=9"],
      r"scheduler\.grace_period must be between 1 and scheduler\.max_epochs \(2\), got 9\."),
     ("unreported-objective", space(LR.strip()), ["objective.metric=val/auroc"],

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from finesweep.cli import compose
 from finesweep.cluster import FORWARDED_ENV, WORKER_ENV, _log_to_file, ray_session, route_library_logs, worker_env
-from finesweep.config import ClusterConfig
 
 
 def test_worker_env_forwards_only_the_set_driver_variables(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -52,7 +52,8 @@ def test_workers_get_their_environment_through_runtime_env(tmp_path: Path, monke
     monkeypatch.setenv("RAY_TMPDIR", tempfile.mkdtemp(prefix="fsc-", dir="/tmp"))
     monkeypatch.delenv("TOKENIZERS_PARALLELISM", raising=False)  # the driver does not have it ...
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    cluster = ClusterConfig(storage_path=str(tmp_path / "ray"), log_dir=str(tmp_path / "logs"))
+    paths = [f"cluster.storage_path={tmp_path / 'ray'}", f"cluster.log_dir={tmp_path / 'logs'}"]
+    config = compose("demo", paths).config
 
     @ray.remote
     def environment() -> dict:
@@ -60,10 +61,72 @@ def test_workers_get_their_environment_through_runtime_env(tmp_path: Path, monke
                                                                 "RAY_CHDIR_TO_TRIAL_DIR")},
                 "runtime_env": ray.get_runtime_context().runtime_env.env_vars()}
 
-    with ray_session(cluster, "env-test") as log_file:
+    with ray_session(config) as log_file:
         seen = ray.get(environment.remote(), timeout=120)
         assert ray.is_initialized()
     assert not ray.is_initialized(), "a Ray this session started is stopped with it"
     assert seen["env"] == {"TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "RAY_CHDIR_TO_TRIAL_DIR": "0"}
     assert seen["runtime_env"] == {**WORKER_ENV, "HF_HUB_OFFLINE": "1"}, "... the job's runtime_env gives it to workers"
     assert log_file.is_file()
+
+
+def test_an_address_is_used_as_given_and_a_ray_client_address_is_refused() -> None:
+    from finesweep.cluster import resolve_address
+    from finesweep.errors import UserError
+
+    assert resolve_address("10.0.0.5:6379") == "10.0.0.5:6379"
+    with pytest.raises(UserError, match=r"ray://h:10001 is a Ray Client address; .* ray job submit --address"):
+        resolve_address("ray://h:10001")
+
+
+def test_a_trial_that_fits_no_node_says_what_the_largest_node_has() -> None:
+    from finesweep.cluster import _check_fit
+    from finesweep.config import ClusterConfig
+    from finesweep.errors import UserError
+
+    nodes = [{"Resources": {"CPU": 8.0}}, {"Resources": {"CPU": 4.0, "GPU": 2.0}}]
+    _check_fit(ClusterConfig(cpus_per_trial=4, gpus_per_trial=0.25, storage_path="/s", log_dir="/l"), nodes)
+    with pytest.raises(UserError, match=r"^cluster\.cpus_per_trial=6, cluster\.gpus_per_trial=1: a trial fits on "
+                                        r"no node of the cluster; the largest has 4 CPU\(s\) and 2 GPU\(s\)\."):
+        _check_fit(ClusterConfig(cpus_per_trial=6, gpus_per_trial=1, storage_path="/s", log_dir="/l"), nodes)
+
+
+def test_a_refused_token_is_one_line_that_says_what_to_set() -> None:
+    from finesweep.cluster import _join_failure
+
+    try:
+        try:
+            raise RuntimeError("Unauthenticated: InvalidAuthToken: Authentication token is missing or incorrect")
+        except RuntimeError as inner:
+            raise ConnectionError("Failed to connect to GCS") from inner
+    except ConnectionError as exc:
+        line = _join_failure("auto", "10.0.0.5:6379", exc)
+    assert line.startswith("cluster.address=auto: the Ray cluster at 10.0.0.5:6379 uses token authentication")
+    assert "RAY_AUTH_TOKEN" in line and "\n" not in line
+    other = _join_failure("h:1", "h:1", TimeoutError("GCS did not answer"))
+    assert other.startswith("cluster.address=h:1: could not join the Ray cluster at h:1 (TimeoutError: GCS did not")
+
+
+@pytest.mark.parametrize("precision,accelerator,cuda,bf16,expected", [
+    ("auto", "auto", False, False, "32-true"),
+    ("auto", "auto", True, True, "bf16-mixed"),
+    ("auto", "gpu", True, False, "16-mixed"),
+    ("auto", "cpu", True, True, "32-true"),
+    ("16-mixed", "auto", False, False, "16-mixed"),
+])
+def test_precision_auto_is_decided_for_the_device_of_the_trial(monkeypatch: pytest.MonkeyPatch, precision: str,
+                                                               accelerator: str, cuda: bool, bf16: bool,
+                                                               expected: str) -> None:
+    import torch
+
+    from finesweep.trial import device_name, resolved_precision
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "NVIDIA H100")
+    config = compose("demo", [f"trainer.precision={precision}", f"trainer.accelerator={accelerator}",
+                              "cluster.gpus_per_trial=1"]).config
+    assert resolved_precision(config) == expected
+    on_gpu = cuda and accelerator != "cpu"
+    assert device_name(config) == ("cuda:0 (NVIDIA H100)" if on_gpu else "cpu")

@@ -139,7 +139,7 @@ BAD: List[tuple] = [
      r"data\.batch_size: Value 'big' of type 'str' could not be converted to Integer\. Give a value of that type\."),
     ("bad-precision", ["trainer.precision=8-bit"],
      r"trainer\.precision: Invalid value '8-bit', expected one of \[32-true, 16-mixed, bf16-mixed, 16-true, "
-     r"bf16-true, 64-true\]\. Use one of those\."),
+     r"bf16-true, 64-true, auto\]\. Use one of those\."),
     ("bad-accelerator", ["trainer.accelerator=gpus"],
      r"trainer\.accelerator: Invalid value 'gpus', expected one of \[auto, cpu, gpu, cuda, mps\]"),
     ("bad-schedule", ["optim.schedule=cosine_restarts"],

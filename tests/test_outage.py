@@ -4,19 +4,14 @@ metric or run is lost, whether the server comes back during the sweep or only fo
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, Iterator, List
 
 import pytest
 
 from e2e import Driver, events, metric_steps, run_cli, runs
+from servers import MlflowServer
 
 pytestmark = pytest.mark.slow
 
@@ -29,47 +24,8 @@ space:
 """
 
 
-class MlflowServer:
-    """`mlflow server` on 127.0.0.1 (SQLite backend), started and stopped by pid; it keeps its data across restarts."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = sock.getsockname()[1]
-        self.process: "subprocess.Popen[bytes] | None" = None
-
-    @property
-    def uri(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        command = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
-                   "--backend-store-uri", f"sqlite:///{self.folder / 'server.db'}", "--workers", "1",
-                   "--serve-artifacts", "--artifacts-destination", str(self.folder / "server-artifacts")]
-        self.process = subprocess.Popen(command, cwd=self.folder, stdout=open(self.folder / "server.log", "a"),
-                                        stderr=subprocess.STDOUT, start_new_session=True,
-                                        env={**os.environ, "HOME": str(self.folder / "home")})
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            try:
-                if urllib.request.urlopen(f"{self.uri}/health", timeout=2).read() == b"OK":
-                    return
-            except OSError:
-                assert self.process.poll() is None, (self.folder / "server.log").read_text()[-2000:]
-                time.sleep(0.5)
-        raise AssertionError("mlflow server did not come up in 90 s")
-
-    def stop(self) -> None:
-        """Down at once, as a crashed server or a dropped network is (its own processes only, by group)."""
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=30)
-        self.process = None
-
-
 @pytest.fixture()
-def server(tmp_path: Path):  # type: ignore[no-untyped-def]
+def server(tmp_path: Path) -> Iterator[MlflowServer]:
     started = MlflowServer(tmp_path)
     started.start()
     try:

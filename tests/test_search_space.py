@@ -90,7 +90,7 @@ BAD = [
     ("precision-unknown-to-lightning", {"trainer.precision": {"distribution": "categorical",
                                                              "choices": ["32-true", "8-bit"]}},
      r"space\.trainer\.precision: trainer\.precision must be one of 32-true, 16-mixed, bf16-mixed, 16-true, bf16-true, "
-     r"64-true, got '8-bit'\."),
+     r"64-true, auto, got '8-bit'\."),
     ("tokenisation-key-continuous", {"data.max_length": {"distribution": "int", "low": 16, "high": 64}},
      r"space\.data\.max_length: data is tokenised once per sweep for each value of data\.max_length, so it can "
      r"only be searched as categorical, got int\."),

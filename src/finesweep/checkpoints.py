@@ -8,14 +8,19 @@ Every epoch a trial reports a folder with::
                  callbacks, RNG): what a resumed or retried trial continues from, loaded with weights_only
 
 Ray Tune keeps the latest folder of each trial. Once a trial has ended for good its ``state.ckpt``
-is deleted: only ``best/`` is needed after that.
+is deleted: only ``best/`` is needed after that. ``CheckpointKeeper`` bounds the disk further: it
+keeps the folders of the best ``cluster.keep_checkpoints`` finished search trials (and of every
+trial still running) and deletes the others as soon as they can no longer win.
 """
 
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Dict, List, Optional, Sequence
+
+from finesweep.config import Mode
+from finesweep.records import TrialRecord, TrialStatus, ranked
 
 BEST = "best"
 STATE = "state.ckpt"
@@ -46,3 +51,61 @@ def link_tree(source: Path, target: Path) -> None:
                 (target / item.name).hardlink_to(item)
             except OSError:
                 shutil.copy2(item, target / item.name)
+
+
+def delete_checkpoint(checkpoint: str) -> None:
+    """Delete a trial's checkpoint folder."""
+    shutil.rmtree(checkpoint, ignore_errors=True)
+
+
+def disk_use(checkpoints: Sequence[str]) -> int:
+    """Bytes the given checkpoint folders take."""
+    return sum(f.stat().st_size for c in checkpoints if Path(c).is_dir() for f in Path(c).rglob("*") if f.is_file())
+
+
+class CheckpointKeeper:
+    """A ``SweepListener`` that keeps the checkpoints that can still win and deletes the rest at once.
+
+    A finished search trial keeps its folder while it ranks among the best ``keep``; when a better
+    trial pushes it out, or when it fails, its folder is deleted (a failed trial never ranks). Running
+    trials and re-training runs are never touched: they are continued, or model selection needs them.
+
+    Args:
+        keep: ``cluster.keep_checkpoints``.
+        mode: whether larger objective values are better.
+        past: trials of an earlier session (a resumed sweep), their folders counted as kept.
+        deleted: called with each trial whose folder was deleted (the sweep's log records it).
+    """
+
+    def __init__(self, keep: int, mode: Mode, past: Sequence[TrialRecord] = (),
+                 deleted: Optional[Callable[[TrialRecord], object]] = None) -> None:
+        self.keep = keep
+        self.mode = mode
+        self.deleted = deleted or (lambda record: None)
+        self.finished: Dict[int, TrialRecord] = {r.number: r for r in past
+                                                 if r.phase == "search" and r.status is not TrialStatus.running}
+        self.gone: set[int] = set()
+
+    def trial_started(self, record: TrialRecord) -> None:
+        self.finished.pop(record.number, None)
+
+    def trial_result(self, record: TrialRecord, metrics: Dict[str, float]) -> None:
+        """Results change nothing until the trial ends."""
+
+    def trial_retrying(self, record: TrialRecord) -> None:
+        """A retry continues from the checkpoint: it stays."""
+
+    def trial_ended(self, record: TrialRecord) -> None:
+        if record.phase != "search":
+            return
+        self.finished[record.number] = record
+        winners = {r.number for r in ranked(list(self.finished.values()), self.mode)[:self.keep]}
+        for number, trial in self.finished.items():
+            if number not in winners and number not in self.gone and trial.checkpoint:
+                delete_checkpoint(trial.checkpoint)
+                self.gone.add(number)
+                self.deleted(trial)
+
+    def kept(self) -> List[str]:
+        """The finished search trials' checkpoint folders still on disk."""
+        return [r.checkpoint for n, r in self.finished.items() if r.checkpoint and n not in self.gone]

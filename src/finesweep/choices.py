@@ -54,10 +54,11 @@ class Schedule(str, enum.Enum):
 Precision = enum.Enum(  # functional form: the values are Lightning's names, which are not identifiers
     "Precision",
     [("32-true", "32-true"), ("16-mixed", "16-mixed"), ("bf16-mixed", "bf16-mixed"), ("16-true", "16-true"),
-     ("bf16-true", "bf16-true"), ("64-true", "64-true")],
+     ("bf16-true", "bf16-true"), ("64-true", "64-true"), ("auto", "auto")],
     type=str,
 )
-"""Lightning's ``Trainer(precision=...)`` values (its aliases 32, 16, bf16 are spelled out)."""
+"""Lightning's ``Trainer(precision=...)`` values (its aliases 32, 16, bf16 are spelled out), and ``auto``:
+decided in each trial for the device Ray gave it (see trial.py)."""
 
 
 class Accelerator(str, enum.Enum):

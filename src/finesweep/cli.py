@@ -42,6 +42,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # no weight-loading bars between live views
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # With a tracking server MLflow prints "View run ... at: URL" for every run it ends, into the live
+    # view; the sweep's log gets the parent run's URL instead (tracking/projector.py).
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     console = Console(highlight=False, soft_wrap=True)
     try:
         return int(args.func(args, console) or 0)
@@ -228,9 +231,15 @@ def cmd_ls(args: argparse.Namespace, console: Console) -> int:
 
 def cmd_ui(args: argparse.Namespace, console: Console) -> int:
     """finesweep ui: the MLflow UI for the configured store, on 127.0.0.1 unless told otherwise."""
+    from finesweep.tracking import artifact_root_of
+
     tracking = _tracking(args.overrides)
+    if tracking["uri"].startswith(("http://", "https://")):
+        console.print(f"{tracking['uri']} is an MLflow server: its UI is there. Open {tracking['uri']} in a browser.")
+        return 0
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracking["uri"],
-               "--default-artifact-root", tracking["artifact_root"], "--host", args.host, "--port", str(args.port)]
+               "--default-artifact-root", artifact_root_of(tracking["uri"], tracking["artifact_root"]),
+               "--host", args.host, "--port", str(args.port)]
     console.print(f"MLflow UI for {tracking['uri']}: http://{args.host}:{args.port}  (Ctrl-C stops it)")
     sys.stdout.flush()
     os.execv(sys.executable, command)  # the server takes over this process: signals reach it directly

@@ -1,6 +1,14 @@
-"""Connecting to Ray: start a local Ray (and stop it after), or join an existing cluster.
+"""Connecting to Ray, and making sure the cluster can run the sweep before any trial starts.
 
-Ray's own log output goes to a file, out of the user's way; the CLI prints its path.
+An empty ``cluster.address`` starts a local Ray on this machine, bound to 127.0.0.1, and stops it
+after the sweep. Any other address joins an existing cluster (``auto``, ``HOST:PORT``), which
+finesweep only ever disconnects from. Joining keeps Ray's token authentication on: when a token is
+available (``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token``) and
+``RAY_AUTH_MODE`` is unset, finesweep joins in token mode. Workers get their environment and
+finesweep's own code through the job's ``runtime_env``, so every node runs the driver's version.
+
+Ray's own log output (and its C++ core's, which writes straight to the process's stderr while
+connecting) goes to the sweep's log file, out of the user's way; the CLI prints its path.
 """
 
 from __future__ import annotations
@@ -8,12 +16,17 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Dict, Iterator
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Tuple
 
-from finesweep.config import ClusterConfig
+import finesweep
+from finesweep.errors import UserError, one_line
+
+if TYPE_CHECKING:
+    from finesweep.config import ClusterConfig, ExperimentConfig
 
 WORKER_ENV = {
     "RAY_CHDIR_TO_TRIAL_DIR": "0",  # trials use absolute paths and must not depend on the cwd
@@ -21,28 +34,31 @@ WORKER_ENV = {
 }
 """Environment of every Ray worker, on every node: set through the job's ``runtime_env``."""
 
-FORWARDED_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_ENDPOINT")
-"""Driver variables workers need too (where models come from), forwarded when set."""
+FORWARDED_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_ENDPOINT", "AWS_ENDPOINT_URL",
+                 "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION")
+"""Driver variables workers need too (where models and ``s3://`` storage are), forwarded when set."""
 
 DRIVER_ENV = {
     "RAY_CHDIR_TO_TRIAL_DIR": "0",  # read by Tune on the driver and propagated to its trial actors
     "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",  # MLflow is the record; skip Ray's CSV/JSON/TB files
     "RAY_AIR_NEW_OUTPUT": "0",  # with verbose=0 the legacy reporter prints nothing
+    "RAY_NUM_REDIS_GET_RETRIES": "5",  # seconds to reach a cluster that answers (default 20): fail fast
 }
-"""Flags Ray Tune reads in the driver process itself."""
+"""Flags Ray and Ray Tune read in the driver process itself."""
 
 RAY_LOGGERS = ("ray", "ray.tune", "ray.train", "ray.data", "optuna", "lightning", "lightning.pytorch",
                "lightning.fabric", "transformers", "filelock", "mlflow", "alembic")
 
 
 @contextlib.contextmanager
-def ray_session(cluster: ClusterConfig, sweep_name: str) -> Iterator[Path]:
-    """Connect to Ray for the duration of a sweep; yield the path of the log file.
+def ray_session(config: ExperimentConfig) -> Iterator[Path]:
+    """Connect to Ray for the duration of a sweep, check the cluster can run it; yield the log file's path.
 
-    An empty ``cluster.address`` starts a local Ray on this machine, bound to 127.0.0.1, and
-    shuts it down afterwards; any other address joins that cluster and only disconnects.
+    Raises:
+        UserError: the cluster cannot be reached or joined, or cannot run the sweep (checks below).
     """
-    log_file = _log_to_file(Path(cluster.log_dir), sweep_name)
+    cluster = config.cluster
+    log_file = _log_to_file(Path(cluster.log_dir), config.name)
     for name, value in DRIVER_ENV.items():
         os.environ.setdefault(name, value)
     import ray
@@ -50,22 +66,212 @@ def ray_session(cluster: ClusterConfig, sweep_name: str) -> Iterator[Path]:
 
     route_library_logs()  # importing ray gives its logger a terminal handler
     kwargs: Dict[str, Any] = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
-                                  configure_logging=False, runtime_env={"env_vars": worker_env()})
+                                  configure_logging=False)
     if cluster.address:
-        ray.init(address=cluster.address, **kwargs)
+        _join(cluster, kwargs, log_file)
     else:
-        ray.init(address="local", _node_ip_address="127.0.0.1", **kwargs)
+        ray.init(address="local", _node_ip_address="127.0.0.1", runtime_env={"env_vars": worker_env()}, **kwargs)
     route_library_logs()
     try:
+        check_cluster(config, joined=bool(cluster.address))
         yield log_file
     finally:
-        ray.shutdown()
+        ray.shutdown()  # stops a Ray this session started; only disconnects from one it joined
 
 
 def worker_env() -> Dict[str, str]:
     """What every worker's environment gets: ``WORKER_ENV`` plus the forwarded driver variables."""
     return {**{name: os.environ[name] for name in FORWARDED_ENV if name in os.environ}, **WORKER_ENV}
 
+
+def _join(cluster: ClusterConfig, kwargs: Dict[str, Any], log_file: Path) -> None:
+    import ray
+
+    address = resolve_address(cluster.address)
+    _reachable(cluster.address, address)
+    if "RAY_AUTH_MODE" not in os.environ and _token_available():
+        # The cluster may use it, and a token-mode driver joins either kind. Ray turns it on by itself only
+        # for address=auto on the head's own machine; its config is cached, so refresh it as Ray does then.
+        from ray._raylet import Config  # type: ignore[attr-defined]
+
+        os.environ["RAY_AUTH_MODE"] = "token"
+        Config.initialize("")
+    modules = [str(Path(finesweep.__file__).parent), *cluster.py_modules]
+    runtime_env = {"env_vars": worker_env(), "py_modules": modules}
+    with _stderr_to(log_file):
+        try:
+            ray.init(address=address, runtime_env=runtime_env, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - every way of not joining is one line for the user
+            raise UserError(_join_failure(cluster.address, address, exc)) from None
+
+
+def resolve_address(address: str) -> str:
+    """``auto`` (``RAY_ADDRESS``, else the cluster started on this machine) or ``HOST:PORT`` -> ``HOST:PORT``.
+
+    Raises:
+        UserError: ``auto`` finds no cluster, or the address is a Ray Client address.
+    """
+    if address.startswith("ray://"):
+        raise UserError(f"cluster.address: {address} is a Ray Client address; with it Ray Tune runs its driver "
+                        "loop on the cluster, out of reach of finesweep's log, live view and MLflow sender. Run "
+                        "finesweep on a cluster node (cluster.address=auto or HEAD:6379), or submit it: ray job "
+                        "submit --address http://HEAD:8265 --working-dir . -- finesweep run SWEEP cluster=ray")
+    if address != "auto":
+        return address
+    from ray._private.services import canonicalize_bootstrap_address
+
+    found = canonicalize_bootstrap_address("auto")
+    if not found:
+        raise UserError("cluster.address=auto: no Ray cluster runs on this machine and RAY_ADDRESS is not set. "
+                        "Start one (ray start --head) or set cluster.address=HEAD:6379.")
+    return str(found)
+
+
+def _reachable(given: str, address: str) -> None:
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=3):
+            return
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cluster.address: cannot reach a Ray cluster at {address} ({one_line(exc)})"
+                        f"{'' if given == address else f', from {given}'}. Start it (ray start --head "
+                        "--port=6379) or fix cluster.address (HOST:PORT of the head node).") from None
+
+
+def _token_available() -> bool:
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return True
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH") or str(Path.home() / ".ray" / "auth_token")
+    return Path(path).is_file()
+
+
+def _join_failure(given: str, address: str, exc: BaseException) -> str:
+    chain: List[str] = []
+    cause: Optional[BaseException] = exc
+    while cause is not None and len(chain) < 5:
+        chain.append(str(cause))
+        cause = cause.__cause__ or cause.__context__
+    text = " ".join(chain)
+    if "uthentication" in text or "InvalidAuthToken" in text or "auth_token" in text:
+        return (f"cluster.address={given}: the Ray cluster at {address} uses token authentication and no valid "
+                "token was found. Get it on the head node (ray get-auth-token) and give it to finesweep with "
+                "RAY_AUTH_TOKEN=..., RAY_AUTH_TOKEN_PATH=/path/to/token or ~/.ray/auth_token; RAY_AUTH_MODE=token "
+                "is then set for you.")
+    return (f"cluster.address={given}: could not join the Ray cluster at {address} ({one_line(exc, kind=True)}). "
+            "Check that its Ray version matches this one and that its head node is up (ray status there).")
+
+
+@contextlib.contextmanager
+def _stderr_to(log_file: Path) -> Iterator[None]:
+    """Point file descriptor 2 at the log file: Ray's C++ core prints connection retries there directly."""
+    saved = os.dup(2)
+    with open(log_file, "a") as target:
+        os.dup2(target.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+# --- can this cluster run the sweep? ------------------------------------------------------------------
+
+def check_cluster(config: ExperimentConfig, joined: bool) -> None:
+    """Before any trial starts: a trial fits on a node; with several nodes the tracking store is a server;
+    on a cluster finesweep joined, every node can read the model and write the storage path.
+
+    A local Ray this session started runs on this machine, where the driver already checked both.
+
+    Raises:
+        UserError: the first problem, with what was asked, what the cluster has and the fix.
+    """
+    import ray
+
+    nodes = [node for node in ray.nodes() if node.get("Alive")]
+    _check_fit(config.cluster, nodes)
+    uri = config.tracking.uri
+    if len(nodes) > 1 and (uri.startswith(("sqlite:", "file:")) or "://" not in uri):
+        raise UserError(f"tracking.uri: {uri} is a store on this machine only, and the cluster has {len(nodes)} "
+                        "nodes. Use an MLflow server that every user of the cluster reaches (mlflow server "
+                        "--serve-artifacts; tracking.uri=http://HOST:5000).")
+    if not joined:
+        _write_probe(config.cluster.storage_path)
+        return
+    problems = [p for node in nodes for p in _node_problems(config, node, several=len(nodes) > 1)]
+    if problems:
+        raise UserError(problems[0])
+
+
+def _check_fit(cluster: ClusterConfig, nodes: List[Dict[str, Any]]) -> None:
+    def has(node: Dict[str, Any], name: str) -> float:
+        return float(node.get("Resources", {}).get(name, 0.0))
+
+    if any(has(n, "CPU") >= cluster.cpus_per_trial and has(n, "GPU") >= cluster.gpus_per_trial for n in nodes):
+        return
+    largest = max(nodes, key=lambda n: (has(n, "GPU"), has(n, "CPU")), default={})
+    raise UserError(f"cluster.cpus_per_trial={cluster.cpus_per_trial:g}, cluster.gpus_per_trial="
+                    f"{cluster.gpus_per_trial:g}: a trial fits on no node of the cluster; the largest has "
+                    f"{has(largest, 'CPU'):g} CPU(s) and {has(largest, 'GPU'):g} GPU(s). Lower them to fit "
+                    "(fractions pack several trials on one GPU), or add a node that has them.")
+
+
+def _node_problems(config: ExperimentConfig, node: Dict[str, Any], several: bool) -> List[str]:
+    """What this node cannot reach: checked on the node itself, by a task pinned there."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    model = config.model.name_or_path
+    local_model = Path(model).is_absolute()
+    probe = ray.remote(num_cpus=0)(_probe).options(
+        scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False))
+    found = ray.get(probe.remote(model if local_model else None, config.cluster.storage_path), timeout=120)
+    where = f"node {node['NodeManagerAddress']}"
+    problems = []
+    if found["model"] is False:
+        problems.append(f"model.name_or_path: {model} is not readable on {where}"
+                        f"{' (a folder on the driver only)' if several else ''}. Put the model on storage every "
+                        "node sees, or use a hub id.")
+    if found["storage"]:
+        problems.append(f"cluster.storage_path: {config.cluster.storage_path} cannot be written on {where} "
+                        f"({found['storage']}). Use a folder every node can write (NFS) or s3://bucket/prefix.")
+    return problems
+
+
+def _probe(model: Optional[str], storage: str) -> Dict[str, Any]:
+    """Runs on a node: is the model folder there, can the storage path be written?"""
+    result: Dict[str, Any] = {"model": None if model is None else (Path(model) / "config.json").is_file()}
+    try:
+        _write_probe(storage)
+        result["storage"] = ""
+    except Exception as exc:  # noqa: BLE001 - any failure to write is the answer
+        result["storage"] = one_line(exc, kind=True)
+    return result
+
+
+def _write_probe(storage: str) -> None:
+    name = f".finesweep-probe-{socket.gethostname()}-{os.getpid()}-{time.monotonic_ns()}"
+    if "://" in storage:
+        import pyarrow.fs
+
+        filesystem, path = pyarrow.fs.FileSystem.from_uri(storage)
+        filesystem.create_dir(path, recursive=True)
+        with filesystem.open_output_stream(f"{path}/{name}") as out:
+            out.write(b"ok")
+        filesystem.delete_file(f"{path}/{name}")
+        return
+    folder = Path(storage)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / name).write_text("ok")
+    (folder / name).unlink()
+
+
+def node_of(result: Dict[str, Any]) -> Tuple[str, str]:
+    """(node, device) a trial reported from: the host and IP Ray records in each result, and the device it used."""
+    node = f"{result.get('hostname', '?')} ({result.get('node_ip', '?')})"
+    return node, str(result.get("device", ""))
+
+
+# --- logging ------------------------------------------------------------------------------------------
 
 def _log_to_file(log_dir: Path, sweep_name: str) -> Path:
     log_dir.mkdir(parents=True, exist_ok=True)

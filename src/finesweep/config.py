@@ -229,8 +229,9 @@ class TrackingConfig:
 
     uri: str = MISSING
     """MLflow tracking URI: sqlite:///abs/path.db, http://host:port, ..."""
-    artifact_root: str = MISSING
-    """Artifact location of experiments this sweep creates (absolute path or URI)."""
+    artifact_root: str = ""
+    """Artifact location of experiments this sweep creates (absolute path or URI); empty = the store's own:
+    ``artifacts/`` beside a SQLite file, or what an MLflow server serves (``--serve-artifacts``)."""
     experiment: str = ""
     """MLflow experiment name; empty = the sweep name."""
     registered_model: str = ""
@@ -251,16 +252,25 @@ class ClusterConfig:
     """Where Ray runs the trials."""
 
     address: str = ""
-    """Address of an existing Ray cluster ('auto', 'ray://host:10001'); empty = start a local Ray."""
+    """Address of an existing Ray cluster ('auto' or HEAD:6379); empty = start a local Ray."""
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
     storage_path: str = MISSING
-    """Where Ray Tune keeps trial checkpoints; shared storage on a multi-node cluster."""
+    """Folder of the sweep's log and trial checkpoints; a shared file system (NFS, EFS) on several nodes."""
     log_dir: str = MISSING
     """Where finesweep writes Ray's own log output."""
+    py_modules: List[str] = field(default_factory=list)
+    """Local package folders of your own that workers import, shipped to every node (finesweep ships itself)."""
+    keep_checkpoints: int = 3
+    """Checkpoints kept of finished search trials: the best ones; the others are deleted once they cannot win."""
 
     def __post_init__(self) -> None:
         _raise_problems([
+            _check("://" not in self.storage_path, "cluster.storage_path", self.storage_path,
+                   "must be a folder: the sweep's log is appended to and locked, which object stores cannot do",
+                   "Use a folder of a file system every node mounts (NFS, EFS, Filestore)."),
+            _check(self.keep_checkpoints >= 1, "cluster.keep_checkpoints", self.keep_checkpoints,
+                   "must be at least 1 (the winner's)", "Use e.g. 3."),
             _check(self.cpus_per_trial > 0, "cluster.cpus_per_trial", self.cpus_per_trial,
                    "must be > 0", "Use e.g. 1."),
             _check(self.gpus_per_trial >= 0, "cluster.gpus_per_trial", self.gpus_per_trial,

@@ -48,6 +48,11 @@ class TrialRecord:
     """How it failed (error, nan, oom); empty unless it failed (or failed before a retry)."""
     seen_at: float = 0.0
     """When the scheduler saw the latest result (Unix time): the order ASHA decided in, for replaying it."""
+    node: str = ""
+    """Where the trial ran (host and IP, as Ray records them); the latest attempt's."""
+    device: str = ""
+    """What it computed on (cpu, cuda:0 (name)) and ``precision``, the precision it trained in."""
+    precision: str = ""
 
     @property
     def epochs_run(self) -> int:

@@ -20,11 +20,12 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
 from rich.console import Console
 
+from finesweep.checkpoints import CheckpointKeeper, disk_use
 from finesweep.cluster import ray_session
 from finesweep.config import ExperimentConfig
 from finesweep.continuation import rebuilt_study, retraining, search_reruns
 from finesweep.data import DataCache, EncodedData
-from finesweep.errors import SweepFailedError, one_line
+from finesweep.errors import SweepFailedError, UserError, one_line
 from finesweep.failures import KINDS
 from finesweep.overrides import with_overrides
 from finesweep.records import SweepListener, TrialRecord, TrialStatus, best_trial, format_params
@@ -93,7 +94,12 @@ def run(sweep: Sweep, cache: DataCache, console: Console, trainable: Trainable =
     """
     sweep_id = new_sweep_id()
     folder = sweep_dir(sweep.config.cluster.storage_path, sweep_id)
-    event_log = EventLog(folder)
+    try:
+        event_log = EventLog(folder)
+    except OSError as exc:
+        raise UserError(f"cluster.storage_path: cannot write {sweep.config.cluster.storage_path} "
+                        f"({one_line(exc, kind=True)}). Use a folder you can write (on a cluster, one every node "
+                        "can: NFS).") from None
     event_log.append("sweep", durable=True, **header(sweep, data_fingerprint(cache), sweep_id, folder))
     state = load_state(folder)
     command = " ".join(["finesweep resume", sweep_id, *resume_overrides])
@@ -141,7 +147,10 @@ def _drive(session: Session, cache: DataCache, console: Console, trainable: Trai
     config = session.config
     past = [t.record(config.objective.metric, config.objective.mode) for t in session.state.search_trials()]
     view = SweepView(config, session.state.budget, console, past)
-    listeners: List[SweepListener] = [session.journal, view]
+    keeper = CheckpointKeeper(config.cluster.keep_checkpoints, config.objective.mode, past,
+                              lambda record: session.journal.event("checkpoint_deleted", number=record.number))
+    keeper.gone = {t.number for t in session.state.search_trials() if t.checkpoint_deleted}
+    listeners: List[SweepListener] = [session.journal, view, keeper]
     outcome = _Outcome(records=list(past))
     interrupted_hard = False
     try:
@@ -156,7 +165,7 @@ def _drive(session: Session, cache: DataCache, console: Console, trainable: Trai
         raise
     finally:
         _close_books(session, outcome, view.records, drain=1.0 if interrupted_hard else config.tracking.flush_timeout)
-    return _conclude(session, outcome, log_file, console)
+    return _conclude(session, outcome, log_file, console, keeper)
 
 
 @contextlib.contextmanager
@@ -166,7 +175,7 @@ def _connected(session: Session) -> Iterator[Path]:
     with ThreadPoolExecutor(max_workers=1) as pool:
         # A new MLflow store spends ~2 s on schema migrations: do them while Ray starts (~3 s).
         store_ready = pool.submit(session.projector.prepare, config.experiment_name, config.tracking.artifact_root)
-        with ray_session(config.cluster, config.name) as log_file:
+        with ray_session(config) as log_file:
             store_ready.result()
             backlog = [e for e in read_events(session.log.path) if e["seq"] >= session.projector.cursor.sent]
             session.projector.start(backlog)  # the log's unsent events first (a resume sends its spool first)
@@ -294,12 +303,17 @@ def _close_books(session: Session, outcome: _Outcome, seen: Sequence[TrialRecord
     session.projector.close()
 
 
-def _conclude(session: Session, outcome: _Outcome, log_file: Path, console: Console) -> int:
+def _conclude(session: Session, outcome: _Outcome, log_file: Path, console: Console,
+              keeper: CheckpointKeeper) -> int:
     """Print the results and turn the outcome into the exit code."""
     config, projector = session.config, session.projector
     records = outcome.records
-    console.print(results_table(config, records))
+    console.print(results_table(config, records, console.width))
     _print_failures(records, console)
+    kept = keeper.kept() + [r.checkpoint for r in (outcome.selection.final_records if outcome.selection else [])
+                            if r.checkpoint]
+    console.print(f"checkpoints: {len(kept)} kept (cluster.keep_checkpoints={config.cluster.keep_checkpoints}), "
+                  f"{disk_use(kept) / 1e6:.0f} MB in {config.cluster.storage_path}", markup=False)
     finished = [r for r in records if r.status in (TrialStatus.completed, TrialStatus.early_stopped)]
     version = projector.cursor.registered.get(str(session.state.selections))
     if version:

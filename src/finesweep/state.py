@@ -101,6 +101,7 @@ class SweepLog:
         self.sweep_id = sweep_id
         self.sink = sink
         self._params: Dict[int, Dict[str, Any]] = dict(known or {})
+        self._placed: Dict[int, tuple] = {}
 
     def event(self, kind: str, durable: bool = False, **data: Any) -> Dict[str, Any]:
         """Append a sweep-level event (selection, best, register, note, finished ...) and hand it on."""
@@ -117,8 +118,13 @@ class SweepLog:
         self._params[record.number] = dict(record.params)
 
     def trial_result(self, record: TrialRecord, metrics: Dict[str, float]) -> None:
+        placement = (record.node, record.device, record.precision)
+        placed: Dict[str, Any] = {}
+        if record.node and self._placed.get(record.number) != placement:  # where it runs, once per attempt
+            self._placed[record.number] = placement
+            placed = {"node": record.node, "device": record.device, "precision": record.precision}
         self.event("trial_result", number=record.number, metrics=metrics, at=int(time.time() * 1000),
-                   checkpoint=record.checkpoint, seen_at=record.seen_at)
+                   checkpoint=record.checkpoint, seen_at=record.seen_at, **placed)
 
     def trial_retrying(self, record: TrialRecord) -> None:
         self.event("trial_retrying", durable=True, number=record.number, attempt=record.attempts,
@@ -171,6 +177,7 @@ class TrialState:
     error: str = ""
     attempts: int = 1
     interrupted: bool = False
+    checkpoint_deleted: bool = False
 
     @property
     def finished(self) -> bool:
@@ -286,6 +293,8 @@ def _apply(state: SweepState, event: Dict[str, Any]) -> None:
         trial.failure, trial.error = event.get("failure", ""), event.get("error", "")
     elif kind == "trial_interrupted" and trial is not None:
         trial.interrupted = True
+    elif kind == "checkpoint_deleted" and trial is not None:
+        trial.checkpoint_deleted = True
     elif kind == "extended":
         state.budget = int(event["budget"])
     elif kind == "session":

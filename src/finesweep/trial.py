@@ -6,6 +6,7 @@ the driver hands it the typed ``ExperimentConfig`` and the ``DataCache`` through
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import shutil
@@ -32,7 +33,9 @@ def run_trial(config: Dict[str, Any], *, base: ExperimentConfig, cache: DataCach
     A trial that goes on (resumed, retried) carries the checkpoint to continue from in its marker.
     """
     checkpoint = marker_of(config).get("checkpoint")
-    fit(with_overrides(base, params_of(config)), cache, report=_tune_report,
+    trial_config = with_overrides(base, params_of(config))
+    placement = {"device": device_name(trial_config), "precision": resolved_precision(trial_config)}
+    fit(trial_config, cache, report=functools.partial(_tune_report, extra=placement),
         resume=Path(checkpoint) if checkpoint else None)
 
 
@@ -142,7 +145,7 @@ def _trainer(config: ExperimentConfig, max_epochs: int, callbacks: List[Any]) ->
         max_epochs=max_epochs,
         accelerator=config.trainer.accelerator.value,
         devices=1,
-        precision=config.trainer.precision.value,
+        precision=resolved_precision(config),  # type: ignore[arg-type]
         gradient_clip_val=config.trainer.gradient_clip_val,
         accumulate_grad_batches=config.trainer.accumulate_grad_batches,
         callbacks=callbacks,
@@ -154,11 +157,36 @@ def _trainer(config: ExperimentConfig, max_epochs: int, callbacks: List[Any]) ->
     )
 
 
-def _tune_report(metrics: Dict[str, float], checkpoint_dir: Optional[Path]) -> None:
+def resolved_precision(config: ExperimentConfig) -> str:
+    """``trainer.precision``, with ``auto`` decided for the device this process has.
+
+    On a CUDA GPU (the one Ray assigned: it sets CUDA_VISIBLE_DEVICES), bf16 mixed precision where
+    the GPU supports it, else fp16 mixed; on a CPU, 32-bit. Any other value is used as given.
+    """
+    if config.trainer.precision.value != "auto":
+        return str(config.trainer.precision.value)
+    import torch
+
+    if config.trainer.accelerator.value != "cpu" and torch.cuda.is_available():
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    return "32-true"
+
+
+def device_name(config: ExperimentConfig) -> str:
+    """What this trial computes on: ``cuda:0 (NVIDIA H100 ...)`` or ``cpu``."""
+    import torch
+
+    if config.trainer.accelerator.value != "cpu" and torch.cuda.is_available():
+        return f"cuda:{torch.cuda.current_device()} ({torch.cuda.get_device_name()})"
+    return "cpu"
+
+
+def _tune_report(metrics: Dict[str, float], checkpoint_dir: Optional[Path],
+                 extra: Optional[Dict[str, str]] = None) -> None:
     from ray import tune
 
     checkpoint = tune.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
-    tune.report(metrics, checkpoint=checkpoint)
+    tune.report({**metrics, **(extra or {})}, checkpoint=checkpoint)
 
 
 def _quiet() -> None:

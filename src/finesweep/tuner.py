@@ -19,6 +19,7 @@ from ray import tune
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 
+from finesweep.cluster import node_of
 from finesweep.config import ExperimentConfig, SchedulerKind
 from finesweep.failures import Failure, classify, retry_overrides
 from finesweep.metrics import REPORTED_METRICS
@@ -216,6 +217,10 @@ class _EventBridge(tune.Callback):  # type: ignore[misc]
     def on_trial_result(self, iteration: int, trials: List[Trial], trial: Trial, result: Dict,
                         **info: Any) -> None:
         metrics = {k: float(result[k]) for k in (*REPORTED_METRICS, "epoch") if k in result}
+        record = self._by_id.get(trial.trial_id)
+        if record is not None:
+            record.node, record.device = node_of(result)
+            record.precision = str(result.get("precision", record.precision))
         # ASHA has just decided on this result (schedulers see a result before callbacks do): remember
         # when, so a resume replays results in the order ASHA saw them, not the order they were saved.
         metrics_at = (metrics, time.time())

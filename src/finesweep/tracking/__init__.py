@@ -27,9 +27,10 @@ from finesweep.tracking.projector import (
     STATUS_TAG,
     Cursor,
     Projector,
+    artifact_root_of,
     sync_log,
 )
 from finesweep.tracking.store import SweepRow, list_sweeps
 
 __all__ = ["KEY_TAG", "PARENT_TAG", "PHASE_TAG", "ROLE_TAG", "STATE_TAG", "STATUS_TAG", "Cursor", "Projector",
-           "SweepRow", "list_sweeps", "sync_log"]
+           "SweepRow", "artifact_root_of", "list_sweeps", "sync_log"]

@@ -252,7 +252,8 @@ class Projector:
     def _on_trial_result(self, event: Dict[str, Any]) -> None:
         step = int(event["metrics"].get("epoch", 0))
         metrics = [Metric(k, float(v), int(event["at"]), step) for k, v in event["metrics"].items() if k != "epoch"]
-        self.client.log_batch(self._run_of(event), metrics=metrics)
+        placed = [RunTag(f"finesweep.{k}", str(event[k])) for k in ("node", "device", "precision") if event.get(k)]
+        self.client.log_batch(self._run_of(event), metrics=metrics, tags=placed)
 
     def _on_trial_retrying(self, event: Dict[str, Any]) -> None:
         self.client.log_batch(self._run_of(event), tags=[
@@ -274,6 +275,9 @@ class Projector:
         self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
         failed = event["status"] == TrialStatus.failed.value
         self.client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED if failed else RunStatus.FINISHED))
+
+    def _on_checkpoint_deleted(self, event: Dict[str, Any]) -> None:
+        self.client.set_tag(self._run_of(event), "finesweep.checkpoint_deleted", "true")
 
     def _on_note(self, event: Dict[str, Any]) -> None:
         self.client.set_tag(self.parent_id, event["tag"], str(event["text"])[:5000])
@@ -309,6 +313,9 @@ class Projector:
 
     def _on_finished(self, event: Dict[str, Any]) -> None:
         self.client.set_terminated(self.parent_id, event["status"])
+        if self.uri.startswith(("http://", "https://")):  # MLflow's own "View run" lines are off (cli.main)
+            log.info("View the sweep at: %s/#/experiments/%s/runs/%s", self.uri.rstrip("/"),
+                     self.cursor.experiment_id, self.parent_id)
 
     # --- helpers ----------------------------------------------------------------------------------
 
@@ -317,8 +324,9 @@ class Projector:
             return self.cursor.experiment_id
         experiment = self.client.get_experiment_by_name(name)
         if experiment is None:
-            # An explicit artifact location: SQLite's default (./mlruns) would collide with a file store.
-            experiment_id = self.client.create_experiment(name, artifact_location=f"{artifact_root.rstrip('/')}/{name}")
+            root = artifact_root_of(self.uri, artifact_root)
+            location = f"{root.rstrip('/')}/{name}" if root else None
+            experiment_id = self.client.create_experiment(name, artifact_location=location)
         elif experiment.lifecycle_stage == "deleted":
             raise ConfigError(f"tracking.experiment: MLflow experiment {name!r} is deleted. "
                               "Restore it (mlflow experiments restore) or set tracking.experiment to a new name.")
@@ -348,6 +356,16 @@ class Projector:
             if version.tags.get("finesweep.selection_round") == round_:
                 return f"{name}/{version.version}"
         return None
+
+
+def artifact_root_of(uri: str, artifact_root: str) -> str:
+    """Where a store keeps artifacts: ``tracking.artifact_root`` if set; else ``artifacts/`` beside a SQLite
+    file (SQLite's own default, ./mlruns, would collide with a file store); else "" (the server decides)."""
+    if artifact_root:
+        return artifact_root
+    if uri.startswith("sqlite:///"):
+        return str(Path(uri[len("sqlite:///"):]).parent / "artifacts")
+    return ""
 
 
 def _transient(exc: BaseException) -> bool:
