@@ -146,16 +146,24 @@ class RayCluster:
         self.port = free_port()
         self.nodes: List["subprocess.Popen[bytes]"] = []
         self.ray = str(Path(sys.executable).parent / "ray")
+        self.dashboard_port = free_port()
         self.temp = Path(tempfile.mkdtemp(prefix="fsray-"))  # short: Ray's socket paths must fit in 107 bytes
 
     @property
     def address(self) -> str:
         return f"127.0.0.2:{self.port}"
 
+    @property
+    def dashboard(self) -> str:
+        """The head's dashboard, where `ray job submit` sends jobs."""
+        return f"http://127.0.0.2:{self.dashboard_port}"
+
     def env(self, **extra: str) -> Dict[str, str]:
-        """The environment of a process that has the cluster's token (HOME holds ~/.ray/auth_token)."""
+        """The environment of a process that has the cluster's token (HOME holds ~/.ray/auth_token), with
+        this Python's scripts (ray, finesweep) on PATH, as on a node where finesweep is installed."""
         base = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_MODE", "RAY_ADDRESS")}
-        return {**base, "HOME": str(self.home), **extra}
+        path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+        return {**base, "HOME": str(self.home), "PATH": path, **extra}
 
     def start(self, nodes: List[List[str]]) -> None:
         """Start the head, then one node per entry of ``nodes`` (its extra `ray start` arguments)."""
@@ -163,7 +171,7 @@ class RayCluster:
         subprocess.run([self.ray, "get-auth-token", "--generate"], env=self.env(), check=True, capture_output=True,
                        timeout=60)
         self._node(["--head", f"--port={self.port}", "--node-ip-address=127.0.0.2", "--num-cpus=2",
-                    "--include-dashboard=false"], "head")
+                    "--dashboard-host=127.0.0.2", f"--dashboard-port={self.dashboard_port}"], "head")
         for index, extra in enumerate(nodes, start=3):
             self._node([f"--address={self.address}", f"--node-ip-address=127.0.0.{index}",
                         f"--min-worker-port={20000 + 1000 * index}", f"--max-worker-port={20999 + 1000 * index}",

@@ -130,3 +130,31 @@ def test_precision_auto_is_decided_for_the_device_of_the_trial(monkeypatch: pyte
     assert resolved_precision(config) == expected
     on_gpu = cuda and accelerator != "cpu"
     assert device_name(config) == ("cuda:0 (NVIDIA H100)" if on_gpu else "cpu")
+
+
+def test_a_node_that_does_not_see_the_drivers_file_is_not_sharing_the_storage(tmp_path: Path) -> None:
+    from finesweep.cluster import _probe
+
+    marker = tmp_path / ".finesweep-shared-1"
+    assert _probe(None, str(tmp_path), str(marker))["shared"] is False, "another machine's folder of that name"
+    marker.write_text("ok")
+    found = _probe(str(tmp_path / "model"), str(tmp_path), str(marker))
+    assert found == {"model": False, "shared": True, "storage": ""}
+    assert sorted(p.name for p in tmp_path.iterdir()) == [marker.name], "the node's own probe file is gone"
+
+
+def test_a_ray_job_keeps_its_state_out_of_the_working_dir_ray_deletes(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from finesweep.cluster import _leave_job_dir
+    from finesweep.config import ClusterConfig
+    from finesweep.errors import UserError
+
+    job_dir, shared = tmp_path / "_ray_pkg_1", tmp_path / "shared"
+    for folder in (job_dir, shared):
+        folder.mkdir()
+    monkeypatch.chdir(job_dir)
+    with pytest.raises(UserError, match=r"^cluster\.storage_path: .*/_ray_pkg_1/mlruns/ray is inside the Ray "
+                                        r"job's working_dir, which Ray deletes after the job"):
+        _leave_job_dir(ClusterConfig(storage_path=str(job_dir / "mlruns" / "ray"), log_dir="/l"))
+    _leave_job_dir(ClusterConfig(storage_path=str(shared), log_dir="/l"))
+    assert Path.cwd() == shared.resolve(), "the driver stands outside the folder Ray unpacks again"

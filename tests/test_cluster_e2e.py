@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -116,6 +117,31 @@ def test_a_sweep_fans_out_over_both_nodes_and_lands_on_the_server(cluster: RayCl
     assert len(labels) == 2 and set(labels) <= {"negative", "neutral", "positive"}
 
 
+@pytest.mark.timeout(600)
+def test_a_sweep_submitted_as_a_ray_job_runs_on_the_cluster(cluster: RayCluster, server: MlflowServer,
+                                                            tmp_path: Path, tiny_model: Path, tiny_csv: Path) -> None:
+    from e2e import runs
+
+    project = tmp_path / "project"  # what `--working-dir .` uploads: here, just the sweep file
+    project.mkdir()
+    sweep(project, "submitted", SPREAD.replace("num_trials: 6", "num_trials: 3"))
+    command = ["ray", "job", "submit", "--address", cluster.dashboard, "--working-dir", ".", "--",
+               "finesweep", "run", "submitted.yaml", "cluster=ray", "cluster.cpus_per_trial=1",
+               "cluster.gpus_per_trial=0", f"tracking.uri={server.uri}", *base(tiny_model, tiny_csv, tmp_path)]
+    result = subprocess.run(command, cwd=project, capture_output=True, text=True, timeout=480,
+                            env=cluster.env(RAY_AUTH_MODE="token"))
+    output = result.stdout + result.stderr
+    assert result.returncode == 0 and "succeeded" in output, output[-3000:]
+    # The job's log is not a terminal: plain progress lines, and the top trials with every value whole.
+    assert re.search(r"\[\s*\d+s\] trial 0 started: optim\.lr=", output), output[-3000:]
+    assert re.search(r"\[\s*\d+s\] trial \d completed, best 0\.\d{4} at epoch \d  \(\d/3 done\)", output)
+    assert "Top trials by max val/accuracy" in output and "0.…" not in output
+    logged = runs(server.uri, "submitted")
+    assert len(logged["parents"]) == 1 and len(logged["children"]) == 3
+    assert logged["parents"][0].info.status == "FINISHED"
+    assert cluster.alive() == 2
+
+
 PACKED = """
 objective: {metric: val/accuracy, mode: max}
 search: {sampler: random, num_trials: 8, max_concurrent: 8, seed: 0}
@@ -209,8 +235,6 @@ BAD_CLUSTER = [
 def test_a_cluster_that_cannot_run_the_sweep_is_one_line_and_exit_2(
         cluster: RayCluster, server: MlflowServer, tmp_path: Path, tiny_model: Path, tiny_csv: Path,
         case: str, overrides: List[str], message: str) -> None:
-    import re
-
     file = sweep(tmp_path, "bad", SPREAD)
     values = {"address": cluster.address, "closed": str(free_port()), "server": server.uri}
     extra: Dict[str, Any] = {"HOME": str(tmp_path / "no-token")} if case == "no-token" else {}

@@ -36,7 +36,7 @@ WORKER_ENV = {
 
 FORWARDED_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_ENDPOINT", "AWS_ENDPOINT_URL",
                  "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION")
-"""Driver variables workers need too (where models and ``s3://`` storage are), forwarded when set."""
+"""Driver variables workers need too (where the hub is, credentials of your own S3 clients), forwarded when set."""
 
 DRIVER_ENV = {
     "RAY_CHDIR_TO_TRIAL_DIR": "0",  # read by Tune on the driver and propagated to its trial actors
@@ -68,6 +68,8 @@ def ray_session(config: ExperimentConfig) -> Iterator[Path]:
     kwargs: Dict[str, Any] = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
                                   configure_logging=False)
     if cluster.address:
+        if "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ:  # this driver is a Ray job's entrypoint
+            _leave_job_dir(cluster)
         _join(cluster, kwargs, log_file)
     else:
         ray.init(address="local", _node_ip_address="127.0.0.1", runtime_env={"env_vars": worker_env()}, **kwargs)
@@ -77,6 +79,25 @@ def ray_session(config: ExperimentConfig) -> Iterator[Path]:
         yield log_file
     finally:
         ray.shutdown()  # stops a Ray this session started; only disconnects from one it joined
+
+
+def _leave_job_dir(cluster: ClusterConfig) -> None:
+    """A Ray job's driver starts in the job's unpacked working_dir, which Ray deletes after the job and
+    unpacks again when the driver joins with its own runtime_env, removing the folder the driver
+    stands in (os.getcwd then fails, in Tune's end of fit). Keep the sweep's state out of it, and
+    stand elsewhere before joining: every path was made absolute when the config was composed.
+
+    Raises:
+        UserError: ``cluster.storage_path`` is inside the job's working_dir.
+    """
+    here = Path.cwd().resolve()
+    storage = Path(cluster.storage_path).resolve()
+    if storage == here or here in storage.parents:
+        raise UserError(f"cluster.storage_path: {storage} is inside the Ray job's working_dir, which Ray deletes "
+                        "after the job: the sweep's log and checkpoints would go with it. Give a folder outside "
+                        "it that every node sees (cluster.storage_path=/shared/finesweep).")
+    storage.mkdir(parents=True, exist_ok=True)
+    os.chdir(storage)
 
 
 def worker_env() -> Dict[str, str]:
@@ -216,15 +237,27 @@ def _check_fit(cluster: ClusterConfig, nodes: List[Dict[str, Any]]) -> None:
 
 
 def _node_problems(config: ExperimentConfig, node: Dict[str, Any], several: bool) -> List[str]:
-    """What this node cannot reach: checked on the node itself, by a task pinned there."""
+    """What this node cannot reach: checked on the node itself, by a task pinned there.
+
+    With several nodes the storage path must be one folder that all of them share (the sweep's log
+    and every trial's checkpoints live there): the node looks for a file the driver just wrote.
+    """
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     model = config.model.name_or_path
     local_model = Path(model).is_absolute()
+    storage = config.cluster.storage_path
+    marker = Path(storage) / f".finesweep-shared-{os.getpid()}-{time.monotonic_ns()}"
+    if several:
+        _write_probe(storage, marker.name)
     probe = ray.remote(num_cpus=0)(_probe).options(
         scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False))
-    found = ray.get(probe.remote(model if local_model else None, config.cluster.storage_path), timeout=120)
+    try:
+        found = ray.get(probe.remote(model if local_model else None, storage, str(marker) if several else None),
+                        timeout=120)
+    finally:
+        marker.unlink(missing_ok=True)
     where = f"node {node['NodeManagerAddress']}"
     problems = []
     if found["model"] is False:
@@ -232,14 +265,18 @@ def _node_problems(config: ExperimentConfig, node: Dict[str, Any], several: bool
                         f"{' (a folder on the driver only)' if several else ''}. Put the model on storage every "
                         "node sees, or use a hub id.")
     if found["storage"]:
-        problems.append(f"cluster.storage_path: {config.cluster.storage_path} cannot be written on {where} "
-                        f"({found['storage']}). Use a folder every node can write (NFS) or s3://bucket/prefix.")
+        problems.append(f"cluster.storage_path: {storage} cannot be written on {where} ({found['storage']}). "
+                        "Use a folder every node can write (NFS, EFS ...).")
+    elif found["shared"] is False:
+        problems.append(f"cluster.storage_path: {storage} is not shared: {where} does not see a file the driver "
+                        "wrote there. Use a folder of a file system every node mounts (NFS, EFS ...).")
     return problems
 
 
-def _probe(model: Optional[str], storage: str) -> Dict[str, Any]:
-    """Runs on a node: is the model folder there, can the storage path be written?"""
-    result: Dict[str, Any] = {"model": None if model is None else (Path(model) / "config.json").is_file()}
+def _probe(model: Optional[str], storage: str, marker: Optional[str]) -> Dict[str, Any]:
+    """Runs on a node: is the model folder there, can the storage path be written, is the driver's file there?"""
+    result: Dict[str, Any] = {"model": None if model is None else (Path(model) / "config.json").is_file(),
+                              "shared": None if marker is None else Path(marker).is_file()}
     try:
         _write_probe(storage)
         result["storage"] = ""
@@ -248,21 +285,14 @@ def _probe(model: Optional[str], storage: str) -> Dict[str, Any]:
     return result
 
 
-def _write_probe(storage: str) -> None:
-    name = f".finesweep-probe-{socket.gethostname()}-{os.getpid()}-{time.monotonic_ns()}"
-    if "://" in storage:
-        import pyarrow.fs
-
-        filesystem, path = pyarrow.fs.FileSystem.from_uri(storage)
-        filesystem.create_dir(path, recursive=True)
-        with filesystem.open_output_stream(f"{path}/{name}") as out:
-            out.write(b"ok")
-        filesystem.delete_file(f"{path}/{name}")
-        return
+def _write_probe(storage: str, keep: str = "") -> None:
+    """Write a file in ``storage`` (made if missing) and delete it again, unless it is named ``keep``."""
     folder = Path(storage)
     folder.mkdir(parents=True, exist_ok=True)
+    name = keep or f".finesweep-probe-{socket.gethostname()}-{os.getpid()}-{time.monotonic_ns()}"
     (folder / name).write_text("ok")
-    (folder / name).unlink()
+    if not keep:
+        (folder / name).unlink()
 
 
 def node_of(result: Dict[str, Any]) -> Tuple[str, str]:

@@ -313,7 +313,7 @@ def _conclude(session: Session, outcome: _Outcome, log_file: Path, console: Cons
     kept = keeper.kept() + [r.checkpoint for r in (outcome.selection.final_records if outcome.selection else [])
                             if r.checkpoint]
     console.print(f"checkpoints: {len(kept)} kept (cluster.keep_checkpoints={config.cluster.keep_checkpoints}), "
-                  f"{disk_use(kept) / 1e6:.0f} MB in {config.cluster.storage_path}", markup=False)
+                  f"{disk_use(kept) / 1e6:.3g} MB in {config.cluster.storage_path}", markup=False)
     finished = [r for r in records if r.status in (TrialStatus.completed, TrialStatus.early_stopped)]
     version = projector.cursor.registered.get(str(session.state.selections))
     if version:
