@@ -20,12 +20,15 @@ $(STAMP): pyproject.toml .ci/constraints.txt
 demo: install  ## fine-tune MiniLM on tweet sentiment: 14 TPE trials over strategies, ASHA, ~7 min on 2 CPU cores
 	$(BIN)/finesweep run demo
 
-# The cluster tests start a real PostgreSQL (the MLflow server's backend): Debian's package, installed as root.
+# Debian packages the tests start for real: PostgreSQL (an MLflow server's backend) and Chromium with its
+# driver (the browser tests; kaleido draws the report's PNGs with it). Installed as root when missing.
+SYSTEM_PACKAGES := postgresql chromium chromium-driver
 system-deps:
-	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || ! command -v chromium >/dev/null \
+	    || ! command -v chromedriver >/dev/null; then \
 	  if [ "$$(id -u)" = 0 ]; then \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
-	  else echo "the cluster tests need PostgreSQL: sudo apt-get install postgresql" >&2; exit 1; fi; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSTEM_PACKAGES) >/dev/null; \
+	  else echo "the tests need Debian's $(SYSTEM_PACKAGES): sudo apt-get install $(SYSTEM_PACKAGES)" >&2; exit 1; fi; \
 	fi
 
 test: install system-deps lint  ## lint, types, then the whole suite, real servers included (~18 min on 2 cores)

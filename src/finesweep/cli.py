@@ -22,10 +22,9 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
 import finesweep
-from finesweep import preflight
+from finesweep import commands, preflight
 from finesweep.config import ExperimentConfig
 from finesweep.errors import ConfigError, SweepFailedError, UserError, one_line
 from finesweep.overrides import key_hint, leaf_keys
@@ -33,6 +32,7 @@ from finesweep.search_space import parse_space, planned_trials
 from finesweep.sweep import Sweep, read_document
 
 DEFAULT_UI_PORT = 5000
+DEFAULT_SERVE_PORT = 5001
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -158,24 +158,21 @@ def cmd_resume(args: argparse.Namespace, console: Console) -> int:
 
 def cmd_sync(args: argparse.Namespace, console: Console) -> int:
     """finesweep sync: send the events MLflow did not take (during an outage) from the sweeps' logs."""
-    from finesweep.state import find_sweeps, locate
-    from finesweep.tracking import sync_log
-
     ref, overrides = _split_ref(args.items)
-    where = _locations(overrides)
-    folders = [locate(where["storage_path"], ref)] if ref else find_sweeps(where["storage_path"])
-    uri = where["uri"] if any(o.lstrip("+").startswith("tracking.uri=") for o in overrides) else None
-    left = 0
-    for folder in folders:
-        message, missing = sync_log(folder, uri, deadline=time.monotonic() + args.timeout)
-        left += missing
-        if message:
-            console.print(message, markup=False)
-    if left:
-        raise SweepFailedError(f"{left} event(s) could not be sent; MLflow is still unreachable. Run finesweep sync "
-                               "again once it is up.")
-    console.print("every sweep's log is in MLflow.")
-    return 0
+    uri_given = any(o.lstrip("+").startswith("tracking.uri=") for o in overrides)
+    return commands.sync(_locations(overrides), ref, uri_given, args.timeout, console)
+
+
+def cmd_report(args: argparse.Namespace, console: Console) -> int:
+    """finesweep report: a sweep's figures in one offline HTML file (and PNGs), logged to its parent run."""
+    ref, overrides = _split_ref(args.items)
+    return commands.report(_locations(overrides), ref, console)
+
+
+def cmd_serve(args: argparse.Namespace, console: Console) -> int:
+    """finesweep serve: a registered model (default: the latest sweep's) as a REST endpoint on 127.0.0.1."""
+    ref, overrides = _split_ref(args.items)
+    return commands.serve(_locations(overrides), ref, args.host, args.port, args.expose, console)
 
 
 def cmd_show(args: argparse.Namespace, console: Console) -> int:
@@ -200,50 +197,12 @@ def cmd_show(args: argparse.Namespace, console: Console) -> int:
 
 def cmd_ls(args: argparse.Namespace, console: Console) -> int:
     """finesweep ls: past sweeps in the tracking store, and the command that resumes an unfinished one."""
-    from finesweep.state import find_sweeps
-    from finesweep.tracking import Cursor, list_sweeps
-
-    where = _locations(args.overrides)
-    uri = where["uri"]
-    rows = [] if _sqlite_missing(uri) else list_sweeps(uri)
-    table = Table(title=f"sweeps in {uri}")
-    for column in ("sweep", "run id", "started", "status", "done", "stopped", "failed", "objective", "best"):
-        table.add_column(column)
-    extra = " ".join(_location_overrides(args.overrides))
-    hints = []
-    for row in rows:
-        table.add_row(row.run_name, row.run_id[:8], time.strftime("%Y-%m-%d %H:%M", time.localtime(row.start_time)),
-                      row.status, str(row.counts["completed"]), str(row.counts["early_stopped"]),
-                      str(row.counts["failed"]), row.objective,
-                      "-" if row.best_value is None else f"{row.best_value:.4f}", end_section=False)
-        if row.status in ("RUNNING", "KILLED") and row.state and Path(row.state).is_dir():
-            hints.append(f"{row.run_name} ({row.status.lower()}): finesweep resume {row.run_id[:8]} {extra}".rstrip())
-    console.print(table if rows else f"no sweeps yet in {uri}", markup=False)
-    unsent = [f.name for f in find_sweeps(where["storage_path"])
-              if Cursor.load(f).sent < sum(1 for _ in open(f / "events.jsonl", encoding="utf-8"))]
-    for hint in hints:
-        console.print(f"resume {hint}", markup=False)
-    if unsent:
-        console.print(f"not all in MLflow yet: {', '.join(unsent)}; send with: finesweep sync {extra}".rstrip(),
-                      markup=False)
-    return 0
+    return commands.ls(_locations(args.overrides), _location_overrides(args.overrides), console)
 
 
 def cmd_ui(args: argparse.Namespace, console: Console) -> int:
     """finesweep ui: the MLflow UI for the configured store, on 127.0.0.1 unless told otherwise."""
-    from finesweep.tracking import artifact_root_of
-
-    tracking = _tracking(args.overrides)
-    if tracking["uri"].startswith(("http://", "https://")):
-        console.print(f"{tracking['uri']} is an MLflow server: its UI is there. Open {tracking['uri']} in a browser.")
-        return 0
-    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracking["uri"],
-               "--default-artifact-root", artifact_root_of(tracking["uri"], tracking["artifact_root"]),
-               "--host", args.host, "--port", str(args.port)]
-    console.print(f"MLflow UI for {tracking['uri']}: http://{args.host}:{args.port}  (Ctrl-C stops it)")
-    sys.stdout.flush()
-    os.execv(sys.executable, command)  # the server takes over this process: signals reach it directly
-    return 0  # not reached
+    return commands.ui(_locations(args.overrides), args.host, args.port, args.expose, console)
 
 
 # --- Hydra ----------------------------------------------------------------------------------------
@@ -308,11 +267,6 @@ def _unknown_key(key: str) -> str:
     return f"{key}: not a config key. {key_hint(key, leaf_keys(ExperimentConfig(), sweep_sections=True))}"
 
 
-def _tracking(overrides: Sequence[str]) -> Dict[str, str]:
-    """tracking.uri and tracking.artifact_root, resolving nothing else (no data or model paths)."""
-    return {key: value for key, value in _locations(overrides).items() if key in ("uri", "artifact_root")}
-
-
 def _locations(overrides: Sequence[str]) -> Dict[str, str]:
     """Where the tracking store and the sweeps' logs are, resolving nothing else (no data or model paths)."""
     cfg = _compose({}, overrides, resolve=False)
@@ -357,10 +311,6 @@ def _display(path: Path) -> str:
     return str(path)
 
 
-def _sqlite_missing(uri: str) -> bool:
-    return uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists()
-
-
 # --- argument parsing -----------------------------------------------------------------------------
 
 def _parser() -> argparse.ArgumentParser:
@@ -368,26 +318,24 @@ def _parser() -> argparse.ArgumentParser:
         prog="finesweep", description="Hyperparameter sweeps for fine-tuning pretrained models: Hydra configs, "
         "Ray Tune + Optuna + ASHA scheduling, PyTorch Lightning trials, MLflow results.")
     parser.add_argument("--version", action="version", version=f"finesweep {finesweep.__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands_ = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     overrides_help = "Hydra overrides applied last, e.g. optim.lr=3e-5 search.num_trials=32 model=minilm"
     for name, func, text in (("run", cmd_run, "run a sweep and log it to MLflow"),
                              ("show", cmd_show, "print the composed config and search space, validate, start nothing")):
-        sub = commands.add_parser(name, help=text, description=text)
+        sub = commands_.add_parser(name, help=text, description=text)
         sub.add_argument("sweep", metavar="SWEEP", help="a name from sweeps/ (without .yaml) or a path to a sweep YAML")
         sub.add_argument("overrides", metavar="OVERRIDE", nargs="*", help=overrides_help)
         sub.set_defaults(func=func)
-    ls = commands.add_parser("ls", help="list past sweeps in the tracking store",
+    ls = commands_.add_parser("ls", help="list past sweeps in the tracking store",
                              description="List past sweeps: name, start time, status, trials, best value.")
     ls.add_argument("overrides", metavar="OVERRIDE", nargs="*", help="e.g. tracking.uri=sqlite:////abs/mlflow.db")
     ls.set_defaults(func=cmd_ls)
-    ui = commands.add_parser("ui", help="start the MLflow UI for the tracking store",
+    ui = commands_.add_parser("ui", help="start the MLflow UI for the tracking store",
                              description="Start the MLflow UI for the configured tracking store.")
     ui.add_argument("overrides", metavar="OVERRIDE", nargs="*", help="e.g. tracking.uri=sqlite:////abs/mlflow.db")
-    ui.add_argument("--port", type=int, default=DEFAULT_UI_PORT, help="port (default %(default)s)")
-    ui.add_argument("--host", default="127.0.0.1",
-                    help="interface to bind (default %(default)s: this machine only)")
+    _server_flags(ui)
     ui.set_defaults(func=cmd_ui)
-    resume = commands.add_parser(
+    resume = commands_.add_parser(
         "resume", help="continue an interrupted sweep (or extend a finished one with search.num_trials=N)",
         description="Continue a sweep from its log: finished trials stay, running ones go on from their last "
                     "checkpoint, the same MLflow runs go on. RUN is a sweep id, a parent run id (or a prefix) or a "
@@ -396,12 +344,33 @@ def _parser() -> argparse.ArgumentParser:
                         help="tracking.*, cluster.*, search.num_trials (to extend), search.max_concurrent, "
                              "search.max_retries")
     resume.set_defaults(func=cmd_resume)
-    sync = commands.add_parser("sync", help="send to MLflow what it did not take during an outage",
+    sync = commands_.add_parser("sync", help="send to MLflow what it did not take during an outage",
                                description="Send the events of sweeps' logs that MLflow has not taken yet, each once.")
     sync.add_argument("items", metavar="[RUN] [OVERRIDE ...]", nargs="*", help="e.g. tracking.uri=http://host:5000")
     sync.add_argument("--timeout", type=float, default=120.0, help="give up after this many seconds (default 120)")
     sync.set_defaults(func=cmd_sync)
+    report = commands_.add_parser(
+        "report", help="build a sweep's report: one offline HTML file and PNGs, logged to its parent run",
+        description="Build the report of a sweep (default: the latest): optimisation history, learning curves, "
+                    "importance, slices, parallel coordinates, strategies, the schedule, the winner.")
+    report.add_argument("items", metavar="[RUN] [OVERRIDE ...]", nargs="*", help="e.g. cluster.storage_path=...")
+    report.set_defaults(func=cmd_report)
+    serve = commands_.add_parser(
+        "serve", help="serve a registered model as a REST endpoint (default: the latest sweep's winner)",
+        description="Serve a registered model with MLflow's model server. MODEL is NAME, NAME/VERSION or "
+                    "models:/NAME/VERSION; none = the latest sweep's registered model, latest version.")
+    serve.add_argument("items", metavar="[MODEL] [OVERRIDE ...]", nargs="*", help="e.g. tracking.uri=...")
+    _server_flags(serve, port=DEFAULT_SERVE_PORT)
+    serve.set_defaults(func=cmd_serve)
     return parser
+
+
+def _server_flags(parser: argparse.ArgumentParser, port: int = DEFAULT_UI_PORT) -> None:
+    parser.add_argument("--port", type=int, default=port, help="port (default %(default)s)")
+    parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default %(default)s: this machine "
+                        "only; another needs --expose)")
+    parser.add_argument("--expose", action="store_true",
+                        help="allow a non-loopback --host (nothing authenticates: anyone who reaches it can use it)")
 
 
 if __name__ == "__main__":

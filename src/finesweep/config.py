@@ -234,6 +234,8 @@ class TrackingConfig:
     ``artifacts/`` beside a SQLite file, or what an MLflow server serves (``--serve-artifacts``)."""
     experiment: str = ""
     """MLflow experiment name; empty = the sweep name."""
+    optuna_storage: str = ""
+    """Optuna RDB storage the study is kept in (optuna-dashboard URL); empty = optuna.db in cluster.storage_path."""
     registered_model: str = ""
     """Model Registry name the winner is registered under; empty = the sweep name."""
     flush_timeout: float = 30.0

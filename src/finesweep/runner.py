@@ -42,7 +42,7 @@ from finesweep.state import (
     sweep_dir,
 )
 from finesweep.sweep import Sweep, check_same_data, data_fingerprint, header
-from finesweep.tracking import Projector, sync_log
+from finesweep.tracking import UI_VIEW, Projector, sync_log
 from finesweep.trial import run_trial
 from finesweep.view import SweepView, results_table
 
@@ -76,6 +76,8 @@ class _Outcome:
     selection_error: str = ""
     finished: bool = False
     """The search (and selection) ran to the end: no trial was left running."""
+    report: Optional[Path] = None
+    """The sweep report's HTML file, once written."""
 
 
 def run(sweep: Sweep, cache: DataCache, console: Console, trainable: Trainable = run_trial,
@@ -297,10 +299,28 @@ def _close_books(session: Session, outcome: _Outcome, seen: Sequence[TrialRecord
     finished = [r for r in seen if r.status in (TrialStatus.completed, TrialStatus.early_stopped)]
     status = "FINISHED" if outcome.finished and finished else "KILLED" if not outcome.finished else "FAILED"
     journal.event("finished", durable=True, status=status)
+    if outcome.finished:
+        outcome.report = _write_report(session)
     session.log.close()
     if not session.projector.drain(drain):
         log.warning("MLflow did not take every event in %.0f s (%s)", drain, session.projector.waiting)
     session.projector.close()
+
+
+def _write_report(session: Session) -> Optional[Path]:
+    """The sweep report, logged to the parent run; a report that fails is a note, never a failed sweep."""
+    from finesweep.report import build
+
+    session.projector.drain(session.config.tracking.flush_timeout)  # the registered version comes from MLflow
+    try:
+        built = build(session.log.path.parent)
+    except Exception as exc:  # noqa: BLE001 - the sweep and its results stand without the report
+        log.warning("the sweep report failed: %s", exc, exc_info=True)
+        session.journal.event("note", tag="finesweep.report_error", text=one_line(exc))
+        return None
+    log.info("report built in %.1f s%s", built.seconds, f" (no PNGs: {built.png_problem})" if built.png_problem else "")
+    session.journal.event("report", folder=str(built.folder))
+    return built.html
 
 
 def _conclude(session: Session, outcome: _Outcome, log_file: Path, console: Console,
@@ -319,14 +339,18 @@ def _conclude(session: Session, outcome: _Outcome, log_file: Path, console: Cons
     if version:
         console.print(f"registered as models:/{version}: mlflow.pyfunc.load_model('models:/{version}')",
                       markup=False)
+    if outcome.report:
+        console.print(f"report: {outcome.report}", markup=False)
     if projector.cursor.sent < session.log.count:
         unsent = session.log.count - projector.cursor.sent
         console.print(f"warning: MLflow at {config.tracking.uri} did not take {unsent} event(s) "
                       f"({projector.waiting or 'still sending'}); they are kept in {session.log.path}. "
                       f"Send them with: finesweep sync {session.state.sweep_id}", style="yellow", markup=False)
     else:
+        where = (f"{config.tracking.uri.rstrip('/')}/#/experiments/{projector.cursor.experiment_id}/{UI_VIEW}"
+                 if config.tracking.uri.startswith(("http://", "https://")) else "finesweep ui")
         console.print(f"MLflow: experiment {config.experiment_name!r}, parent run {projector.parent_id}. "
-                      f"Browse it with: finesweep ui   (Ray's log: {log_file})", markup=False)
+                      f"Browse it with: {where}   (Ray's log: {log_file})", markup=False)
     if not outcome.finished:
         console.print(f"interrupted: {len(finished)} finished trial(s) kept, the running ones are checkpointed. "
                       f"Continue with: {session.resume_command}", markup=False)

@@ -15,7 +15,7 @@ Trials never talk to MLflow: when ASHA stops a trial, Ray ends it abruptly, whic
 in-trial logger's run RUNNING without its last epoch. The driver knows why a trial ended.
 
 The package: ``projector`` sends a sweep's log to MLflow, ``registry`` logs and registers the winner,
-``store`` reads sweeps back (``finesweep ls``).
+``store`` reads sweeps and models back (``finesweep ls``, ``serve``).
 """
 
 from finesweep.tracking.projector import (
@@ -25,12 +25,13 @@ from finesweep.tracking.projector import (
     ROLE_TAG,
     STATE_TAG,
     STATUS_TAG,
+    UI_VIEW,
     Cursor,
     Projector,
     artifact_root_of,
     sync_log,
 )
-from finesweep.tracking.store import SweepRow, list_sweeps
+from finesweep.tracking.store import SweepRow, latest_registered, list_sweeps
 
-__all__ = ["KEY_TAG", "PARENT_TAG", "PHASE_TAG", "ROLE_TAG", "STATE_TAG", "STATUS_TAG", "Cursor", "Projector",
-           "SweepRow", "artifact_root_of", "list_sweeps", "sync_log"]
+__all__ = ["KEY_TAG", "PARENT_TAG", "PHASE_TAG", "ROLE_TAG", "STATE_TAG", "STATUS_TAG", "UI_VIEW", "Cursor",
+           "Projector", "SweepRow", "artifact_root_of", "latest_registered", "list_sweeps", "sync_log"]

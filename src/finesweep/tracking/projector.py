@@ -311,11 +311,16 @@ class Projector:
         self.cursor.registered[round_] = version
         self.client.set_tag(self.parent_id, "finesweep.registered_model", version)
 
+    def _on_report(self, event: Dict[str, Any]) -> None:
+        folder = Path(event["folder"])
+        if folder.is_dir():  # deleted since: nothing to send (a later report event sends the new one)
+            self.client.log_artifacts(self.parent_id, str(folder), "report")
+
     def _on_finished(self, event: Dict[str, Any]) -> None:
         self.client.set_terminated(self.parent_id, event["status"])
         if self.uri.startswith(("http://", "https://")):  # MLflow's own "View run" lines are off (cli.main)
-            log.info("View the sweep at: %s/#/experiments/%s/runs/%s", self.uri.rstrip("/"),
-                     self.cursor.experiment_id, self.parent_id)
+            log.info("View the sweep at: %s/#/experiments/%s/%s", self.uri.rstrip("/"),
+                     self.cursor.experiment_id, UI_VIEW)
 
     # --- helpers ----------------------------------------------------------------------------------
 
@@ -332,6 +337,8 @@ class Projector:
                               "Restore it (mlflow experiments restore) or set tracking.experiment to a new name.")
         else:
             experiment_id = experiment.experiment_id
+        # MLflow's UI opens an experiment as GenAI traces unless told it holds model training runs.
+        self.client.set_experiment_tag(experiment_id, "mlflow.experimentKind", EXPERIMENT_KIND)
         self.cursor.experiment_id = experiment_id
         return experiment_id
 
@@ -356,6 +363,13 @@ class Projector:
             if version.tags.get("finesweep.selection_round") == round_:
                 return f"{name}/{version.version}"
         return None
+
+
+EXPERIMENT_KIND = "finetuning"
+"""``mlflow.experimentKind`` of a sweep's experiment: the UI shows it as model training."""
+
+UI_VIEW = "runs?workflowType=machine_learning"
+"""Where a link into MLflow's UI lands for an experiment: its training runs, not the GenAI overview."""
 
 
 def artifact_root_of(uri: str, artifact_root: str) -> str:

@@ -1,0 +1,206 @@
+"""The report's figures, each a plotly figure with a title and a one-line caption that says what to read.
+
+Optuna's visualization module draws what it knows (importance, slices, parallel coordinates) from the
+study behind the search; plotly draws the rest from the sweep's log.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, List, Optional
+
+import plotly.graph_objects as go
+
+from finesweep.config import Mode
+from finesweep.records import TrialStatus
+from finesweep.report.facts import SweepFacts, finished, slots, utilisation
+
+log = logging.getLogger(__name__)
+
+COLORS = {TrialStatus.completed: "#2a9d8f", TrialStatus.early_stopped: "#e9c46a", TrialStatus.failed: "#e76f51",
+          TrialStatus.running: "#8d99ae"}
+
+
+@dataclass
+class Figure:
+    """One figure of the report."""
+
+    name: str
+    """File stem of its PNG copy."""
+    title: str
+    caption: str
+    figure: Optional[go.Figure]
+    """None when the sweep has too little for it (the caption says why)."""
+
+
+def every_figure(facts: SweepFacts, study: Any) -> List[Figure]:
+    """All figures, in reading order; one that cannot be drawn says why instead of failing the report."""
+    makers: List[Callable[[], Figure]] = [
+        lambda: history(facts), lambda: curves(facts), lambda: importance(facts, study),
+        lambda: slices(facts, study), lambda: parallel(facts, study), lambda: by_strategy(facts),
+        lambda: per_parameter(facts), lambda: schedule(facts)]
+    figures = []
+    for make in makers:
+        try:
+            figures.append(make())
+        except Exception as exc:  # noqa: BLE001 - a figure the data cannot support is a note, not a failure
+            log.warning("report: a figure could not be drawn: %s", exc, exc_info=True)
+            figures.append(Figure("unavailable", "(figure unavailable)", f"Not drawn: {exc}", None))
+    return figures
+
+
+def _layout(figure: go.Figure, x: str, y: str) -> go.Figure:
+    figure.update_layout(template="plotly_white", height=420, margin=dict(l=60, r=20, t=30, b=50),
+                         xaxis_title=x, yaxis_title=y, legend=dict(orientation="h", y=-0.2))
+    return figure
+
+
+def history(facts: SweepFacts) -> Figure:
+    """Each trial's objective in the order trials ended, and the best so far."""
+    done = finished(facts.search())
+    figure = go.Figure()
+    for status, symbol in ((TrialStatus.completed, "circle"), (TrialStatus.early_stopped, "x")):
+        points = [(i, t) for i, t in enumerate(done, start=1) if t.record.status is status]
+        figure.add_scatter(x=[i for i, _ in points], y=[t.record.best_value for _, t in points], mode="markers",
+                           name=status.value.replace("_", " "), marker=dict(symbol=symbol, size=9,
+                                                                             color=COLORS[status]),
+                           text=[f"trial {t.number}" for _, t in points])
+    pick = max if facts.mode is Mode.max else min
+    best, running = [], None
+    for trial in done:
+        value = float(trial.record.best_value or 0.0)
+        running = value if running is None else pick(running, value)
+        best.append(running)
+    figure.add_scatter(x=list(range(1, len(done) + 1)), y=best, mode="lines", name="best so far",
+                       line=dict(shape="hv", color="#264653"))
+    caption = (f"Each finished trial's best {facts.metric} in the order trials ended (x: stopped early by the "
+               "scheduler); the line is the best so far. A line that flattens early means later trials added little.")
+    return Figure("history", "Optimisation history", caption, _layout(figure, "trials ended", facts.metric))
+
+
+def curves(facts: SweepFacts) -> Figure:
+    """Every trial's objective by epoch, with ASHA's rungs."""
+    figure = go.Figure()
+    for trial in facts.search():
+        points = [(m.get("epoch", i + 1), m[facts.metric]) for i, m in enumerate(trial.record.history)
+                  if facts.metric in m and not math.isnan(m[facts.metric])]
+        if points:
+            figure.add_scatter(x=[p[0] for p in points], y=[p[1] for p in points], mode="lines+markers",
+                               name=f"trial {trial.number}", line=dict(color=COLORS[trial.record.status], width=1.5),
+                               marker=dict(size=5), opacity=0.8)
+    for rung in facts.rungs():
+        figure.add_vline(x=rung, line_dash="dash", line_color="#6c757d", annotation_text=f"rung {rung}")
+    rungs = f"dashed lines are ASHA's rungs ({', '.join(map(str, facts.rungs()))}); " if facts.rungs() else ""
+    caption = (f"{facts.metric} of every search trial by epoch; {rungs}yellow curves were stopped early, red ones "
+               "failed. Curves that cross after a rung mean the scheduler judged too early.")
+    figure = _layout(figure, "epoch", facts.metric)
+    figure.update_layout(showlegend=False)
+    return Figure("learning_curves", "Learning curves", caption, figure)
+
+
+def _complete(study: Any) -> int:
+    import optuna
+
+    return len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
+
+
+def importance(facts: SweepFacts, study: Any) -> Figure:
+    """Which searched parameters moved the objective (Optuna's PED-ANOVA)."""
+    import optuna
+    from optuna.importance import PedAnovaImportanceEvaluator
+
+    if len(facts.params) < 1 or _complete(study) < 3:
+        return Figure("importance", "Hyperparameter importance", "Needs at least 3 finished trials.", None)
+    figure = optuna.visualization.plot_param_importances(study, evaluator=PedAnovaImportanceEvaluator())
+    caption = ("How much each searched parameter explains where the best trials lie (Optuna's PED-ANOVA, 0-1). "
+               "Spend the next sweep's budget on the top ones and fix the rest.")
+    return Figure("importance", "Hyperparameter importance", caption, _layout(figure, "importance", ""))
+
+
+def slices(facts: SweepFacts, study: Any) -> Figure:
+    """The objective against each searched parameter."""
+    import optuna
+
+    if _complete(study) < 1:
+        return Figure("slice", "Slice plot", "Needs a finished trial.", None)
+    figure = optuna.visualization.plot_slice(study)
+    figure.update_layout(template="plotly_white", height=420)
+    caption = ("The objective against each searched value, one panel a parameter (darker: later trials). Look for "
+               "values where good trials cluster, and for edges of a range that are still improving.")
+    return Figure("slice", "Slice plot", caption, figure)
+
+
+def parallel(facts: SweepFacts, study: Any) -> Figure:
+    """Parallel coordinates over the searched parameters, coloured by the objective."""
+    import optuna
+
+    if _complete(study) < 2:
+        return Figure("parallel_coordinates", "Parallel coordinates", "Needs at least 2 finished trials.", None)
+    figure = optuna.visualization.plot_parallel_coordinate(study)
+    figure.update_layout(template="plotly_white", height=420)
+    caption = ("One line a finished trial across every searched parameter, coloured by the objective: the paths "
+               "the best-coloured lines share are the combinations that work.")
+    return Figure("parallel_coordinates", "Parallel coordinates", caption, figure)
+
+
+def by_strategy(facts: SweepFacts) -> Figure:
+    """The objective by fine-tuning strategy."""
+    done = finished(facts.search())
+    figure = go.Figure()
+    groups: dict = {}
+    for trial in done:
+        strategy = str(trial.record.params.get("finetune.strategy", facts.config.finetune.strategy.value))
+        groups.setdefault(strategy, []).append(trial)
+    for strategy, trials in sorted(groups.items()):
+        figure.add_box(y=[t.record.best_value for t in trials], name=strategy, boxpoints="all", jitter=0.4,
+                       pointpos=0, text=[f"trial {t.number}" for t in trials], marker_color="#2a9d8f")
+    caption = (f"Best {facts.metric} of the finished trials by finetune.strategy (each point a trial). Compare "
+               "the boxes' middles and spreads: a strategy with a high median and a tight box is the safe bet.")
+    return Figure("by_strategy", "Objective by fine-tuning strategy", caption,
+                  _layout(figure, "finetune.strategy", facts.metric))
+
+
+def per_parameter(facts: SweepFacts) -> Figure:
+    """The objective against the fraction of weights each trial trained."""
+    done = finished(facts.search())
+    points = [(t.record.history[0]["model/trainable_fraction"], t) for t in done
+              if t.record.history and "model/trainable_fraction" in t.record.history[0]]
+    if not points:
+        return Figure("trainable_fraction", "What you gain per trained parameter",
+                      "No trial reported model/trainable_fraction.", None)
+    figure = go.Figure(go.Scatter(
+        x=[p for p, _ in points], y=[t.record.best_value for _, t in points], mode="markers",
+        marker=dict(size=9, color=[COLORS[t.record.status] for _, t in points]),
+        text=[f"trial {t.number}: {t.record.params.get('finetune.strategy', '')}" for _, t in points]))
+    figure.update_xaxes(type="log")
+    caption = (f"Best {facts.metric} against the fraction of the model's weights each trial trained (log scale): "
+               "points to the left reach their value with fewer trained weights (cheaper, smaller checkpoints).")
+    return Figure("trainable_fraction", "What you gain per trained parameter", caption,
+                  _layout(figure, "trainable fraction of weights", facts.metric))
+
+
+def schedule(facts: SweepFacts) -> Figure:
+    """Trials on worker slots over time, and how busy the slots were."""
+    placed = slots(facts.trials)
+    if not placed:
+        return Figure("schedule", "Schedule", "No trial ran.", None)
+    origin = min(start for _, _, start, _ in placed)
+    figure = go.Figure()
+    for status in TrialStatus:
+        mine = [p for p in placed if p[1].record.status is status]
+        if mine:
+            figure.add_bar(base=[s - origin for _, _, s, _ in mine], x=[e - s for _, _, s, e in mine],
+                           y=[f"slot {slot + 1}" for slot, _, _, _ in mine], orientation="h",
+                           name=status.value.replace("_", " "), marker_color=COLORS[status],
+                           text=[f"{t.record.phase} {t.number}" for _, t, _, _ in mine], textposition="inside")
+    capacity = max(facts.config.search.max_concurrent, 1 + max(slot for slot, _, _, _ in placed))
+    used = utilisation(placed, capacity)
+    busy = f"The slots were busy {used:.0%} of the time" if used is not None else "Utilisation unknown"
+    caption = (f"Each bar is a trial holding a worker slot (search.max_concurrent={facts.config.search.max_concurrent}"
+               f"), from start to end. {busy}: gaps are idle capacity, e.g. waiting on the searcher or on the "
+               "slowest trial of a round.")
+    figure = _layout(figure, "seconds since the first trial started", "")
+    figure.update_layout(barmode="overlay")
+    return Figure("schedule", "Schedule", caption, figure)

@@ -1,0 +1,249 @@
+"""What a person sees after a sweep: the report (in a real headless Chromium), the MLflow UI opened on the
+sweep's training runs, the Optuna study optuna-dashboard opens, and the winner served over REST.
+
+Chromium and its driver are Debian's `chromium` and `chromium-driver` (`make system-deps` installs them);
+screenshots are kept beside each test's files (pytest's tmp_path) as artifacts.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any, Iterator, List
+
+import pytest
+
+from e2e import env, run_cli
+from servers import free_port
+
+pytestmark = pytest.mark.slow
+
+LOOKS = """
+objective: {metric: val/accuracy, mode: max}
+search: {sampler: tpe, num_trials: 6, max_concurrent: 2, seed: 3}
+scheduler: {kind: asha, max_epochs: 3, grace_period: 1, reduction_factor: 2}
+space:
+  optim.lr: {distribution: loguniform, low: 1.0e-4, high: 3.0e-2}
+  finetune.strategy: {distribution: categorical, choices: [full, freeze]}
+"""
+
+FIGURES = ["history", "learning_curves", "importance", "slice", "parallel_coordinates", "by_strategy",
+           "trainable_fraction", "schedule"]
+
+
+class Swept:
+    """A finished sweep in its own folder, as `finesweep run` left it."""
+
+    def __init__(self, cwd: Path, output: str) -> None:
+        self.cwd = cwd
+        self.output = output
+        self.uri = f"sqlite:///{cwd / 'mlruns' / 'mlflow.db'}"
+
+    @property
+    def report(self) -> Path:
+        line = next(line for line in self.output.splitlines() if line.startswith("report: "))
+        return Path(line.removeprefix("report: ").strip())
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, tiny_csv: Path) -> Swept:
+    cwd = tmp_path_factory.mktemp("looks")
+    (cwd / "looks.yaml").write_text(LOOKS)
+    result = run_cli(["run", "looks.yaml", f"model.name_or_path={tiny_model}", f"data.path={tiny_csv}",
+                      "data.label_column=label", "data.max_length=32", "data.max_samples=null",
+                      "finetune.freeze_layers=1"], cwd)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return Swept(cwd, result.stdout)
+
+
+@pytest.fixture()
+def browser(tmp_path: Path) -> Iterator[Any]:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not chromium or not driver:
+        pytest.fail("Chromium is not installed: run `make system-deps` (apt-get install chromium chromium-driver)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1600,1000",
+                     f"--user-data-dir={tmp_path / 'chromium'}"):
+        options.add_argument(argument)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    session = webdriver.Chrome(service=Service(driver), options=options)
+    try:
+        yield session
+    finally:
+        session.quit()
+
+
+def wait_for(check: Any, what: str, timeout: float = 60) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = check()
+        if found:
+            return found
+        time.sleep(0.5)
+    raise AssertionError(f"{what} did not happen in {timeout:.0f} s")
+
+
+class Served:
+    """A finesweep command that serves something (ui, serve) until the test ends."""
+
+    def __init__(self, args: List[str], cwd: Path) -> None:
+        self.log = cwd / f"{args[0]}-{time.monotonic_ns()}.log"
+        self.process = subprocess.Popen([sys.executable, "-m", "finesweep", *args], cwd=cwd, env=env(cwd),
+                                        stdout=open(self.log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+
+    def output(self) -> str:
+        return self.log.read_text()
+
+    def wait_until_up(self, url: str, timeout: float = 120) -> None:
+        def up() -> bool:
+            assert self.process.poll() is None, self.output()[-3000:]
+            try:
+                urllib.request.urlopen(url, timeout=2)
+                return True
+            except OSError:
+                return False
+
+        wait_for(up, f"{url} answering", timeout)
+
+    def stop(self) -> None:
+        import os
+        import signal
+
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+
+
+@pytest.mark.timeout(600)
+def test_the_report_is_written_logged_and_cross_referenced_with_optuna(swept: Swept) -> None:
+    import optuna
+    from mlflow.tracking import MlflowClient
+
+    assert swept.report.is_file() and swept.report.stat().st_size > 1_000_000, "plotly.js inlined: opens offline"
+    html = swept.report.read_text()
+    assert "<script src=" not in html and "<link " not in html, "nothing loaded from the network"
+    for title in ("Optimisation history", "Learning curves", "Hyperparameter importance", "Slice plot",
+                  "Parallel coordinates", "Objective by fine-tuning strategy", "What you gain per trained parameter",
+                  "Schedule", "Winner", "Leaderboard", "rung 1", "The slots were busy"):
+        assert title in html, title
+    assert sorted(p.stem for p in swept.report.parent.glob("*.png")) == sorted(FIGURES)
+
+    client = MlflowClient(swept.uri)
+    experiment = client.get_experiment_by_name("looks")
+    assert experiment.tags["mlflow.experimentKind"] == "finetuning", "the UI opens it as model training"
+    runs = client.search_runs([experiment.experiment_id])
+    parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
+    logged = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+    assert {"report/report.html", *(f"report/{f}.png" for f in FIGURES)} <= logged
+
+    # The study behind the search, where optuna-dashboard finds it, pointing at the MLflow child runs.
+    storage = f"sqlite:///{swept.cwd / 'mlruns' / 'optuna.db'}"
+    (summary,) = optuna.get_all_study_summaries(storage)
+    assert summary.study_name.startswith("looks-") and summary.n_trials == 6
+    study = optuna.load_study(study_name=summary.study_name, storage=storage)
+    children = {r.info.run_id: r for r in runs if r.data.tags.get("finesweep.role") == "trial"}
+    for trial in study.trials:
+        child = children[trial.user_attrs["mlflow_run_id"]]
+        assert child.data.tags["finesweep.optuna_trial"] == str(trial.number)
+        assert child.data.params["optim.lr"].startswith(f"{trial.params['optim.lr']:.3g}"[:4])
+    assert study.user_attrs["mlflow_parent_run_id"] == parent.info.run_id
+
+    # `finesweep report` builds it again for the latest sweep and logs it once more, in place.
+    again = run_cli(["report"], swept.cwd, timeout=300)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert f"{swept.report}" in again.stdout
+    assert {a.path for a in client.list_artifacts(parent.info.run_id, "report")} == logged
+
+
+@pytest.mark.timeout(300)
+def test_every_figure_of_the_report_renders_in_a_browser_without_errors(swept: Swept, browser: Any,
+                                                                         tmp_path: Path) -> None:
+    from selenium.webdriver.common.by import By
+
+    browser.get(swept.report.as_uri())
+    plots = wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, ".js-plotly-plot .main-svg"), "plots drawn")
+    drawn = {p.find_element(By.XPATH, "./ancestor::div[contains(@class,'js-plotly-plot')]").get_attribute("id")
+             for p in plots}
+    assert len(drawn) == len(FIGURES), f"every figure drawn, got {sorted(drawn)}"
+    for plot in browser.find_elements(By.CSS_SELECTOR, ".js-plotly-plot"):
+        assert plot.size["height"] > 200 and plot.size["width"] > 400
+    errors = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
+    assert errors == [], errors
+    browser.save_screenshot(str(tmp_path / "report.png"))
+
+
+@pytest.mark.timeout(300)
+def test_the_mlflow_ui_opens_on_the_sweeps_training_runs(swept: Swept, browser: Any, tmp_path: Path) -> None:
+    from selenium.webdriver.common.by import By
+
+    port = free_port()
+    ui = Served(["ui", "--port", str(port)], swept.cwd)
+    try:
+        ui.wait_until_up(f"http://127.0.0.1:{port}/health")
+        link = next(word for line in ui.output().splitlines() if line.startswith("latest sweep looks")
+                    for word in line.split() if word.startswith("http://"))
+        browser.get(link)
+        parent_link = wait_for(lambda: [a for a in browser.find_elements(By.CSS_SELECTOR, "a[href*='/runs/']")
+                                        if a.text.strip() == "looks"], "the sweep's parent run listed")[0]
+        text = browser.find_element(By.TAG_NAME, "body").text
+        assert "Model training" in text and "Token Usage" not in text, "the training runs, not the GenAI overview"
+        def trials() -> List[Any]:
+            return [a for a in browser.find_elements(By.CSS_SELECTOR, "a[href*='/runs/']")
+                    if a.text.strip().startswith("trial-")]
+
+        assert trials() == [], "the trials are folded under the parent run, not listed beside it"
+        row = parent_link.find_element(By.XPATH, "./ancestor::*[@role='row'][1]")
+        row.find_element(By.CSS_SELECTOR, "button[data-component-id*='runnamecellrenderer']").click()  # expand
+        nested = wait_for(lambda: trials() if len(trials()) >= 6 else [], "the trials shown under the parent run")
+        assert {a.text.strip() for a in nested} == {f"trial-{n:03d}" for n in range(6)}
+        parent_index = int(row.get_attribute("row-index"))
+        for link in nested:
+            assert int(link.find_element(By.XPATH, "./ancestor::*[@role='row'][1]").get_attribute("row-index")) \
+                > parent_index, "each trial sits beneath its parent run"
+        browser.save_screenshot(str(tmp_path / "mlflow-runs.png"))
+
+        parent_link = wait_for(lambda: [a for a in browser.find_elements(By.CSS_SELECTOR, "a[href*='/runs/']")
+                                        if a.text.strip() == "looks"], "the parent run link")[0]
+        browser.get(parent_link.get_attribute("href").split("?")[0] + "/artifacts")
+        wait_for(lambda: "report" in browser.find_element(By.TAG_NAME, "body").text, "report/ among the artifacts")
+        browser.save_screenshot(str(tmp_path / "mlflow-parent.png"))
+    finally:
+        ui.stop()
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("command", ["ui", "serve"])
+def test_a_public_host_needs_expose(swept: Swept, command: str) -> None:
+    refused = run_cli([command, "--host", "0.0.0.0"], swept.cwd, timeout=60)
+    assert refused.returncode == 2
+    assert "--host 0.0.0.0: not a loopback address" in refused.stderr and "--expose" in refused.stderr
+
+
+@pytest.mark.timeout(300)
+def test_the_winner_is_served_over_rest_on_loopback(swept: Swept) -> None:
+    port = free_port()
+    served = Served(["serve", "--port", str(port)], swept.cwd)
+    try:
+        served.wait_until_up(f"http://127.0.0.1:{port}/ping", timeout=180)
+        assert "serving models:/looks/1" in served.output() and "curl -s" in served.output()
+        body = json.dumps({"dataframe_records": [{"text": "a great movie"}, {"text": "an awful day"}]}).encode()
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
+                                         headers={"Content-Type": "application/json"})
+        answer = json.loads(urllib.request.urlopen(request, timeout=60).read())["predictions"]
+        assert len(answer) == 2
+        for row in answer:
+            assert row["label"] in {"negative", "neutral", "positive"} and 0.0 < row["score"] <= 1.0
+    finally:
+        served.stop()
