@@ -56,7 +56,7 @@ def swept(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, tiny_csv: 
     (cwd / "looks.yaml").write_text(LOOKS)
     result = run_cli(["run", "looks.yaml", f"model.name_or_path={tiny_model}", f"data.path={tiny_csv}",
                       "data.label_column=label", "data.max_length=32", "data.max_samples=null",
-                      "finetune.freeze_layers=1"], cwd)
+                      "finetune.freeze_layers=1", "final.baseline=true"], cwd)
     assert result.returncode == 0, result.stdout + result.stderr
     return Swept(cwd, result.stdout)
 
@@ -148,12 +148,23 @@ def test_the_report_is_written_logged_and_cross_referenced_with_optuna(swept: Sw
     logged = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
     assert {"report/report.html", *(f"report/{f}.png" for f in FIGURES)} <= logged
 
+    # What the sweep bought: the config without searched values, trained once after the search, never ranked.
+    assert "What the sweep bought" in html
+    baseline = next(r for r in runs if r.data.tags.get("finesweep.phase") == "baseline")
+    assert baseline.info.run_name == "baseline-006" and not any(k.startswith("optim.") for k in baseline.data.params)
+    gain = parent.data.metrics["gain/val/accuracy"]
+    assert gain == pytest.approx(parent.data.metrics["final/val/val/accuracy/mean"]
+                                 - parent.data.metrics["baseline/val/accuracy"])
+    assert parent.data.metrics["gain/test/accuracy"] == pytest.approx(
+        parent.data.metrics["test/accuracy"] - parent.data.metrics["baseline/test/accuracy"])
+    assert parent.data.tags["finesweep.best_run_id"] != baseline.info.run_id
+
     # The study behind the search, where optuna-dashboard finds it, pointing at the MLflow child runs.
     storage = f"sqlite:///{swept.cwd / 'mlruns' / 'optuna.db'}"
     (summary,) = optuna.get_all_study_summaries(storage)
     assert summary.study_name.startswith("looks-") and summary.n_trials == 6
     study = optuna.load_study(study_name=summary.study_name, storage=storage)
-    children = {r.info.run_id: r for r in runs if r.data.tags.get("finesweep.role") == "trial"}
+    children = {r.info.run_id: r for r in runs if r.data.tags.get("finesweep.phase") == "search"}
     for trial in study.trials:
         child = children[trial.user_attrs["mlflow_run_id"]]
         assert child.data.tags["finesweep.optuna_trial"] == str(trial.number)

@@ -215,6 +215,8 @@ class FinalConfig:
     """Configurations to re-train with fresh seeds (when seeds > 0)."""
     seeds: int = 0
     """Fresh seeds per top-k configuration; the winner is the best mean. 0 = no re-training."""
+    baseline: bool = False
+    """Also train the config without any searched value once after the search (never ranked): the gain."""
 
     def __post_init__(self) -> None:
         _raise_problems([

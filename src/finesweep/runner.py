@@ -31,7 +31,7 @@ from finesweep.overrides import with_overrides
 from finesweep.records import SweepListener, TrialRecord, TrialStatus, best_trial, format_params
 from finesweep.search_space import planned_trials
 from finesweep.searcher import Numbering
-from finesweep.selection import Selection, leaderboard, select, test_summary
+from finesweep.selection import Selection, baseline_metrics, leaderboard, select, test_summary
 from finesweep.state import (
     EventLog,
     SweepLog,
@@ -222,6 +222,35 @@ def _select_and_register(session: Session, outcome: _Outcome, cache: DataCache, 
         log.exception("model selection failed")
         outcome.selection_error = one_line(exc, kind=True)
         session.journal.event("note", tag="finesweep.selection_error", text=outcome.selection_error)
+    if outcome.selection is not None and config.final.baseline:
+        try:
+            _baseline(session, outcome.selection, cache, trainable, listeners, console)
+        except Exception as exc:  # noqa: BLE001 - the winner stands without its comparison
+            log.exception("the baseline run failed")
+            session.journal.event("note", tag="finesweep.baseline_error", text=one_line(exc, kind=True))
+            console.print(f"note: no baseline comparison ({one_line(exc)})", style="yellow", markup=False)
+
+
+def _baseline(session: Session, chosen: Selection, cache: DataCache, trainable: Trainable,
+              listeners: Sequence[SweepListener], console: Console) -> None:
+    """Train the config without searched values once (a resumed sweep reuses a finished one); log the gain."""
+    from finesweep.searcher import Rerun
+    from finesweep.tuner import points_plan, run_plan
+
+    config, metric = session.config, session.config.objective.metric
+    done = [t for t in session.state.trials.values() if t.phase == "baseline" and t.finished]
+    if done:
+        record: Optional[TrialRecord] = done[-1].record(metric, config.objective.mode)
+    else:
+        console.print("training the baseline: the config without any searched value", markup=False)
+        plan = points_plan(config, [Rerun(session.numbering.take(), {})], phase="baseline")
+        ran = run_plan(config, plan, trainable, listeners, base=config, cache=cache.without_test())
+        record = ran[0] if ran else None
+    metrics = baseline_metrics(config, chosen, record, cache, _evaluate)
+    session.journal.event("baseline", durable=True, metrics=metrics)
+    console.print(f"the search bought {metrics[f'gain/{metric}']:+.4f} val {metric} over the baseline "
+                  f"({metrics[f'baseline/{metric}']:.4f}; the winner's spread over seeds "
+                  f"{metrics[f'gain/{metric}/winner_std']:.4f})", markup=False)
 
 
 def _retrain(session: Session, points: List[Dict[str, Any]], cache: DataCache, trainable: Trainable,

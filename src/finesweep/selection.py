@@ -136,6 +136,33 @@ def select(config: ExperimentConfig, records: Sequence[TrialRecord], cache: Data
     return Selection(ranked_candidates, chosen, test_metrics, final_records, latency, device, fallback)
 
 
+Evaluate = Callable[[ExperimentConfig, EncodedData, Path, str], Dict[str, float]]
+"""Computes ``<split>/<metric>`` of saved weights on a split."""
+
+
+def baseline_metrics(config: ExperimentConfig, chosen: Selection, baseline: Optional[TrialRecord], cache: DataCache,
+                     evaluate: Evaluate) -> Dict[str, float]:
+    """What the sweep bought: the baseline run's validation and test metrics, and the winner's gain over them.
+
+    The baseline is the composed config without any searched value (the user's default recipe), trained
+    once after the search and never ranked. ``gain/*`` is winner minus baseline (for a loss, negative is
+    better); ``gain/<metric>/winner_std`` is the winner's spread over seeds, to judge the gain by.
+
+    Raises:
+        RuntimeError: the baseline run failed or saved no checkpoint.
+    """
+    metric = config.objective.metric
+    if baseline is None or baseline.best_value is None or not baseline.checkpoint or baseline.error:
+        raise RuntimeError(f"the baseline run (the config without searched values) did not finish"
+                             f"{f': {baseline.error}' if baseline is not None and baseline.error else ''}")
+    test = evaluate(config, cache.for_config(config), best_weights(baseline.checkpoint), "test")
+    metrics = {f"baseline/{metric}": baseline.best_value, **{f"baseline/{k}": v for k, v in test.items()},
+               f"gain/{metric}": chosen.winner.mean - baseline.best_value,
+               f"gain/{metric}/winner_std": chosen.winner.std}
+    metrics.update({f"gain/{k}": v - test[k] for k, v in chosen.test_metrics.items() if k in test})
+    return metrics
+
+
 def leaderboard(selection: Selection, metric: str) -> List[Dict[str, Any]]:
     """Rows of the final ranking: values, runs, mean +- std of validation (and test for the winner)."""
     rows = []

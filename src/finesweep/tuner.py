@@ -66,10 +66,10 @@ def search_plan(config: ExperimentConfig, params: Sequence[Param], numbering: Nu
 
 
 def points_plan(config: ExperimentConfig, points: Sequence[Rerun], reruns: Sequence[Rerun] = (),
-                known: Optional[Dict[int, TrialRecord]] = None) -> Plan:
-    """A phase that runs fixed configurations for their full budget (model selection's re-training)."""
+                known: Optional[Dict[int, TrialRecord]] = None, phase: str = "final") -> Plan:
+    """A phase that runs fixed configurations for their full budget (re-training, the baseline)."""
     samples = (len(points) + len(reruns)) * (1 + config.search.max_retries)
-    return Plan(PointsSearcher(points, reruns), "final", dict(known or {}), FIFOScheduler(), samples)
+    return Plan(PointsSearcher(points, reruns), phase, dict(known or {}), FIFOScheduler(), samples)
 
 
 def run_plan(config: ExperimentConfig, plan: Plan, trainable: Callable[..., None],

@@ -47,6 +47,8 @@ class SweepFacts:
     registered: str
     """``name/version`` of the registered model, or ""."""
     best: Dict[str, Any]
+    baseline: Dict[str, float] = field(default_factory=dict)
+    """The ``baseline`` event's metrics (final.baseline): the default recipe's scores and the winner's gain."""
 
     @property
     def metric(self) -> str:
@@ -90,6 +92,7 @@ def read_facts(folder: Path, registered: str = "") -> SweepFacts:
     nodes: Dict[int, str] = {}
     selection: Dict[str, Any] = {}
     best: Dict[str, Any] = {}
+    baseline: Dict[str, float] = {}
     for event in read_events(folder / "events.jsonl"):
         kind, number = event["kind"], event.get("number", -1)
         if kind == "trial_started":
@@ -102,6 +105,8 @@ def read_facts(folder: Path, registered: str = "") -> SweepFacts:
             selection = event
         elif kind == "best":
             best = event
+        elif kind == "baseline":
+            baseline = event["metrics"]
     if not registered:  # MLflow gives the version: the cursor beside the log has it once it was sent
         from finesweep.tracking import Cursor
 
@@ -109,7 +114,7 @@ def read_facts(folder: Path, registered: str = "") -> SweepFacts:
         registered = rounds[max(rounds, key=int)] if rounds else ""
     trials = [TrialFacts(t.record(config.objective.metric, config.objective.mode), spans.get(n, []), nodes.get(n, ""))
               for n, t in sorted(state.trials.items())]
-    return SweepFacts(state, config, sweep.params, trials, selection, registered, best)
+    return SweepFacts(state, config, sweep.params, trials, selection, registered, best, baseline)
 
 
 def finished(trials: List[TrialFacts]) -> List[TrialFacts]:

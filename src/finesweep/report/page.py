@@ -158,7 +158,23 @@ def _winner(facts: SweepFacts) -> str:
     rows.append(["latency", f"{metrics.get('inference/latency_ms_per_example', float('nan')):.2f} ms/example on "
                             f"{facts.selection.get('tags', {}).get('finesweep.inference_device', '?')}"])
     rows.append(["registered model", facts.registered or "(not registered)"])
-    return "<h2>Winner</h2>" + _table(rows, css="facts")
+    return "<h2>Winner</h2>" + _table(rows, css="facts") + _bought(facts)
+
+
+def _bought(facts: SweepFacts) -> str:
+    """Winner against the baseline (final.baseline): was the search worth its compute?"""
+    if not facts.baseline:
+        return ""
+    metric, values = facts.metric, facts.baseline
+    rows = [[f"val {metric}", f"{values[f'baseline/{metric}']:.4f}", f"{values[f'gain/{metric}']:+.4f} "
+             f"(winner's spread over seeds: {values[f'gain/{metric}/winner_std']:.4f})"]]
+    rows += [[k.removeprefix("baseline/"), f"{v:.4f}", f"{values.get('gain/' + k.removeprefix('baseline/'), 0):+.4f}"]
+             for k, v in sorted(values.items()) if k.startswith("baseline/test/")]
+    better = "higher" if facts.mode.value == "max" else "lower"
+    return ("<h2>What the sweep bought</h2><p class='caption'>The config without any searched value (your default "
+            f"recipe), trained once after the search, against the winner ({better} {metric} is better; for a loss, "
+            "a negative gain is better). A gain inside the winner's spread over seeds is noise.</p>"
+            + _table(rows, ["", "baseline", "winner - baseline"]))
 
 
 def _leaderboard(facts: SweepFacts) -> str:

@@ -311,6 +311,10 @@ class Projector:
         self.cursor.registered[round_] = version
         self.client.set_tag(self.parent_id, "finesweep.registered_model", version)
 
+    def _on_baseline(self, event: Dict[str, Any]) -> None:
+        at = int(event["time"] * 1000)
+        self.client.log_batch(self.parent_id, metrics=[Metric(k, float(v), at, 0) for k, v in event["metrics"].items()])
+
     def _on_report(self, event: Dict[str, Any]) -> None:
         folder = Path(event["folder"])
         if folder.is_dir():  # deleted since: nothing to send (a later report event sends the new one)
