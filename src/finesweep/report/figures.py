@@ -123,26 +123,29 @@ def slices(facts: SweepFacts, study: Any) -> Figure:
     """The objective against each searched parameter."""
     import optuna
 
-    if _complete(study) < 1:
-        return Figure("slice", "Slice plot", "Needs a finished trial.", None)
-    figure = optuna.visualization.plot_slice(study)
-    figure.update_layout(template="plotly_white", height=420)
     caption = ("The objective against each searched value, one panel a parameter (darker: later trials). Look for "
                "values where good trials cluster, and for edges of a range that are still improving.")
-    return Figure("slice", "Slice plot", caption, figure)
+    return _optuna_figure("slice", "Slice plot", optuna.visualization.plot_slice, study, 1, caption)
 
 
 def parallel(facts: SweepFacts, study: Any) -> Figure:
     """Parallel coordinates over the searched parameters, coloured by the objective."""
     import optuna
 
-    if _complete(study) < 2:
-        return Figure("parallel_coordinates", "Parallel coordinates", "Needs at least 2 finished trials.", None)
-    figure = optuna.visualization.plot_parallel_coordinate(study)
-    figure.update_layout(template="plotly_white", height=420)
     caption = ("One line a finished trial across every searched parameter, coloured by the objective: the paths "
                "the best-coloured lines share are the combinations that work.")
-    return Figure("parallel_coordinates", "Parallel coordinates", caption, figure)
+    return _optuna_figure("parallel_coordinates", "Parallel coordinates",
+                          optuna.visualization.plot_parallel_coordinate, study, 2, caption)
+
+
+def _optuna_figure(name: str, title: str, plot: Callable[[Any], go.Figure], study: Any, least: int,
+                   caption: str) -> Figure:
+    """One of Optuna's plots of the study, once it has ``least`` finished trials."""
+    if _complete(study) < least:
+        return Figure(name, title, f"Needs at least {least} finished trial(s).", None)
+    figure = plot(study)
+    figure.update_layout(template="plotly_white", height=420)
+    return Figure(name, title, caption, figure)
 
 
 def by_strategy(facts: SweepFacts) -> Figure:
