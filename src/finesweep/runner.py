@@ -340,7 +340,8 @@ def _write_report(session: Session) -> Optional[Path]:
     """The sweep report, logged to the parent run; a report that fails is a note, never a failed sweep."""
     from finesweep.report import build
 
-    session.projector.drain(session.config.tracking.flush_timeout)  # the registered version comes from MLflow
+    if session.projector.waiting is None:  # the registered version comes from MLflow; not worth a wait in an outage
+        session.projector.drain(session.config.tracking.flush_timeout)
     try:
         built = build(session.log.path.parent)
     except Exception as exc:  # noqa: BLE001 - the sweep and its results stand without the report
