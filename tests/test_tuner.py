@@ -204,3 +204,30 @@ def test_replayed_rungs_decide_as_the_live_ones_did(config: ExperimentConfig) ->
     assert replayed.on_trial_result(None, resumed, {"epoch": 4, "val/loss": 0.1}) == TrialScheduler.STOP
     rung_ids = {key for bracket in replayed._brackets for _, recorded in bracket._rungs for key in recorded}
     assert "new-id" in rung_ids and "replayed-1" not in rung_ids
+
+
+def test_a_trial_asha_stopped_is_told_to_optuna_as_pruned_and_rebuilt_the_same(config: ExperimentConfig) -> None:
+    """TPE must not rank a one-epoch score beside full-budget ones (Ray's OptunaSearch tells it COMPLETE)."""
+    from finesweep.continuation import rebuilt_study
+
+    bridge = bridge_for(config, Recorder())
+    searcher, scheduler = bridge.plan.searcher, bridge.scheduler
+    good, bad = (trial(f"t{i}", searcher.suggest(f"t{i}")) for i in range(2))
+    for tune_trial, losses in ((good, (0.5, 0.3, 0.2, 0.25)), (bad, (0.9, 0.8))):
+        scheduler.on_trial_add(None, tune_trial)
+        bridge.on_trial_start(0, [], tune_trial)
+        for epoch, loss in enumerate(losses, start=1):
+            result = {"val/loss": loss, "epoch": epoch}
+            decision = scheduler.on_trial_result(None, tune_trial, result)  # Tune asks the scheduler first
+            bridge.on_trial_result(0, [], tune_trial, result)
+            if decision == TrialScheduler.STOP:
+                break
+        bridge.on_trial_complete(0, [], tune_trial)
+    done, pruned = searcher.study.trials
+    assert [r.status for r in bridge.records] == [TrialStatus.completed, TrialStatus.early_stopped]
+    assert done.state is TrialState.COMPLETE and done.value == 0.2
+    assert pruned.state is TrialState.PRUNED and pruned.intermediate_values == {1: 0.9}
+    assert pruned.value == 0.9, "Optuna keeps a pruned trial's last epoch"
+    rebuilt = rebuilt_study(config, searcher.params, bridge.records)  # resume and the report see the same study
+    assert [(t.state, t.value, t.intermediate_values) for t in rebuilt.trials] == \
+        [(t.state, t.value, t.intermediate_values) for t in searcher.study.trials]

@@ -28,7 +28,7 @@ def search_reruns(state: SweepState, config: ExperimentConfig, scheduler: Any, b
     A trial the replayed ASHA stops (or that had reached its full budget) ends here, through ``end``,
     as it would have if the driver had lived a moment longer: it is not run again.
     """
-    from finesweep.tuner import RecordingASHA
+    from finesweep.asha import RecordingASHA
 
     results = sorted((seen, seq, t.number, metrics) for t in state.search_trials()
                      for seen, seq, metrics in zip(t.seen, t.seqs, t.history, strict=True))
@@ -83,7 +83,9 @@ def retraining(state: SweepState, points: Sequence[Dict[str, Any]], config: Expe
 
 
 def _past_trial(record: TrialRecord, config: ExperimentConfig) -> PastTrial:
-    states = {TrialStatus.completed: OptunaState.COMPLETE, TrialStatus.early_stopped: OptunaState.COMPLETE,
+    from finesweep.tuner import STOPPED_STATE
+
+    states = {TrialStatus.completed: OptunaState.COMPLETE, TrialStatus.early_stopped: STOPPED_STATE,
               TrialStatus.failed: OptunaState.FAIL, TrialStatus.running: OptunaState.RUNNING}
     state = states[record.status]
     if state is OptunaState.COMPLETE and record.best_value is None:

@@ -8,7 +8,8 @@ that makes a sweep reproducible and resumable:
   sweep's log (``rebuild_study``) therefore proposes exactly what the lost one would have.
 - Trials to run again (resumed from a checkpoint, or retried after a failure) are queued and handed
   to Tune before any new proposal; they keep their trial number and their Optuna trial.
-- The value told to Optuna is the trial's best epoch, the same number that ranks trials.
+- The value told to Optuna is the trial's best epoch, the same number that ranks trials; a trial ASHA
+  stopped early is told PRUNED (see ``tuner.STOPPED_STATE``), its epochs as intermediate values.
 
 ``PointsSearcher`` hands Tune a fixed list of configurations (model selection's re-training runs).
 """
@@ -145,7 +146,7 @@ class StudySearcher(Searcher):  # type: ignore[misc]
             self._best[number] = value
 
     def tell(self, number: int, optuna_number: Optional[int], state: TrialState) -> None:
-        """Close the Optuna trial: COMPLETE with its best value, PRUNED or FAIL."""
+        """Close the Optuna trial: COMPLETE with its best value, PRUNED (Optuna keeps its last value) or FAIL."""
         self._open.discard(number)
         trial = self._trial(number, optuna_number)
         if trial is None:
@@ -222,9 +223,17 @@ def rebuild_study(mode: Mode, params: Sequence[Param], past: Sequence[PastTrial]
         study.add_trial(optuna.trial.create_trial(
             params={k: by_key[k].to_optuna_value(v) for k, v in trial.params.items()},
             distributions={k: by_key[k].to_optuna() for k in trial.params},
-            value=trial.value if trial.state is TrialState.COMPLETE else None, state=trial.state,
-            intermediate_values=trial.intermediate))
+            value=_told_value(trial), state=trial.state, intermediate_values=trial.intermediate))
     return study
+
+
+def _told_value(trial: PastTrial) -> Optional[float]:
+    # What ``study.tell`` would have stored: the value of a COMPLETE trial, a PRUNED one's last intermediate value.
+    if trial.state is TrialState.COMPLETE:
+        return trial.value
+    if trial.state is TrialState.PRUNED and trial.intermediate:
+        return trial.intermediate[max(trial.intermediate)]
+    return None
 
 
 def new_study(mode: Mode) -> optuna.Study:

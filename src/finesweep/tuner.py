@@ -17,8 +17,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 from optuna.trial import TrialState
 from ray import tune
 from ray.tune.experiment import Trial
-from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
+from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
+from finesweep.asha import RecordingASHA
 from finesweep.cluster import node_of
 from finesweep.config import ExperimentConfig, SchedulerKind
 from finesweep.failures import Failure, classify, retry_overrides
@@ -27,7 +28,6 @@ from finesweep.records import SweepListener, TrialRecord, TrialStatus
 from finesweep.samplers import make_sampler
 from finesweep.search_space import Param, planned_trials
 from finesweep.searcher import (
-    MARKER,
     Numbering,
     PointsSearcher,
     Rerun,
@@ -38,6 +38,14 @@ from finesweep.searcher import (
 )
 
 Searchers = Union[StudySearcher, PointsSearcher]
+
+STOPPED_STATE = TrialState.PRUNED
+"""How a trial ASHA stopped early is told to Optuna: PRUNED, with its per-epoch values as intermediate values.
+
+Ray's ``OptunaSearch`` tells it COMPLETE with its last low-fidelity value, so TPE would rank a one-epoch
+score beside full-budget ones. Optuna's TPE ranks PRUNED trials below every COMPLETE one, the further
+they got the better (benchmarks/search_efficiency.py measures the difference).
+"""
 
 
 @dataclass
@@ -110,7 +118,7 @@ def run_plan(config: ExperimentConfig, plan: Plan, trainable: Callable[..., None
 
 
 def make_scheduler(config: ExperimentConfig) -> TrialScheduler:
-    """FIFO, or ASHA in epochs that remembers which trials it stopped early."""
+    """FIFO, or ASHA in epochs (ties at a rung broken by validation loss) that remembers which trials it stopped."""
     sched = config.scheduler
     if sched.kind is SchedulerKind.fifo:
         return FIFOScheduler()
@@ -118,58 +126,6 @@ def make_scheduler(config: ExperimentConfig) -> TrialScheduler:
                          reduction_factor=sched.reduction_factor)
     asha.set_search_properties(config.objective.metric, config.objective.mode.value)
     return asha
-
-
-class _Replayed:
-    """Stands in for a Tune trial when past results are replayed into the scheduler."""
-
-    def __init__(self, trial_id: str, number: int) -> None:
-        self.trial_id = trial_id
-        self.config = {MARKER: {"number": number}}
-
-
-class RecordingASHA(ASHAScheduler):  # type: ignore[misc]
-    """ASHA in epochs that remembers which trials it stopped early, and whose rungs survive a restart.
-
-    Ray's ASHA keys its rungs by Tune trial id and Tune's experiment restore does not keep them
-    (ray#30838). Here every trial is known by its finesweep number too: ``replay`` rebuilds the rungs
-    from the sweep's log, and a trial that comes back (resumed, retried) takes over its old entries.
-    """
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.stopped_early: set[int] = set()
-        self._ids: Dict[int, str] = {}
-
-    def on_trial_add(self, tune_controller: Any, trial: Trial) -> None:
-        super().on_trial_add(tune_controller, trial)
-        number = marker_of(trial.config).get("number")
-        if number is None:
-            return
-        old = self._ids.get(number)
-        if old is not None and old != trial.trial_id:
-            for bracket in self._brackets:
-                for _, recorded in bracket._rungs:
-                    if old in recorded:
-                        recorded[trial.trial_id] = recorded.pop(old)
-        self._ids[number] = trial.trial_id
-
-    def on_trial_result(self, tune_controller: Any, trial: Trial, result: Dict) -> str:
-        decision = super().on_trial_result(tune_controller, trial, result)
-        number = marker_of(trial.config).get("number")
-        if decision == TrialScheduler.STOP and result.get(self._time_attr, 0) < self._max_t and number is not None:
-            self.stopped_early.add(number)
-        return decision
-
-    def replay(self, number: int, results: Sequence[Dict[str, float]]) -> str:
-        """Feed a past trial's results (in the order they came) and return the last decision."""
-        trial = _Replayed(f"replayed-{number}", number)
-        if trial.trial_id not in self._trial_info:
-            self.on_trial_add(None, trial)  # type: ignore[arg-type]
-        decision = TrialScheduler.CONTINUE
-        for result in results:
-            decision = self.on_trial_result(None, trial, result)  # type: ignore[arg-type]
-        return decision
 
 
 class _EventBridge(tune.Callback):  # type: ignore[misc]
@@ -242,7 +198,8 @@ class _EventBridge(tune.Callback):  # type: ignore[misc]
         self._flush(trial)
         stopped: set[int] = getattr(self.scheduler, "stopped_early", set())
         status = TrialStatus.early_stopped if record.number in stopped else TrialStatus.completed
-        self.plan.searcher.tell(record.number, record.optuna_number, TrialState.COMPLETE)
+        state = STOPPED_STATE if status is TrialStatus.early_stopped else TrialState.COMPLETE
+        self.plan.searcher.tell(record.number, record.optuna_number, state)
         self._end(record, status)
 
     def on_trial_error(self, iteration: int, trials: List[Trial], trial: Trial, **info: Any) -> None:
