@@ -19,6 +19,7 @@ from ray import tune
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
+from finesweep import asha as asha_module
 from finesweep.asha import RecordingASHA
 from finesweep.cluster import node_of
 from finesweep.config import ExperimentConfig, SchedulerKind
@@ -122,8 +123,8 @@ def make_scheduler(config: ExperimentConfig) -> TrialScheduler:
     sched = config.scheduler
     if sched.kind is SchedulerKind.fifo:
         return FIFOScheduler()
-    asha = RecordingASHA(time_attr="epoch", max_t=sched.max_epochs, grace_period=sched.grace_period,
-                         reduction_factor=sched.reduction_factor)
+    asha = RecordingASHA(tie_break=asha_module.TIE_BREAK_METRIC, time_attr="epoch", max_t=sched.max_epochs,
+                         grace_period=sched.grace_period, reduction_factor=sched.reduction_factor)
     asha.set_search_properties(config.objective.metric, config.objective.mode.value)
     return asha
 
