@@ -18,7 +18,7 @@ from typing import Any, Iterator, List
 
 import pytest
 
-from e2e import env, run_cli
+from e2e import env, events, run_cli
 from servers import free_port
 
 pytestmark = pytest.mark.slow
@@ -223,6 +223,18 @@ def test_the_mlflow_ui_opens_on_the_sweeps_training_runs(swept: Swept, browser: 
         for link in nested:
             assert int(link.find_element(By.XPATH, "./ancestor::*[@role='row'][1]").get_attribute("row-index")) \
                 > parent_index, "each trial sits beneath its parent run"
+        # The link's shared view puts each trial's status, the objective and the searched values in columns.
+        headers = " ".join(h.text for h in browser.find_elements(By.CSS_SELECTOR, "[role='columnheader']"))
+        for column in ("finesweep.trial_status", "val/accuracy", "optim.lr", "finetune.strategy"):
+            assert column in headers, f"{column} is not a column of the runs table: {headers!r}"
+        statuses = {e["number"]: e["status"] for e in events(swept.cwd) if e["kind"] == "trial_ended"}
+        assert {"completed", "early_stopped"} <= set(statuses.values()), statuses
+        for link in nested:
+            index = link.find_element(By.XPATH, "./ancestor::*[@role='row'][1]").get_attribute("row-index")
+            row_parts = browser.find_elements(By.CSS_SELECTOR, f"[role='row'][row-index='{index}']")
+            cells = " ".join(part.text for part in row_parts)
+            number = int(link.text.strip().removeprefix("trial-"))
+            assert statuses[number] in cells.split(), f"trial {number}'s row shows {cells!r}, not {statuses[number]}"
         browser.save_screenshot(str(tmp_path / "mlflow-runs.png"))
 
         parent_link = wait_for(lambda: [a for a in browser.find_elements(By.CSS_SELECTOR, "a[href*='/runs/']")

@@ -221,6 +221,7 @@ class Projector:
         self.client.log_text(run_id, event["config_yaml"], "config.yaml")
         self.client.log_text(run_id, event["sweep_yaml"], f"sweep/{event['sweep_file']}")
         self.client.log_text(run_id, json.dumps(event["space"], indent=2), "search_space.json")
+        self.client.set_experiment_tag(experiment_id, VIEW_TAG, json.dumps(runs_view(event)))
 
     def _on_session(self, event: Dict[str, Any]) -> None:
         self.client.update_run(self.parent_id, status="RUNNING")
@@ -372,8 +373,29 @@ class Projector:
 EXPERIMENT_KIND = "finetuning"
 """``mlflow.experimentKind`` of a sweep's experiment: the UI shows it as model training."""
 
-UI_VIEW = "runs?workflowType=machine_learning"
-"""Where a link into MLflow's UI lands for an experiment: its training runs, not the GenAI overview."""
+VIEW_KEY = "finesweep"
+VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
+"""The experiment tag MLflow's UI reads a shared view from (its "Share" button writes the same tag)."""
+
+UI_VIEW = f"runs?workflowType=machine_learning&viewStateShareKey={VIEW_KEY}"
+"""Where a link into MLflow's UI lands for an experiment: its training runs (not the GenAI overview), with
+the columns of ``runs_view``."""
+
+MAX_PARAM_COLUMNS = 12
+
+
+def runs_view(sweep_event: Dict[str, Any]) -> Dict[str, Any]:
+    """The runs table's columns for the latest sweep: each trial's status, the objective, the searched values.
+
+    MLflow's UI shows Source, Models and Dataset by default and keeps tags and params behind its column
+    picker; the link finesweep prints names this view, so a trial's status is a column at first sight.
+    """
+    metric = sweep_event["tags"]["finesweep.objective"].split(" ", 1)[1]
+    params = [f"params.`{key}`" for key in list(sweep_event["space"])[:MAX_PARAM_COLUMNS]]
+    columns = [f"tags.`{STATUS_TAG}`", f"metrics.`{metric}`", *params]
+    # columnOrder puts them first, before MLflow's Created, Duration and Models (the table draws only the
+    # columns in view, so a tag column at the far right would be out of sight).
+    return {"selectedColumns": [*columns, "attributes.`Models`"], "columnOrder": columns}
 
 
 def artifact_root_of(uri: str, artifact_root: str) -> str:
