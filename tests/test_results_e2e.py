@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any, Iterator, List
@@ -270,3 +271,69 @@ def test_the_winner_is_served_over_rest_on_loopback(swept: Swept) -> None:
             assert row["label"] in {"negative", "neutral", "positive"} and 0.0 < row["score"] <= 1.0
     finally:
         served.stop()
+
+
+PAIRS = """
+objective: {metric: val/accuracy, mode: max}
+search: {sampler: random, num_trials: 1, max_concurrent: 1, seed: 0}
+scheduler: {kind: fifo, max_epochs: 1}
+space:
+  optim.lr: {distribution: loguniform, low: 1.0e-3, high: 3.0e-3}
+"""
+
+
+def write_pairs(path: Path, rows: int = 120) -> Path:
+    """Premise, hypothesis and whether they agree in sentiment (words from the tiny model's vocabulary)."""
+    import random
+
+    rng = random.Random(1)
+    moods = {"positive": ["good", "great", "love", "happy"], "negative": ["bad", "awful", "hate", "sad"]}
+    lines = ["premise,hypothesis,label"]
+    for _ in range(rows):
+        first, second = rng.choice(list(moods)), rng.choice(list(moods))
+        premise = f"the movie was {rng.choice(moods[first])}"
+        hypothesis = f"we felt {rng.choice(moods[second])} this day"
+        lines.append(f"{premise},{hypothesis},{'agree' if first == second else 'disagree'}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.mark.timeout(480)
+def test_a_text_pair_winner_is_served_with_both_texts(tmp_path: Path, tiny_model: Path) -> None:
+    import mlflow
+    import pandas as pd
+
+    (tmp_path / "pairs.yaml").write_text(PAIRS)
+    result = run_cli(["run", "pairs.yaml", f"model.name_or_path={tiny_model}",
+                      f"data.path={write_pairs(tmp_path / 'pairs.csv')}", "data.text_column=premise",
+                      "data.text_pair_column=hypothesis", "data.label_column=label", "data.max_length=32",
+                      "data.max_samples=null"], tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    records = [{"premise": "the movie was great", "hypothesis": "we felt happy this day"},
+               {"premise": "the movie was awful", "hypothesis": "we felt great this day"}]
+    port = free_port()
+    served = Served(["serve", "--port", str(port)], tmp_path)
+    try:
+        served.wait_until_up(f"http://127.0.0.1:{port}/ping", timeout=180)
+        curl = next(line for line in served.output().splitlines() if "curl -s" in line)
+        assert "serving models:/pairs/1" in served.output() and '"hypothesis"' in curl, served.output()
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations",
+                                         data=json.dumps({"dataframe_records": records}).encode(),
+                                         headers={"Content-Type": "application/json"})
+        answer = json.loads(urllib.request.urlopen(request, timeout=60).read())["predictions"]
+        halves = urllib.request.Request(request.full_url, headers=request.headers, data=json.dumps(
+            {"dataframe_records": [{"premise": r["premise"]} for r in records]}).encode())
+        with pytest.raises(urllib.error.HTTPError, match="400"):  # the signature asks for both texts
+            urllib.request.urlopen(halves, timeout=60)
+    finally:
+        served.stop()
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    try:  # the same model loaded in this process: the server read both texts of each pair as it does
+        expected = mlflow.pyfunc.load_model("models:/pairs/1").predict(pd.DataFrame(records))
+    finally:
+        mlflow.set_tracking_uri(previous)
+    assert [row["label"] for row in answer] == list(expected["label"])
+    assert [row["score"] for row in answer] == pytest.approx(list(expected["score"]), abs=1e-5)
+    for row in answer:
+        assert row["label"] in {"agree", "disagree"} and 0.5 <= row["score"] <= 1.0  # the top class of two
