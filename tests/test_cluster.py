@@ -107,20 +107,25 @@ def test_a_refused_token_is_one_line_that_says_what_to_set() -> None:
     assert other.startswith("cluster.address=h:1: could not join the Ray cluster at h:1 (TimeoutError: GCS did not")
 
 
-@pytest.mark.parametrize("precision,accelerator,cuda,bf16,expected", [
-    ("auto", "auto", False, False, "32-true"),
-    ("auto", "auto", True, True, "bf16-mixed"),
-    ("auto", "gpu", True, False, "16-mixed"),
-    ("auto", "cpu", True, True, "32-true"),
-    ("16-mixed", "auto", False, False, "16-mixed"),
+@pytest.mark.parametrize("precision,accelerator,cuda,bf16,cpu_bf16,expected", [
+    ("auto", "auto", False, False, False, "32-true"),
+    ("auto", "auto", False, False, True, "bf16-mixed"),
+    ("auto", "auto", True, True, False, "bf16-mixed"),
+    ("auto", "gpu", True, False, True, "16-mixed"),
+    ("auto", "cpu", True, True, False, "32-true"),
+    ("auto", "cpu", True, False, True, "bf16-mixed"),
+    ("16-mixed", "auto", False, False, True, "16-mixed"),
+    ("32-true", "cpu", False, False, True, "32-true"),
 ])
 def test_precision_auto_is_decided_for_the_device_of_the_trial(monkeypatch: pytest.MonkeyPatch, precision: str,
                                                                accelerator: str, cuda: bool, bf16: bool,
-                                                               expected: str) -> None:
+                                                               cpu_bf16: bool, expected: str) -> None:
     import torch
 
+    import finesweep.trial
     from finesweep.trial import device_name, resolved_precision
 
+    monkeypatch.setattr(finesweep.trial, "cpu_has_bf16", lambda: cpu_bf16)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
@@ -130,6 +135,21 @@ def test_precision_auto_is_decided_for_the_device_of_the_trial(monkeypatch: pyte
     assert resolved_precision(config) == expected
     on_gpu = cuda and accelerator != "cpu"
     assert device_name(config) == ("cuda:0 (NVIDIA H100)" if on_gpu else "cpu")
+
+
+@pytest.mark.parametrize("flags,expected", [
+    ("fpu sse avx2 avx512f avx512bw", False),
+    ("fpu avx512f avx512_bf16 avx512_vnni", True),
+    ("fpu avx512f amx_tile amx_bf16 amx_int8", True),
+    ("fpu avx512bw avx512_bf16x", False),
+])
+def test_cpu_bf16_is_read_from_the_cpu_flags(tmp_path: Path, flags: str, expected: bool) -> None:
+    from finesweep.trial import cpu_has_bf16
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: {flags}\n")
+    assert cpu_has_bf16(cpuinfo) is expected
+    assert cpu_has_bf16(tmp_path / "missing") is False, "no /proc/cpuinfo (macOS, Windows): 32-bit"
 
 
 def test_a_node_that_does_not_see_the_drivers_file_is_not_sharing_the_storage(tmp_path: Path) -> None:

@@ -101,7 +101,9 @@ def test_a_sweep_fans_out_over_both_nodes_and_lands_on_the_server(cluster: RayCl
     nodes = {c.data.tags["finesweep.node"].split("(")[-1].rstrip(")") for c in children}
     assert nodes == {"127.0.0.2", "127.0.0.3"}, f"trials ran on both nodes: {nodes}"
     assert {c.data.tags["finesweep.device"] for c in children} == {"cpu"}
-    assert {c.data.tags["finesweep.precision"] for c in children} == {"32-true"}
+    from finesweep.trial import cpu_has_bf16  # precision auto: bf16 autocast where this CPU computes in bf16
+
+    assert {c.data.tags["finesweep.precision"] for c in children} == {"bf16-mixed" if cpu_has_bf16() else "32-true"}
     assert "best_model" in {a.path for a in client.list_artifacts(parents[0].info.run_id)}
     name, version = parents[0].data.tags["finesweep.registered_model"].split("/")
     assert client.get_model_version(name, version).run_id == parents[0].info.run_id

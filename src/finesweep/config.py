@@ -130,8 +130,9 @@ class OptimConfig:
 class TrainerConfig:
     """The Lightning Trainer of every trial."""
 
-    precision: Precision = Precision["32-true"]
-    """32-true; 16-mixed / bf16-mixed on GPUs that support them (Lightning runs 16-mixed as bf16 on CPU)."""
+    precision: Precision = Precision["auto"]
+    """auto: bf16 mixed where the hardware computes in bf16 (CUDA GPUs with bf16, CPUs with AVX512-BF16 or
+    AMX), fp16 mixed on older GPUs, 32-true otherwise; or any Lightning value (32-true, bf16-mixed, ...)."""
     gradient_clip_val: Optional[float] = None
     accelerator: Accelerator = Accelerator.auto
     seed: int = 0

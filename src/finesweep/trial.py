@@ -104,7 +104,8 @@ def evaluate(config: ExperimentConfig, data: EncodedData, weights_dir: Path, spl
     """Score saved weights on one split with the task's metrics.
 
     Args:
-        config: the config the weights were trained with (batch size, precision, accelerator).
+        config: the config the weights were trained with (batch size, precision, accelerator). Weights
+            trained in mixed precision are scored in 32 bits, as they are served.
         data: the tokenised data; ``split="test"`` needs its test split.
         weights_dir: a plain Hugging Face model folder, as ``EpochReport`` saves it.
         split: "val" or "test".
@@ -132,20 +133,27 @@ def evaluate(config: ExperimentConfig, data: EncodedData, weights_dir: Path, spl
                                 new_head=False)
     if datamodule is None:
         datamodule = EncodedDataModule(data, config.data.batch_size, config.trainer.seed)
-    trainer = _trainer(config, max_epochs=1, callbacks=[])
+    trainer = _trainer(config, max_epochs=1, callbacks=[], precision=_serving_precision(config))
     run = trainer.test if split == "test" else trainer.validate
     results = run(module, datamodule=datamodule, verbose=False)
     return {name: float(value) for name, value in results[0].items()}
 
 
-def _trainer(config: ExperimentConfig, max_epochs: int, callbacks: List[Any]) -> Any:
+def _serving_precision(config: ExperimentConfig) -> str:
+    # Mixed precision keeps 32-bit weights, and the served model computes in 32 bits: score it that way,
+    # so the test score is the served model's. Weights trained in half precision (*-true) stay as trained.
+    precision = resolved_precision(config)
+    return "32-true" if precision.endswith("-mixed") else precision
+
+
+def _trainer(config: ExperimentConfig, max_epochs: int, callbacks: List[Any], precision: Optional[str] = None) -> Any:
     import lightning.pytorch as pl
 
     return pl.Trainer(
         max_epochs=max_epochs,
         accelerator=config.trainer.accelerator.value,
         devices=1,
-        precision=resolved_precision(config),  # type: ignore[arg-type]
+        precision=precision or resolved_precision(config),  # type: ignore[arg-type]
         gradient_clip_val=config.trainer.gradient_clip_val,
         accumulate_grad_batches=config.trainer.accumulate_grad_batches,
         callbacks=callbacks,
@@ -161,7 +169,9 @@ def resolved_precision(config: ExperimentConfig) -> str:
     """``trainer.precision``, with ``auto`` decided for the device this process has.
 
     On a CUDA GPU (the one Ray assigned: it sets CUDA_VISIBLE_DEVICES), bf16 mixed precision where
-    the GPU supports it, else fp16 mixed; on a CPU, 32-bit. Any other value is used as given.
+    the GPU supports it, else fp16 mixed; on a CPU with bf16 instructions (AVX512-BF16 or AMX) bf16 mixed
+    (autocast: the weights, the optimiser and the saved model stay 32-bit), else 32-bit. Any other value
+    is used as given.
     """
     if config.trainer.precision.value != "auto":
         return str(config.trainer.precision.value)
@@ -169,7 +179,20 @@ def resolved_precision(config: ExperimentConfig) -> str:
 
     if config.trainer.accelerator.value != "cpu" and torch.cuda.is_available():
         return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
-    return "32-true"
+    return "bf16-mixed" if cpu_has_bf16() else "32-true"
+
+
+CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+"""CPU flags of native bf16 arithmetic. Without them oneDNN emulates bf16 and autocast is slower than fp32."""
+
+
+def cpu_has_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """Whether this CPU computes in bf16 natively (Linux reports it in /proc/cpuinfo; elsewhere: no)."""
+    try:
+        flags = next((line for line in cpuinfo.read_text().splitlines() if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return any(flag in flags for flag in CPU_BF16_FLAGS)
 
 
 def device_name(config: ExperimentConfig) -> str:
