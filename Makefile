@@ -5,7 +5,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml .ci/constraints.txt | cksum | cut -d' ' -f1)
 
-.PHONY: demo test test-fast lint bench install system-deps clean
+PHONY_BENCH := bench bench-search bench-ties bench-throughput bench-scale bench-overhead
+.PHONY: demo test test-fast lint $(PHONY_BENCH) install \
+	system-deps clean
 
 install: $(STAMP)
 
@@ -41,7 +43,22 @@ lint: install  ## ruff and mypy (src/ is mypy-clean)
 test-fast: install  ## unit tests only
 	$(BIN)/python -m pytest -m "not slow"
 
-bench: install  ## finesweep's orchestration overhead vs a hand-written Ray Tune script
+# Every benchmark prints a markdown table (the README's Performance section shows them); ~40 min in all on 2 cores.
+bench: bench-search bench-ties bench-throughput bench-scale bench-overhead
+
+bench-search: install  ## TPE+ASHA vs random, TPE, random+ASHA and hand-written Optuna+Hyperband on LCBench (~25 min)
+	$(BIN)/python benchmarks/search_efficiency.py
+
+bench-ties: install  ## ASHA's ties broken by val/loss vs Ray's rule, on a real MiniLM sweep (~9 min)
+	$(BIN)/python benchmarks/asha_ties.py
+
+bench-throughput: install  ## one MiniLM trial's samples/s through finesweep vs a hand-written PyTorch loop
+	$(BIN)/python benchmarks/trial_throughput.py
+
+bench-scale: install  ## 100, 300 and 1,000 sleeping trials, 32 at a time: finesweep vs hand-written Ray Tune
+	$(BIN)/python benchmarks/scale.py
+
+bench-overhead: install  ## finesweep's whole run vs a hand-written Ray Tune script, 16 synthetic trials
 	$(BIN)/python benchmarks/overhead.py
 
 clean:

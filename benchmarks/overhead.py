@@ -17,96 +17,47 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict
+from typing import Dict
+
+import synthetic  # beside this file
 
 TRIALS, CONCURRENT, EPOCHS, EPOCH_SECONDS = 16, 2, 4, 0.5
 IDEAL_S = TRIALS * EPOCHS * EPOCH_SECONDS / CONCURRENT
-ROOT = Path(__file__).resolve().parents[1]
 
-SWEEP = f"""
-objective: {{metric: val/accuracy, mode: max}}
-search: {{sampler: random, num_trials: {TRIALS}, max_concurrent: {CONCURRENT}, seed: 0}}
-scheduler: {{kind: fifo, max_epochs: {EPOCHS}}}
-space:
-  optim.lr: {{distribution: loguniform, low: 1.0e-5, high: 1.0e-2}}
-"""
-
-
-def trainable(config: Dict[str, Any], **_: Any) -> None:
-    """~2 s of 'training': 4 epochs of 0.5 s, one report per epoch, like a finesweep trial."""
-    from ray import tune
-
-    lr = float(config["optim.lr"])
-    for epoch in range(1, EPOCHS + 1):
-        time.sleep(EPOCH_SECONDS)
-        score = 1.0 - abs(math.log10(lr) + 3.5) / 10 + 0.01 * epoch
-        tune.report({"val/accuracy": score, "val/loss": 1 - score, "train/loss": 1 - score,
-                     "val/f1_macro": score, "epoch": float(epoch)})
+SWEEP = synthetic.SWEEP.format(trials=TRIALS, concurrent=CONCURRENT, reports=EPOCHS)
+trainable = synthetic.sleeping_trainable(EPOCHS, EPOCH_SECONDS)  # ~2 s: 4 epochs of 0.5 s
 
 
 def run_finesweep(workdir: Path) -> Dict[str, float]:
     from rich.console import Console
 
-    import finesweep.tuner as tuner
     from finesweep import runner
     from finesweep.cli import compose
     from finesweep.data import DataCache
 
     fit_time: Dict[str, float] = {}
-    real_run_plan = tuner.run_plan
-
-    def timed_run_plan(*args: Any, **kwargs: Any) -> Any:
-        start = time.perf_counter()
-        try:
-            return real_run_plan(*args, **kwargs)
-        finally:
-            fit_time["fit_s"] = time.perf_counter() - start
-
-    tuner.run_plan = timed_run_plan
+    synthetic.timed_run_plan(fit_time)
     sweep = workdir / "overhead.yaml"
     sweep.write_text(SWEEP)
     start = time.perf_counter()
     composed = compose(str(sweep), [])
     code = runner.run(composed, DataCache({}), Console(file=open(os.devnull, "w")), trainable=trainable)
     total = time.perf_counter() - start
-    assert code == 0
+    if code != 0:
+        raise SystemExit(f"finesweep run exited with {code}")
     return {"total_s": total, **fit_time}
 
 
-def run_handwritten(workdir: Path, reuse_actors: bool) -> Dict[str, float]:
-    import ray
-    from ray import tune
-
-    start = time.perf_counter()
-    ray.init(include_dashboard=False, log_to_driver=False)
-    fit_start = time.perf_counter()
-    tuner = tune.Tuner(
-        trainable,
-        param_space={"optim.lr": tune.loguniform(1e-5, 1e-2)},
-        tune_config=tune.TuneConfig(metric="val/accuracy", mode="max", num_samples=TRIALS,
-                                    max_concurrent_trials=CONCURRENT, reuse_actors=reuse_actors),
-        run_config=tune.RunConfig(storage_path=str(workdir / "ray"), verbose=0),
-    )
-    results = tuner.fit()
-    fit = time.perf_counter() - fit_start
-    assert len(results) == TRIALS and not results.errors
-    ray.shutdown()
-    return {"total_s": time.perf_counter() - start, "fit_s": fit}
-
-
 def child(variant: str) -> None:
-    workdir = Path(tempfile.mkdtemp(prefix="fs-bench-"))
-    os.chdir(workdir)
-    os.environ.update({"FINESWEEP_PROJECT": str(ROOT), "RAY_CHDIR_TO_TRIAL_DIR": "0", "RAY_AIR_NEW_OUTPUT": "0"})
+    workdir = synthetic.workdir()
     result = (run_finesweep(workdir) if variant == "finesweep"
-              else run_handwritten(workdir, reuse_actors=variant == "hand-written+reuse"))
+              else synthetic.handwritten(trainable, TRIALS, CONCURRENT, workdir,
+                                         reuse_actors=variant == "hand-written+reuse"))
     print("RESULT " + json.dumps(result))
 
 

@@ -1,0 +1,372 @@
+"""Search efficiency on LCBench: does finesweep's TPE + ASHA find a good configuration with less compute?
+
+Each (task, seed) is searched by every method with the same budget, the epochs of 50 full trials
+(50 x 52 = 2,600), on YAHPO Gym's LCBench surrogate (benchmarks/lcbench.py): a trial "trains" by
+reading its configuration's validation curve and reports it at epochs 4, 12, 36 and 52 (``REPORTS``).
+
+finesweep's methods go through its real search path: the sweep file is composed by ``finesweep.cli.compose``
+(LCBench's 7 hyperparameters are not finesweep config keys, so the key and type checks are switched off
+for them), then ``tuner.search_plan`` (StudySearcher over an Optuna study, RecordingASHA) and
+``tuner.run_plan`` (the Ray Tune assembly of ``finesweep run`` and its event bridge), on one local Ray
+session for the whole table; MLflow is off (nothing listens but the benchmark's collector):
+
+- random: random search, no early stopping (the baseline);
+- random+ASHA, TPE (no early stopping), TPE+ASHA (finesweep's default: stopped trials told as PRUNED);
+- TPE+ASHA told COMPLETE: as Ray's OptunaSearch does, ASHA-stopped trials told with their last value.
+
+Hand-written Optuna, in-process, no Ray: TPE with HyperbandPruner, and with SuccessiveHalvingPruner.
+
+Measured per (task, seed, method), from the results in the order they arrived, cut at the budget:
+- speed-up: random's budget (2,600 epochs) / the epochs the method spent until its best first reached
+  random search's final best (a method that never reaches it counts the whole budget: speed-up 1);
+- normalised regret at 10%, 25% and 100% of the budget: (y* - best) / (y* - y_median), where y* is the
+  best value any method ever saw on the task and y_median the median over 1,000 random configurations of
+  their best epoch (0 = the best seen, 1 = a typical random configuration).
+The table gives the median and the inter-quartile range over tasks x seeds.
+
+Usage:
+  python benchmarks/search_efficiency.py            # 10 tasks x 5 seeds: the README's table and plot
+  python benchmarks/search_efficiency.py --quick    # 2 tasks x 2 seeds; exit 1 unless TPE+ASHA beats random
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from unittest import mock
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import lcbench  # noqa: E402  (beside this file)
+
+ROOT = Path(__file__).resolve().parents[1]
+MAX_EPOCHS = lcbench.EPOCHS
+BUDGET = 50 * MAX_EPOCHS
+GRACE, FACTOR = 4, 3  # ASHA's rungs at 4, 12 and 36 epochs (Optuna's Hyperband and SHA: the same rungs)
+REPORTS = (4, 12, 36, 52)
+"""Epochs a trial reports at: the rungs and the end. Every report costs Ray Tune a few milliseconds on the
+driver; 4 reports instead of 52 keep the whole table under 20 minutes, and every method sees the same ones."""
+CONCURRENT = 2
+FRACTIONS = (0.1, 0.25, 1.0)
+TASKS = ["3945", "7593", "34539", "126025", "126026", "126029", "146212", "167104", "167149", "167152"]
+
+Result = Tuple[int, int, float]
+"""(trial number, epoch, validation accuracy) in arrival order."""
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    sampler: str = "tpe"
+    scheduler: str = "asha"
+    stopped_told: str = "PRUNED"
+    run: Optional[Callable[..., List[Result]]] = field(default=None, compare=False)
+
+
+def trainable(config: Dict[str, Any], task: str) -> None:
+    """Report the surrogate's curve at REPORTS, like a finesweep trial reports its epochs."""
+    from ray import tune
+
+    from finesweep.searcher import params_of
+
+    curve = lcbench.curve(task, params_of(config))
+    for epoch in REPORTS:
+        tune.report({"val/accuracy": float(curve.accuracy[epoch - 1]), "val/loss": float(curve.loss[epoch - 1]),
+                     "epoch": float(epoch)})
+
+
+class Collector:
+    """A SweepListener that keeps every result in arrival order, and ends the search once the budget is spent.
+
+    Ending it: the searcher's trial budget drops to the trials it has, so it proposes nothing more;
+    trials still running finish (their results past the budget are cut afterwards).
+    """
+
+    def __init__(self, searcher: Any, budget: int) -> None:
+        self.results: List[Result] = []
+        self.searcher, self.budget = searcher, budget
+        self._last: Dict[int, int] = {}
+        self.spent = 0
+
+    def trial_started(self, record: Any) -> None:
+        pass
+
+    def trial_result(self, record: Any, metrics: Dict[str, float]) -> None:
+        epoch = int(metrics["epoch"])
+        self.results.append((record.number, epoch, float(metrics["val/accuracy"])))
+        self.spent += epoch - self._last.get(record.number, 0)
+        self._last[record.number] = epoch
+        if self.spent >= self.budget:
+            self.searcher.budget = min(self.searcher.budget, len(self.searcher.study.trials))
+
+    def trial_ended(self, record: Any) -> None:
+        pass
+
+    def trial_retrying(self, record: Any) -> None:
+        pass
+
+
+def sweep_yaml(task: str, method: Method, seed: int, trials: int) -> str:
+    """The sweep file finesweep composes for one search."""
+    scheduler = (f"{{kind: asha, max_epochs: {MAX_EPOCHS}, grace_period: {GRACE}, reduction_factor: {FACTOR}}}"
+                 if method.scheduler == "asha" else f"{{kind: fifo, max_epochs: {MAX_EPOCHS}}}")
+    def value(v: Any) -> str:  # YAML reads 1e-05 as a string: floats need a dot
+        return f"{v:.6e}" if isinstance(v, float) else json.dumps(v)
+
+    space = "\n".join(f"  {key}: {{{', '.join(f'{k}: {value(v)}' for k, v in spec.items())}}}"
+                      for key, spec in lcbench.space().items())
+    return (f"# LCBench task {task}: {method.name}\n"
+            "objective: {metric: val/accuracy, mode: max}\n"
+            f"search: {{sampler: {method.sampler}, num_trials: {trials}, max_concurrent: {CONCURRENT}, "
+            f"seed: {seed}}}\nscheduler: {scheduler}\nspace:\n{space}\n")
+
+
+def run_finesweep(task: str, method: Method, seed: int, workdir: Path) -> List[Result]:
+    """One search through compose -> search_plan -> run_plan (Ray Tune), cut at the budget."""
+    from optuna.trial import TrialState
+
+    import finesweep.preflight
+    import finesweep.search_space
+    import finesweep.tuner as tuner
+    from finesweep.cli import compose
+    from finesweep.searcher import Numbering
+
+    # ASHA spends ~10 epochs a trial on average: enough trials that the budget, not the count, ends it.
+    trials = 50 if method.scheduler == "fifo" else 400
+    slug = "".join(c if c.isalnum() else "-" for c in method.name.lower())
+    path = workdir / f"lcbench-{task}-{slug}-{seed}.yaml"
+    path.write_text(sweep_yaml(task, method, seed, trials))
+    with ExitStack() as stack:  # LCBench's hyperparameters are not keys of finesweep's config
+        for target in (finesweep.search_space._check_key, finesweep.search_space._check_types,
+                       finesweep.preflight.check_values):
+            stack.enter_context(mock.patch.object(sys.modules[target.__module__], target.__name__))
+        sweep = compose(str(path), [f"cluster.storage_path={workdir / 'ray'}", "cluster.cpus_per_trial=1"])
+    tuner.STOPPED_STATE = TrialState[method.stopped_told]
+    plan = tuner.search_plan(sweep.config, sweep.params, Numbering())
+    collector = Collector(plan.searcher, BUDGET)
+    tuner.run_plan(sweep.config, plan, trainable, [collector], task=task)
+    return cut(collector.results, BUDGET)
+
+
+def run_optuna(task: str, pruner_name: str, seed: int) -> List[Result]:
+    """What an Optuna user writes by hand: TPE and a pruner, in-process, one trial at a time."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    pruner = (optuna.pruners.HyperbandPruner(min_resource=GRACE, max_resource=MAX_EPOCHS, reduction_factor=FACTOR)
+              if pruner_name == "hyperband" else
+              optuna.pruners.SuccessiveHalvingPruner(min_resource=GRACE, reduction_factor=FACTOR))
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed), pruner=pruner)
+    space = lcbench.space()
+    results: List[Result] = []
+    spent = 0
+
+    def objective(trial: optuna.Trial) -> float:
+        nonlocal spent
+        config = {}
+        for key, spec in space.items():
+            if spec["distribution"] == "int":
+                config[key] = trial.suggest_int(key, spec["low"], spec["high"], log=spec.get("log", False))
+            else:
+                config[key] = trial.suggest_float(key, spec["low"], spec["high"],
+                                                  log=spec["distribution"] == "loguniform")
+        curve = lcbench.curve(task, config)
+        best = -math.inf
+        for epoch in REPORTS:
+            value = float(curve.accuracy[epoch - 1])
+            spent += epoch - (results[-1][1] if results and results[-1][0] == trial.number else 0)
+            results.append((trial.number, epoch, value))
+            best = max(best, value)
+            trial.report(value, epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+        return best
+
+    while spent < BUDGET:
+        study.optimize(objective, n_trials=1)
+    return cut(results, BUDGET)
+
+
+# --- what a search's results say -----------------------------------------------------------------
+
+def spent_epochs(results: Sequence[Result]) -> List[int]:
+    """Cumulative epochs after each result: a result at epoch e costs e minus the trial's previous epoch."""
+    last: Dict[int, int] = {}
+    total, out = 0, []
+    for number, epoch, _ in results:
+        total += epoch - last.get(number, 0)
+        last[number] = epoch
+        out.append(total)
+    return out
+
+
+def cut(results: Sequence[Result], budget: int) -> List[Result]:
+    """The results that fit in the budget (in arrival order)."""
+    return [r for r, spent in zip(results, spent_epochs(results), strict=True) if spent <= budget]
+
+
+def best_by(results: Sequence[Result], epochs: float) -> float:
+    """The best value seen once ``epochs`` epochs were spent (NaN before the first result)."""
+    best = math.nan
+    for (_, _, value), spent in zip(results, spent_epochs(results), strict=True):
+        if spent > epochs:
+            break
+        best = value if math.isnan(best) else max(best, value)
+    return best
+
+
+def epochs_to_reach(results: Sequence[Result], target: float) -> Optional[int]:
+    """Epochs spent when the best first reached ``target``; None if it never did."""
+    for (_, _, value), spent in zip(results, spent_epochs(results), strict=True):
+        if value >= target:
+            return spent
+    return None
+
+
+def regret(best: float, optimum: float, typical: float) -> float:
+    """(y* - best) / (y* - y_typical), at least 0."""
+    return max(0.0, (optimum - best) / (optimum - typical)) if optimum > typical else 0.0
+
+
+def typical_value(task: str, samples: int = 1000, seed: int = 12345) -> float:
+    """The median over random configurations of their best epoch: what regret 1 means."""
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(samples):
+        config = {}
+        for key, spec in lcbench.space().items():
+            low, high = float(spec["low"]), float(spec["high"])
+            log = spec["distribution"] == "loguniform" or spec.get("log", False)
+            value = math.exp(rng.uniform(math.log(low), math.log(high))) if log else rng.uniform(low, high)
+            config[key] = round(value) if spec["distribution"] == "int" else value
+        values.append(float(lcbench.curve(task, config).accuracy.max()))
+    return float(np.median(values))
+
+
+METHODS = (
+    Method("random", sampler="random", scheduler="fifo"),
+    Method("random+ASHA", sampler="random"),
+    Method("TPE", scheduler="fifo"),
+    Method("TPE+ASHA (finesweep)"),
+    Method("TPE+ASHA, stopped told COMPLETE", stopped_told="COMPLETE"),
+    Method("Optuna TPE+Hyperband (by hand)", run=lambda task, seed, _: run_optuna(task, "hyperband", seed)),
+    Method("Optuna TPE+SHA (by hand)", run=lambda task, seed, _: run_optuna(task, "sha", seed)),
+)
+
+
+def search_all(tasks: Sequence[str], seeds: int, methods: Sequence[Method]) -> Dict[str, Any]:
+    """Every method on every (task, seed): the results, in one Ray session."""
+    import ray
+
+    os.environ.update({"RAY_CHDIR_TO_TRIAL_DIR": "0", "RAY_AIR_NEW_OUTPUT": "0", "FINESWEEP_PROJECT": str(ROOT)})
+    workdir = Path(tempfile.mkdtemp(prefix="fs-lcbench-"))
+    ray.init(num_cpus=CONCURRENT, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    runs: Dict[str, Any] = {}
+    try:
+        for task in tasks:
+            for seed in range(seeds):
+                for method in methods:
+                    start = time.perf_counter()
+                    results = (run_finesweep(task, method, seed, workdir) if method.run is None
+                               else method.run(task, seed, workdir))
+                    runs[f"{task}/{seed}/{method.name}"] = {"results": results, "seconds": time.perf_counter() - start}
+                    print(f"{task} seed {seed} {method.name}: {len(results)} results, "
+                          f"{time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
+    finally:
+        ray.shutdown()
+    return runs
+
+
+def measure(runs: Dict[str, Any], tasks: Sequence[str], seeds: int, methods: Sequence[Method]) -> Dict[str, Any]:
+    """Speed-ups and regrets per (task, seed, method)."""
+    rows: Dict[str, Dict[str, List[float]]] = {m.name: {"speedup": [], "reached": [], **{f"regret@{f:g}": []
+                                                                                          for f in FRACTIONS}}
+                                               for m in methods}
+    for task in tasks:
+        optimum = max(v for key, run in runs.items() if key.startswith(f"{task}/") for _, _, v in run["results"])
+        typical = typical_value(task)
+        for seed in range(seeds):
+            target = best_by(runs[f"{task}/{seed}/random"]["results"], BUDGET)
+            for method in methods:
+                results = runs[f"{task}/{seed}/{method.name}"]["results"]
+                reached = epochs_to_reach(results, target)
+                rows[method.name]["speedup"].append(BUDGET / (reached or BUDGET))
+                rows[method.name]["reached"].append(float(reached is not None))
+                for fraction in FRACTIONS:
+                    rows[method.name][f"regret@{fraction:g}"].append(
+                        regret(best_by(results, fraction * BUDGET), optimum, typical))
+    return rows
+
+
+def table(rows: Dict[str, Dict[str, List[float]]], tasks: int, seeds: int) -> str:
+    """The README's markdown table: median [IQR] per method."""
+    def cell(values: List[float], digits: int) -> str:
+        q1, median, q3 = np.percentile(values, [25, 50, 75])
+        return f"{median:.{digits}f} [{q1:.{digits}f}-{q3:.{digits}f}]"
+
+    lines = [f"LCBench surrogate, {tasks} tasks x {seeds} seeds, budget {BUDGET} epochs (50 full trials), "
+             f"{CONCURRENT} trials at a time; median [IQR]",
+             "| method | speed-up over random | reached random's best | regret @10% | regret @25% | regret @100% |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for name, row in rows.items():
+        lines.append(f"| {name} | {cell(row['speedup'], 1)}x | {100 * np.mean(row['reached']):.0f}% | "
+                     + " | ".join(cell(row[f"regret@{f:g}"], 3) for f in FRACTIONS) + " |")
+    return "\n".join(lines)
+
+
+def plot(runs: Dict[str, Any], tasks: Sequence[str], seeds: int, methods: Sequence[Method], path: Path) -> None:
+    """Median normalised regret against the budget spent, one line per method."""
+    import plotly.graph_objects as go
+
+    grid = np.linspace(0.02, 1.0, 50) * BUDGET
+    figure = go.Figure()
+    for method in methods:
+        curves = []
+        for task in tasks:
+            optimum = max(v for key, run in runs.items() if key.startswith(f"{task}/") for _, _, v in run["results"])
+            typical = typical_value(task)
+            for seed in range(seeds):
+                results = runs[f"{task}/{seed}/{method.name}"]["results"]
+                curves.append([regret(best_by(results, g), optimum, typical) for g in grid])
+        figure.add_scatter(x=grid / MAX_EPOCHS, y=np.nanmedian(np.array(curves, dtype=float), axis=0), name=method.name,
+                           mode="lines")
+    figure.update_layout(title="LCBench: median normalised regret by compute spent", template="plotly_white",
+                         xaxis_title="compute spent (full-trial equivalents, 52 epochs each)",
+                         yaxis_title="normalised regret (log)", yaxis_type="log", width=900, height=520)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.write_image(str(path))
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="2 tasks x 2 seeds; exit 1 unless TPE+ASHA beats random")
+    parser.add_argument("--tasks", type=int, default=len(TASKS))
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--plot", type=Path, default=ROOT / "docs" / "search_efficiency.png")
+    args = parser.parse_args(argv)
+    tasks, seeds = (TASKS[:2], 2) if args.quick else (TASKS[:args.tasks], args.seeds)
+    start = time.perf_counter()
+    runs = search_all(tasks, seeds, METHODS)
+    rows = measure(runs, tasks, seeds, METHODS)
+    print(table(rows, len(tasks), seeds))
+    print(f"whole table: {time.perf_counter() - start:.0f} s")
+    if not args.quick:
+        plot(runs, tasks, seeds, METHODS, args.plot)
+    ours, random = rows["TPE+ASHA (finesweep)"], rows["random"]
+    better = np.median(ours["regret@0.25"]) < np.median(random["regret@0.25"]) and np.median(ours["speedup"]) > 1
+    print("TPE+ASHA beats random on the median" if better else "TPE+ASHA does NOT beat random on the median")
+    return 0 if better else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,77 @@
+"""The benchmarks: their measures checked by hand, the LCBench loader against the surrogate, and each one's
+quick mode run from the command line as `make bench` runs it (tables printed, search efficiency's claim held)."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import lcbench  # noqa: E402
+import search_efficiency as se  # noqa: E402
+
+# Trial 0 reports at epochs 4 and 12, trial 1 at 4, trial 0 again at 36.
+RESULTS = [(0, 4, 0.5), (0, 12, 0.6), (1, 4, 0.7), (0, 36, 0.65)]
+
+
+def test_compute_is_counted_in_epochs_each_trial_from_where_it_was() -> None:
+    assert se.spent_epochs(RESULTS) == [4, 12, 16, 40]  # 4, +8, +4, +24
+    assert se.cut(RESULTS, 16) == RESULTS[:3]
+
+
+def test_best_so_far_and_the_compute_to_reach_a_target() -> None:
+    assert math.isnan(se.best_by(RESULTS, 3))
+    assert se.best_by(RESULTS, 12) == 0.6 and se.best_by(RESULTS, 40) == 0.7
+    assert se.epochs_to_reach(RESULTS, 0.6) == 12 and se.epochs_to_reach(RESULTS, 0.7) == 16
+    assert se.epochs_to_reach(RESULTS, 0.71) is None
+
+
+def test_regret_is_zero_at_the_optimum_and_one_at_a_typical_configuration() -> None:
+    assert se.regret(0.9, optimum=0.9, typical=0.5) == 0.0
+    assert se.regret(0.5, optimum=0.9, typical=0.5) == 1.0
+    assert se.regret(0.8, optimum=0.9, typical=0.5) == pytest.approx(0.25)
+    assert se.regret(0.95, optimum=0.9, typical=0.5) == 0.0, "never below zero"
+
+
+def test_the_lcbench_surrogate_gives_curves_that_rise_for_a_sound_config() -> None:
+    assert len(lcbench.tasks()) == 34 and "3945" in lcbench.tasks()
+    assert set(lcbench.space()) == set(lcbench.HYPERPARAMETERS)
+    assert lcbench.space()["learning_rate"]["distribution"] == "loguniform"
+    sound = {"batch_size": 64, "learning_rate": 3e-3, "momentum": 0.9, "weight_decay": 1e-3, "num_layers": 2,
+             "max_units": 512, "max_dropout": 0.1}
+    poor = {"batch_size": 512, "learning_rate": 1e-4, "momentum": 0.1, "weight_decay": 0.1, "num_layers": 5,
+            "max_units": 64, "max_dropout": 0.9}
+    good, bad = lcbench.curve("3945", sound), lcbench.curve("3945", poor)
+    assert good.accuracy.shape == good.loss.shape == (lcbench.EPOCHS,)
+    assert ((0 <= good.accuracy) & (good.accuracy <= 1)).all()
+    assert good.accuracy[-1] > good.accuracy[0] + 0.3 and good.loss[-1] < good.loss[0]
+    assert good.accuracy[-1] > bad.accuracy[-1] + 0.3
+    assert (lcbench.curve("3945", sound).accuracy == good.accuracy).all(), "deterministic"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_search_efficiency_quick_mode_finds_tpe_asha_better_than_random(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "search_efficiency.py"), "--quick"],
+                            capture_output=True, text=True, timeout=580, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    for method in se.METHODS:
+        assert f"| {method.name} |" in result.stdout
+    assert "TPE+ASHA beats random on the median" in result.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_trial_throughput_quick_mode_prints_its_table(tmp_path: Path, tiny_model: Path, tiny_csv: Path) -> None:
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "trial_throughput.py"), "--quick",
+                             "--model", str(tiny_model), "--data", str(tiny_csv)],
+                            capture_output=True, text=True, timeout=280, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| 32-true") or line.startswith("| bf16")]
+    assert rows and all(float(line.split("|")[4].strip().rstrip("x")) > 0 for line in rows)
