@@ -183,7 +183,7 @@ def resolved_precision(config: ExperimentConfig) -> str:
 
 
 CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
-"""CPU flags of native bf16 arithmetic. Without them oneDNN emulates bf16 and autocast is slower than fp32."""
+"""CPU flags of native bf16 arithmetic; without them bf16 is converted in software and autocast does not pay."""
 
 
 def cpu_has_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
