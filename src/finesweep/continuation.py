@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any, Callable, Dict, List, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import optuna
 from optuna.trial import TrialState as OptunaState
@@ -52,10 +52,16 @@ def search_reruns(state: SweepState, config: ExperimentConfig, scheduler: Any, b
     return reruns
 
 
-def rebuilt_study(config: ExperimentConfig, params: Sequence[Param], records: Sequence[TrialRecord]) -> optuna.Study:
-    """The Optuna study of the search so far, rebuilt from its trials (running ones stay RUNNING)."""
+def rebuilt_study(config: ExperimentConfig, params: Sequence[Param], records: Sequence[TrialRecord],
+                  stopped: Optional[OptunaState] = None) -> optuna.Study:
+    """The Optuna study of the search so far, rebuilt from its trials (running ones stay RUNNING).
+
+    Args:
+        stopped: the state of trials ASHA stopped early; None = as the searcher told them
+            (``tuner.STOPPED_STATE``). COMPLETE gives each its best epoch, as the leaderboard ranks them.
+    """
     return rebuild_study(config.objective.mode, params,
-                         [_past_trial(r, config) for r in records if r.optuna_number is not None])
+                         [_past_trial(r, config, stopped) for r in records if r.optuna_number is not None])
 
 
 def retraining(state: SweepState, points: Sequence[Dict[str, Any]], config: ExperimentConfig,
@@ -82,10 +88,10 @@ def retraining(state: SweepState, points: Sequence[Dict[str, Any]], config: Expe
     return done, reruns, fresh, known
 
 
-def _past_trial(record: TrialRecord, config: ExperimentConfig) -> PastTrial:
+def _past_trial(record: TrialRecord, config: ExperimentConfig, stopped: Optional[OptunaState]) -> PastTrial:
     from finesweep.tuner import STOPPED_STATE
 
-    states = {TrialStatus.completed: OptunaState.COMPLETE, TrialStatus.early_stopped: STOPPED_STATE,
+    states = {TrialStatus.completed: OptunaState.COMPLETE, TrialStatus.early_stopped: stopped or STOPPED_STATE,
               TrialStatus.failed: OptunaState.FAIL, TrialStatus.running: OptunaState.RUNNING}
     state = states[record.status]
     if state is OptunaState.COMPLETE and record.best_value is None:

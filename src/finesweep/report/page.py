@@ -42,11 +42,17 @@ class Report:
 
 def build(sweep_folder: Path, out: Optional[Path] = None, registered: str = "") -> Report:
     """Build the report of the sweep whose log is in ``sweep_folder``; written to ``out`` (default: its report/)."""
+    from optuna.trial import TrialState
+
     from finesweep.continuation import rebuilt_study
 
     started = time.monotonic()
     facts = read_facts(sweep_folder, registered)
-    study = rebuilt_study(facts.config, facts.params, [t.record for t in facts.search()])
+    records = [t.record for t in facts.search()]
+    study = rebuilt_study(facts.config, facts.params, records)  # as the searcher knew it: stopped trials PRUNED
+    # The figures show every trial at its best epoch, as the leaderboard ranks them: with ASHA most trials
+    # are stopped, and Optuna's plots would leave all of them out.
+    ranked = rebuilt_study(facts.config, facts.params, records, stopped=TrialState.COMPLETE)
     folder = out or sweep_folder / "report"
     folder.mkdir(parents=True, exist_ok=True)
     report = Report(folder, folder / HTML_NAME)
@@ -54,7 +60,7 @@ def build(sweep_folder: Path, out: Optional[Path] = None, registered: str = "") 
         report.study = f"{persist(study, facts)} in {storage_url(facts)}"
     except Exception as exc:  # noqa: BLE001 - the figures do not need the stored copy
         log.warning("report: the Optuna study could not be stored: %s", exc, exc_info=True)
-    figures = every_figure(facts, study)
+    figures = every_figure(facts, ranked)
     report.html.write_text(_page(facts, figures, report.study), encoding="utf-8")
     report.pngs, report.png_problem = _pngs(figures, folder)
     report.seconds = time.monotonic() - started
