@@ -59,3 +59,15 @@ def test_a_resumed_sweep_counts_the_trials_of_earlier_sessions(tmp_path: Path) -
     keeper.trial_ended(later)
     assert not Path(past[1].checkpoint or "").exists(), "a past trial pushed out by a new one is deleted"
     assert sorted(keeper.kept()) == sorted([past[0].checkpoint, later.checkpoint])
+
+
+def test_a_resumed_sweep_clears_past_losers_an_interrupted_session_left(tmp_path: Path) -> None:
+    past = [trial(tmp_path, n, v) for n, v in enumerate([0.2, 0.3, 0.4])]  # 2 was not yet deleted
+    deleted: List[int] = []
+    keeper = CheckpointKeeper(2, Mode.min, past=past, deleted=lambda r: deleted.append(r.number))
+    keeper.gone = set()
+    later = trial(tmp_path, 3, 0.9)
+    keeper.trial_started(later)
+    keeper.trial_ended(later)
+    assert sorted(deleted) == [2, 3]
+    assert sorted(keeper.kept()) == sorted([past[0].checkpoint, past[1].checkpoint])

@@ -111,3 +111,37 @@ def test_top_trials_keep_every_value_whole_in_80_columns(config: ExperimentConfi
     wide = Console(file=io.StringIO(), width=250, color_system=None)
     wide.print(results_table(config, records, wide.width))
     assert "┃ rank" in render(wide), "a table when it fits"
+
+
+def test_on_a_terminal_events_cost_no_drawing_and_the_last_frame_is_whole(config: ExperimentConfig,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The live view is drawn on its own clock (twice a second), not once per event: a thousand trials'
+    events cost the driver no more each than ten do. The frame left on the screen at the end is complete."""
+    console = Console(file=io.StringIO(), width=160, color_system=None, force_terminal=True)
+    draws = {"count": 0}
+    real = SweepView._render
+
+    def counted(self: SweepView) -> object:
+        draws["count"] += 1
+        return real(self)
+
+    monkeypatch.setattr(SweepView, "_render", counted)
+    with SweepView(config, total=300, console=console) as view:
+        for number in range(300):
+            add(view, number, 1e-4, [0.5, 0.6, 0.7 + number / 1000], TrialStatus.completed)
+    assert draws["count"] < 50, f"{draws['count']} draws for 1,500 events"
+    last = render(console).rsplit("demo  ", 1)[1]
+    assert last.startswith("300/300 started  running 0  completed 300")
+    assert "best val/accuracy: 0.9990 (trial 299" in last
+
+
+def test_a_trial_that_goes_on_is_shown_once_with_its_live_record(config: ExperimentConfig) -> None:
+    view = SweepView(config, total=2, console=new_console())
+    first = add(view, 0, 1e-4, [0.5], TrialStatus.completed)
+    again = TrialRecord("t0-again", 0, {"optim.lr": 1e-4})
+    again.history = list(first.history)
+    view.trial_started(again)
+    assert view.records == [again] and view._counts() == "0/2 done"
+    again.status = TrialStatus.completed
+    view.trial_ended(again)
+    assert view._counts() == "1/2 done"

@@ -85,9 +85,13 @@ class CheckpointKeeper:
         self.finished: Dict[int, TrialRecord] = {r.number: r for r in past
                                                  if r.phase == "search" and r.status is not TrialStatus.running}
         self.gone: set[int] = set()
+        self._winners: List[TrialRecord] = ranked(list(self.finished.values()), self.mode)[:self.keep]
+        """The best ``keep`` finished trials, best first: a trial's end is weighed against these alone."""
+        self._swept = False  # the first end also clears past losers an interrupted session left on disk
 
     def trial_started(self, record: TrialRecord) -> None:
         self.finished.pop(record.number, None)
+        self._winners = [r for r in self._winners if r.number != record.number]
 
     def trial_result(self, record: TrialRecord, metrics: Dict[str, float]) -> None:
         """Results change nothing until the trial ends."""
@@ -99,11 +103,18 @@ class CheckpointKeeper:
         if record.phase != "search":
             return
         self.finished[record.number] = record
-        winners = {r.number for r in ranked(list(self.finished.values()), self.mode)[:self.keep]}
-        for number, trial in self.finished.items():
-            if number not in winners and number not in self.gone and trial.checkpoint:
+        contenders = ranked([*self._winners, record], self.mode)
+        self._winners = contenders[:self.keep]
+        winners = {r.number for r in self._winners}
+        # The loser: the trial pushed out of the best ``keep``, or this one (worse than all of them, failed,
+        # or without a value).
+        losers = [*contenders[self.keep:], record]
+        if not self._swept:
+            losers, self._swept = list(self.finished.values()), True
+        for trial in losers:
+            if trial.number not in winners and trial.number not in self.gone and trial.checkpoint:
                 delete_checkpoint(trial.checkpoint)
-                self.gone.add(number)
+                self.gone.add(trial.number)
                 self.deleted(trial)
 
     def kept(self) -> List[str]:

@@ -9,6 +9,11 @@ what replaying the log gives: the trials, their values, results, checkpoints and
 Ray Tune has an experiment restore of its own, but it restores neither ASHA's rungs (ray#30838)
 nor the link between a trial and its MLflow run, and its searcher state is a pickle; this log
 is plain data that any machine seeing the storage path can read.
+
+Trial starts and ends are made durable off the driver's thread (``EventLog.sync_soon``): a driver
+killed at any moment still leaves them in the OS's page cache, and only a power loss in the few
+milliseconds before the disk has them can lose one (the trial then runs again on resume). What must
+not happen before the disk has an event (a finished trial's training state deleted) waits for it.
 """
 
 from __future__ import annotations
@@ -16,7 +21,9 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import logging
 import os
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -26,6 +33,8 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 from finesweep.checkpoints import drop_training_state
 from finesweep.errors import UserError
 from finesweep.records import TrialRecord, TrialStatus
+
+log = logging.getLogger(__name__)
 
 LOG_NAME = "events.jsonl"
 STATE_DIR = "finesweep"
@@ -62,9 +71,10 @@ class EventLog:
             raise UserError(f"sweep {folder.name} is being run by another finesweep process (its log "
                             f"{self.path} is locked). Wait for that process to end, or stop it first.") from None
         self.count = sum(1 for _ in read_events(self.path))
+        self._syncer: Optional[_Syncer] = None
 
     def append(self, kind: str, durable: bool = False, **data: Any) -> Dict[str, Any]:
-        """Append one event; ``durable`` also waits for the disk (trial starts and ends, the sweep's own)."""
+        """Append one event and flush it to the OS; ``durable`` also waits for the disk (the sweep's own events)."""
         event = {"seq": self.count, "kind": kind, "time": time.time(), **data}
         body = json.dumps(event, sort_keys=True, default=_plain)
         self._handle.write(f"{_digest(body)} {body}\n")
@@ -74,19 +84,78 @@ class EventLog:
         self.count += 1
         return event
 
+    def sync_soon(self, then: Optional[Callable[[], None]] = None) -> None:
+        """Have the disk take everything appended so far, on a background thread; then call ``then`` there.
+
+        Requests that arrive while the disk is busy share the next fsync (group commit), so the driver
+        never waits for the disk per trial, however many trials end at once.
+        """
+        if self._syncer is None:
+            self._syncer = _Syncer(self._handle.fileno())
+        self._syncer.request(then)
+
     def close(self) -> None:
-        """Flush and close the file (releasing the lock)."""
+        """Wait for pending syncs, flush and close the file (releasing the lock)."""
+        if self._syncer is not None:
+            self._syncer.close()
+            self._syncer = None
         if not self._handle.closed:
             self._handle.flush()
             os.fsync(self._handle.fileno())
             self._handle.close()
 
 
+class _Syncer:
+    """A thread that fsyncs a file when asked, then runs what waited for it, in the order asked."""
+
+    def __init__(self, fileno: int) -> None:
+        self._fileno = fileno
+        self._cond = threading.Condition()
+        self._waiting: List[Optional[Callable[[], None]]] = []
+        self._requested = False
+        self._closing = False
+        self._thread = threading.Thread(target=self._run, name="finesweep-event-log-sync", daemon=True)
+        self._thread.start()
+
+    def request(self, then: Optional[Callable[[], None]]) -> None:
+        with self._cond:
+            self._waiting.append(then)
+            self._requested = True
+            self._cond.notify()
+
+    def close(self) -> None:
+        """Finish every pending request, then stop the thread."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._requested and not self._closing:
+                    self._cond.wait()
+                if not self._requested:
+                    return
+                waiting, self._waiting, self._requested = self._waiting, [], False
+            os.fsync(self._fileno)
+            for then in waiting:
+                if then is None:
+                    continue
+                try:
+                    then()
+                except Exception:  # noqa: BLE001 - what waits for the disk is cleanup; the sweep goes on
+                    log.warning("after the event log's sync: %s failed", getattr(then, "__name__", then),
+                                exc_info=True)
+
+
 class SweepLog:
     """A ``SweepListener`` that appends every trial event to the sweep's log, then hands it on (to MLflow).
 
     The log is written before anything else learns of an event, so whatever MLflow or the terminal
-    shows, the log has. Trial starts and ends wait for the disk; results are flushed to the OS.
+    shows, the log has. Every event is flushed to the OS at once; trial starts and ends are then synced
+    to the disk in the background (``EventLog.sync_soon``), and a finished trial's training state is
+    deleted only once its end is on the disk.
 
     Args:
         log: the sweep's event log.
@@ -112,9 +181,10 @@ class SweepLog:
     def trial_started(self, record: TrialRecord) -> None:
         before = self._params.get(record.number)
         changed = {k: v for k, v in record.params.items() if before is not None and before.get(k) != v}
-        self.event("trial_started", durable=True, sweep_id=self.sweep_id, number=record.number, phase=record.phase,
+        self.event("trial_started", sweep_id=self.sweep_id, number=record.number, phase=record.phase,
                    params=record.params, optuna_number=record.optuna_number, attempt=record.attempts,
                    changed=changed)
+        self.log.sync_soon()
         self._params[record.number] = dict(record.params)
 
     def trial_result(self, record: TrialRecord, metrics: Dict[str, float]) -> None:
@@ -131,12 +201,13 @@ class SweepLog:
                    failure=record.failure, error=record.error or "")
 
     def trial_ended(self, record: TrialRecord) -> None:
-        self.event("trial_ended", durable=True, number=record.number, status=record.status.value,
+        self.event("trial_ended", number=record.number, status=record.status.value,
                    failure=record.failure if record.status is TrialStatus.failed else "", error=record.error or "",
                    checkpoint=record.checkpoint, epochs_run=record.epochs_run, best_epoch=record.best_epoch,
                    attempts=record.attempts)
         # Once the end is on disk the trial is never continued: its training state is dead weight.
-        drop_training_state(record.checkpoint)
+        checkpoint = record.checkpoint
+        self.log.sync_soon(lambda: drop_training_state(checkpoint))
 
     def trial_interrupted(self, record: TrialRecord) -> None:
         """The sweep stopped (Ctrl-C) while this trial ran; it is continued on resume."""

@@ -35,18 +35,23 @@ class SweepView:
         self.console = console
         self.records: List[TrialRecord] = list(past)
         """Every trial seen, past ones (a resumed sweep's) included, each once."""
+        self._position = {r.number: i for i, r in enumerate(self.records)}
+        self._done = {r.number for r in self.records if r.phase == "search" and r.status is not TrialStatus.running}
         self.started = time.monotonic()
         self._live: Optional[Live] = None
 
     def __enter__(self) -> "SweepView":
         if self.console.is_terminal:
-            self._live = Live(self._render(), console=self.console, refresh_per_second=2, transient=False)
+            # The live view is drawn twice a second from the records, not on every event: an event
+            # costs the driver the same with 10 trials or 10,000.
+            self._live = Live(console=self.console, refresh_per_second=2, transient=False,
+                              get_renderable=self._render)
             self._live.__enter__()
         return self
 
     def __exit__(self, *exc: Any) -> None:
         if self._live is not None:
-            self._live.update(self._render(), refresh=True)
+            self._live.refresh()
             self._live.__exit__(*exc)
             self.console.print()
         else:
@@ -54,10 +59,13 @@ class SweepView:
             self.console.print(head, best_line, sep="\n", soft_wrap=True)
 
     def trial_started(self, record: TrialRecord) -> None:
-        if all(r is not record and r.number != record.number for r in self.records):
+        position = self._position.get(record.number)
+        if position is None:
+            self._position[record.number] = len(self.records)
             self.records.append(record)
         else:  # the same trial goes on (resumed, retried): show the live record
-            self.records = [record if r.number == record.number else r for r in self.records]
+            self.records[position] = record
+        self._done.discard(record.number)
         again = f" (attempt {record.attempts})" if record.attempts > 1 else ""
         self._line(f"trial {record.number} started{again}: {format_params(record.params)}")
 
@@ -72,26 +80,25 @@ class SweepView:
                    f"{metric} {shown}")
 
     def trial_ended(self, record: TrialRecord) -> None:
+        if record.phase == "search":
+            self._done.add(record.number)
         best = "" if record.best_value is None else f", best {record.best_value:.4f} at epoch {record.best_epoch}"
         why = f": {record.failure}: {record.error}" if record.status is TrialStatus.failed else ""
         self._line(f"trial {record.number} {record.status.value.replace('_', ' ')}{best}{why}  ({self._counts()})")
 
     def _line(self, text: str) -> None:
-        """One progress line off a terminal; on a terminal, the live view shows it instead."""
-        if self._live is not None:
-            self._live.update(self._render())
-        else:
+        """One progress line off a terminal; on a terminal, the live view shows the records instead."""
+        if self._live is None:
             self.console.print(f"[{time.monotonic() - self.started:6.0f}s] {text}", markup=False, highlight=False,
                                soft_wrap=True)
 
     def _counts(self) -> str:
-        search = [r for r in self.records if r.phase == "search"]
-        done = sum(r.status is not TrialStatus.running for r in search)
-        return f"{done}/{self.total} done"
+        return f"{len(self._done)}/{self.total} done"
 
     def _render(self) -> Group:
-        search = [r for r in self.records if r.phase == "search"]
-        final = [r for r in self.records if r.phase != "search"]
+        records = list(self.records)  # drawn on the live view's thread while the driver appends
+        search = [r for r in records if r.phase == "search"]
+        final = [r for r in records if r.phase != "search"]
         counts = {s: sum(r.status is s for r in search) for s in TrialStatus}
         head = Text.assemble(
             (f"{self.config.name}  ", "bold"),
@@ -103,7 +110,7 @@ class SweepView:
         metric = self.config.objective.metric
         best_line = Text(f"best {metric}: " + (f"{best.best_value:.4f} (trial {best.number}: "
                                                f"{format_params(best.params)})" if best else "-"))
-        running = [r for r in self.records if r.status is TrialStatus.running]
+        running = [r for r in records if r.status is TrialStatus.running]
         table = Table(box=None, pad_edge=False, show_header=bool(running))
         for column in ("trial", "epoch", metric, "params"):
             table.add_column(column)
