@@ -51,7 +51,8 @@ def through_finesweep(config: Any, cache: Any) -> Dict[str, float]:
     real_trainer = trial._trainer
 
     def timed_trainer(*args: Any, callbacks: List[Any], **kwargs: Any) -> Any:
-        return real_trainer(*args, callbacks=[*callbacks, timer], **kwargs)
+        # first: its epoch end comes before the checkpoint's
+        return real_trainer(*args, callbacks=[timer, *callbacks], **kwargs)
 
     trial._trainer = timed_trainer
     try:
@@ -65,17 +66,30 @@ def through_finesweep(config: Any, cache: Any) -> Dict[str, float]:
 
 
 class _TrainTimer:
-    """Sums the time spent in training epochs (batches, backward, optimiser), nothing else."""
+    """Sums the time spent in training epochs (batches, backward, optimiser), nothing else.
+
+    Lightning validates at the end of a training epoch, before ``on_train_epoch_end`` (where the
+    checkpoint is written): the clock stops when validation starts, or at the epoch's end without one.
+    """
 
     def __new__(cls, pl: Any) -> Any:
         class Timer(pl.Callback):  # type: ignore[misc]
             seconds = 0.0
+            _start: Optional[float] = None
 
             def on_train_epoch_start(self, trainer: Any, module: Any) -> None:
                 self._start = time.perf_counter()
 
+            def on_validation_start(self, trainer: Any, module: Any) -> None:
+                self._stop()
+
             def on_train_epoch_end(self, trainer: Any, module: Any) -> None:
-                Timer.seconds += time.perf_counter() - self._start
+                self._stop()
+
+            def _stop(self) -> None:
+                if self._start is not None:
+                    Timer.seconds += time.perf_counter() - self._start
+                    self._start = None
 
         return Timer()
 

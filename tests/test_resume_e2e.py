@@ -18,7 +18,7 @@ import pytest
 
 from e2e import Driver, events, metric_steps, run_cli, runs
 from finesweep.cli import compose
-from finesweep.samplers import make_sampler
+from finesweep.samplers import make_sampler, random_share
 from finesweep.search_space import suggest
 from finesweep.searcher import PastTrial, rebuild_study
 from finesweep.tuner import make_scheduler
@@ -249,5 +249,6 @@ def test_a_finished_sweep_resumes_to_nothing_and_extends_with_its_history(tmp_pa
     past = [PastTrial(n, trials[n]["params"], optuna.trial.TrialState.COMPLETE,
                       min(m["val/loss"] for _, m in trials[n]["results"]), {}) for n in range(4)]
     study = rebuild_study(sweep.config.objective.mode, sweep.params, past)
-    study.sampler = make_sampler(sweep.config.search, sweep.params, seed=sweep.config.search.seed + 4)
+    study.sampler = make_sampler(sweep.config.search, sweep.params, sweep.config.search.seed + 4,
+                                 random_share(sweep.config))
     assert suggest(study.ask(), sweep.params) == trials[4]["params"]

@@ -231,3 +231,25 @@ def test_a_trial_asha_stopped_is_told_to_optuna_as_pruned_and_rebuilt_the_same(c
     rebuilt = rebuilt_study(config, searcher.params, bridge.records)  # resume and the report see the same study
     assert [(t.state, t.value, t.intermediate_values) for t in rebuilt.trials] == \
         [(t.state, t.value, t.intermediate_values) for t in searcher.study.trials]
+
+
+def test_under_asha_a_third_of_tpe_proposals_are_random_and_the_same_on_every_run(config: ExperimentConfig) -> None:
+    import optuna
+
+    from finesweep.samplers import ASHA_RANDOM_SHARE
+
+    params = parse_space({"optim.lr": {"distribution": "loguniform", "low": 1e-5, "high": 1e-2}}, config)
+    kinds = []
+    for scheduler in ("asha", "fifo"):
+        sweep = compose("demo", [f"scheduler.kind={scheduler}", "search.num_trials=300"]).config
+        searcher = search_plan(sweep, params, Numbering()).searcher
+        kinds.append([type(searcher.sampler(seed)).__name__ for seed in range(300)])
+    asha, fifo = kinds
+    share = asha.count("RandomSampler") / len(asha)
+    assert abs(share - ASHA_RANDOM_SHARE) < 0.07 and set(asha) == {"RandomSampler", "TPESampler"}
+    assert set(fifo) == {"TPESampler"}, "without early stopping every proposal is TPE's"
+    again = search_plan(compose("demo", ["search.num_trials=300"]).config, params, Numbering()).searcher
+    assert [type(again.sampler(seed)).__name__ for seed in range(300)] == asha, "a resume proposes the same"
+    random_pick = asha.index("RandomSampler")
+    drawn = [optuna.create_study(sampler=again.sampler(random_pick)).ask().suggest_float("x", 0, 1) for _ in "ab"]
+    assert drawn[0] == drawn[1], "a random proposal is seeded by its trial number"
