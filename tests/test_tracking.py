@@ -272,3 +272,22 @@ def test_registered_model_reloads_and_predicts(sweep: Any, tiny_model: Path, tmp
     client = MlflowClient(sweep.config.tracking.uri)
     assert [str(v.version) for v in client.search_model_versions("name = 'demo'")] == ["1"]
     assert client.get_run(projector.parent_id).data.tags["finesweep.registered_model"] == "demo/1"
+
+
+def test_the_model_package_links_the_weights_and_never_writes_through_a_link(tiny_model: Path, tmp_path: Path) -> None:
+    from finesweep.serving import META_FILE
+    from finesweep.tracking.registry import _model_package
+
+    weights = tmp_path / "ckpt" / "best"
+    weights.mkdir(parents=True)
+    (weights / "model.safetensors").write_bytes(b"weights" * 100)
+    (weights / "tokenizer_config.json").write_text("the checkpoint's own")  # a name the tokenizer writes too
+    package = tmp_path / "package"
+    package.mkdir()
+    meta = ServingMeta(task="classification", label_names=("a", "b"), text_column="text", text_pair_column=None,
+                       max_length=16, objective="val/accuracy")
+    _model_package(package, weights, str(tiny_model), meta)
+    assert (package / "model.safetensors").stat().st_ino == (weights / "model.safetensors").stat().st_ino, "linked"
+    assert (weights / "tokenizer_config.json").read_text() == "the checkpoint's own", "the checkpoint is untouched"
+    assert (package / "tokenizer_config.json").read_text() != "the checkpoint's own"
+    assert ServingMeta.from_json((package / META_FILE).read_text()) == meta

@@ -340,10 +340,12 @@ def _write_report(session: Session) -> Optional[Path]:
     """The sweep report, logged to the parent run; a report that fails is a note, never a failed sweep."""
     from finesweep.report import build
 
-    if session.projector.waiting is None:  # the registered version comes from MLflow; not worth a wait in an outage
-        session.projector.drain(session.config.tracking.flush_timeout)
+    def registered() -> None:  # the page shows the version MLflow gives; not worth a wait in an outage
+        if session.projector.waiting is None:
+            session.projector.drain(session.config.tracking.flush_timeout)
+
     try:
-        built = build(session.log.path.parent)
+        built = build(session.log.path.parent, before_page=registered)  # the figures are drawn meanwhile
     except Exception as exc:  # noqa: BLE001 - the sweep and its results stand without the report
         log.warning("the sweep report failed: %s", exc, exc_info=True)
         session.journal.event("note", tag="finesweep.report_error", text=one_line(exc))

@@ -77,6 +77,15 @@ class SweepFacts:
         return rungs
 
 
+def registered_version(folder: Path) -> str:
+    """``name/version`` of the sweep's latest registered model ("" before one): MLflow gives the version, and
+    the cursor beside the log has it once the registration was sent."""
+    from finesweep.tracking import Cursor
+
+    rounds = Cursor.load(folder).registered
+    return rounds[max(rounds, key=int)] if rounds else ""
+
+
 def read_facts(folder: Path, registered: str = "") -> SweepFacts:
     """Read a sweep's log folder.
 
@@ -107,11 +116,7 @@ def read_facts(folder: Path, registered: str = "") -> SweepFacts:
             best = event
         elif kind == "baseline":
             baseline = event["metrics"]
-    if not registered:  # MLflow gives the version: the cursor beside the log has it once it was sent
-        from finesweep.tracking import Cursor
-
-        rounds = Cursor.load(folder).registered
-        registered = rounds[max(rounds, key=int)] if rounds else ""
+    registered = registered or registered_version(folder)
     trials = [TrialFacts(t.record(config.objective.metric, config.objective.mode), spans.get(n, []), nodes.get(n, ""))
               for n, t in sorted(state.trials.items())]
     return SweepFacts(state, config, sweep.params, trials, selection, registered, best, baseline)

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import io
 import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from finesweep.errors import UserError, one_line
 from finesweep.records import format_params
-from finesweep.report.facts import SweepFacts, finished, read_facts
+from finesweep.report.facts import SweepFacts, finished, read_facts, registered_version
 from finesweep.report.figures import Figure, every_figure
 from finesweep.report.study import persist, storage_url
 
@@ -40,8 +41,14 @@ class Report:
     seconds: float = 0.0
 
 
-def build(sweep_folder: Path, out: Optional[Path] = None, registered: str = "") -> Report:
-    """Build the report of the sweep whose log is in ``sweep_folder``; written to ``out`` (default: its report/)."""
+def build(sweep_folder: Path, out: Optional[Path] = None, registered: str = "",
+          before_page: Optional[Callable[[], object]] = None) -> Report:
+    """Build the report of the sweep whose log is in ``sweep_folder``; written to ``out`` (default: its report/).
+
+    ``before_page`` runs once the figures and their PNGs are made, before the page is written: the end of a
+    run waits there for MLflow to register the winner (the page shows its version), so the figures are
+    drawn while the model is being registered.
+    """
     from optuna.trial import TrialState
 
     from finesweep.continuation import rebuilt_study
@@ -61,8 +68,11 @@ def build(sweep_folder: Path, out: Optional[Path] = None, registered: str = "") 
     except Exception as exc:  # noqa: BLE001 - the figures do not need the stored copy
         log.warning("report: the Optuna study could not be stored: %s", exc, exc_info=True)
     figures = every_figure(facts, ranked)
-    report.html.write_text(_page(facts, figures, report.study), encoding="utf-8")
     report.pngs, report.png_problem = _pngs(figures, folder)
+    if before_page is not None:
+        before_page()
+        facts = dataclasses.replace(facts, registered=registered or registered_version(sweep_folder))
+    report.html.write_text(_page(facts, figures, report.study), encoding="utf-8")
     report.seconds = time.monotonic() - started
     return report
 

@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict
 
-from finesweep.checkpoints import best_weights
+from finesweep.checkpoints import best_weights, link_tree
 
 if TYPE_CHECKING:
     from finesweep.tracking.projector import Projector
@@ -48,11 +48,13 @@ def _model_package(folder: Path, weights: Path, tokenizer_source: str, meta: Any
 
     from finesweep.serving import META_FILE
 
-    for item in weights.iterdir():
-        if item.is_file():
-            shutil.copy2(item, folder / item.name)
-    AutoTokenizer.from_pretrained(tokenizer_source).save_pretrained(folder)
-    (folder / META_FILE).write_text(meta.to_json())
+    link_tree(weights, folder)  # the weights on disk, linked (MLflow copies the package into its store)
+    with tempfile.TemporaryDirectory(prefix="finesweep-tokenizer-") as side:
+        AutoTokenizer.from_pretrained(tokenizer_source).save_pretrained(side)
+        (Path(side) / META_FILE).write_text(meta.to_json())
+        for item in Path(side).iterdir():  # never written through a link: it would change the checkpoint
+            (folder / item.name).unlink(missing_ok=True)
+            shutil.move(str(item), folder / item.name)
     return folder
 
 
