@@ -10,10 +10,11 @@ from typing import List
 
 import pytest
 
-import finesweep.state as state
+import finesweep.event_log as event_log
 from finesweep.checkpoints import BEST, STATE
+from finesweep.event_log import EventLog, read_events
 from finesweep.records import TrialRecord, TrialStatus
-from finesweep.state import EventLog, SweepLog, read_events
+from finesweep.state import SweepLog
 
 
 def _trial(tmp_path: Path, number: int) -> TrialRecord:
@@ -37,7 +38,7 @@ def test_an_ended_trial_loses_its_training_state_only_after_the_disk_has_its_end
         ended = sum(e["kind"] == "trial_ended" for e in read_events(log.path))
         order.append(f"fsync with {ended} ended")
 
-    monkeypatch.setattr(state.os, "fsync", slow_fsync)
+    monkeypatch.setattr(event_log.os, "fsync", slow_fsync)
     log = EventLog(tmp_path / "sweep")
     journal = SweepLog(log, "sweep", lambda event: None)
     record = _trial(tmp_path, 0)
@@ -66,7 +67,7 @@ def test_many_ends_share_syncs_and_every_training_state_goes(tmp_path: Path,
         syncs.append(fileno)
         real_fsync(fileno)
 
-    monkeypatch.setattr(state.os, "fsync", counted)
+    monkeypatch.setattr(event_log.os, "fsync", counted)
     log = EventLog(tmp_path / "sweep")
     journal = SweepLog(log, "sweep", lambda event: None)
     records = [_trial(tmp_path, n) for n in range(20)]

@@ -148,6 +148,8 @@ def test_the_report_is_written_logged_and_cross_referenced_with_optuna(swept: Sw
     parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
     logged = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
     assert {"report/report.html", *(f"report/{f}.png" for f in FIGURES)} <= logged
+    registered = parent.data.tags["finesweep.registered_model"]
+    assert f"<td>{registered}</td>" in html, "the page waited for MLflow's version, drawn while it registered"
 
     # What the sweep bought: the config without searched values, trained once after the search, never ranked.
     assert "What the sweep bought" in html

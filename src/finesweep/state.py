@@ -8,35 +8,24 @@ what replaying the log gives: the trials, their values, results, checkpoints and
 
 Ray Tune has an experiment restore of its own, but it restores neither ASHA's rungs (ray#30838)
 nor the link between a trial and its MLflow run, and its searcher state is a pickle; this log
-is plain data that any machine seeing the storage path can read.
-
-Trial starts and ends are made durable off the driver's thread (``EventLog.sync_soon``): a driver
-killed at any moment still leaves them in the OS's page cache, and only a power loss in the few
-milliseconds before the disk has them can lose one (the trial then runs again on resume). What must
-not happen before the disk has an event (a finished trial's training state deleted) waits for it.
+is plain data that any machine seeing the storage path can read. Writing and reading the file itself:
+event_log.py.
 """
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
-import json
-import logging
-import os
-import threading
 import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from finesweep.checkpoints import drop_training_state
 from finesweep.errors import UserError
+from finesweep.event_log import LOG_NAME, EventLog, read_events
 from finesweep.records import TrialRecord, TrialStatus
 
-log = logging.getLogger(__name__)
-
-LOG_NAME = "events.jsonl"
 STATE_DIR = "finesweep"
 
 
@@ -48,105 +37,6 @@ def new_sweep_id() -> str:
 def sweep_dir(storage_path: str, sweep_id: str) -> Path:
     """Where a sweep's log lives."""
     return Path(storage_path) / STATE_DIR / sweep_id
-
-
-class EventLog:
-    """Appends events to a sweep's log file; one process at a time (an exclusive lock on the file).
-
-    Args:
-        folder: the sweep's folder (``sweep_dir``); created if missing.
-
-    Raises:
-        UserError: another finesweep process is running this sweep.
-    """
-
-    def __init__(self, folder: Path) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
-        self.path = folder / LOG_NAME
-        self._handle = open(self.path, "a", encoding="utf-8")
-        try:
-            fcntl.flock(self._handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            self._handle.close()
-            raise UserError(f"sweep {folder.name} is being run by another finesweep process (its log "
-                            f"{self.path} is locked). Wait for that process to end, or stop it first.") from None
-        self.count = sum(1 for _ in read_events(self.path))
-        self._syncer: Optional[_Syncer] = None
-
-    def append(self, kind: str, durable: bool = False, **data: Any) -> Dict[str, Any]:
-        """Append one event and flush it to the OS; ``durable`` also waits for the disk (the sweep's own events)."""
-        event = {"seq": self.count, "kind": kind, "time": time.time(), **data}
-        body = json.dumps(event, sort_keys=True, default=_plain)
-        self._handle.write(f"{_digest(body)} {body}\n")
-        self._handle.flush()
-        if durable:
-            os.fsync(self._handle.fileno())
-        self.count += 1
-        return event
-
-    def sync_soon(self, then: Optional[Callable[[], None]] = None) -> None:
-        """Have the disk take everything appended so far, on a background thread; then call ``then`` there.
-
-        Requests that arrive while the disk is busy share the next fsync (group commit), so the driver
-        never waits for the disk per trial, however many trials end at once.
-        """
-        if self._syncer is None:
-            self._syncer = _Syncer(self._handle.fileno())
-        self._syncer.request(then)
-
-    def close(self) -> None:
-        """Wait for pending syncs, flush and close the file (releasing the lock)."""
-        if self._syncer is not None:
-            self._syncer.close()
-            self._syncer = None
-        if not self._handle.closed:
-            self._handle.flush()
-            os.fsync(self._handle.fileno())
-            self._handle.close()
-
-
-class _Syncer:
-    """A thread that fsyncs a file when asked, then runs what waited for it, in the order asked."""
-
-    def __init__(self, fileno: int) -> None:
-        self._fileno = fileno
-        self._cond = threading.Condition()
-        self._waiting: List[Optional[Callable[[], None]]] = []
-        self._requested = False
-        self._closing = False
-        self._thread = threading.Thread(target=self._run, name="finesweep-event-log-sync", daemon=True)
-        self._thread.start()
-
-    def request(self, then: Optional[Callable[[], None]]) -> None:
-        with self._cond:
-            self._waiting.append(then)
-            self._requested = True
-            self._cond.notify()
-
-    def close(self) -> None:
-        """Finish every pending request, then stop the thread."""
-        with self._cond:
-            self._closing = True
-            self._cond.notify()
-        self._thread.join()
-
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                while not self._requested and not self._closing:
-                    self._cond.wait()
-                if not self._requested:
-                    return
-                waiting, self._waiting, self._requested = self._waiting, [], False
-            os.fsync(self._fileno)
-            for then in waiting:
-                if then is None:
-                    continue
-                try:
-                    then()
-                except Exception:  # noqa: BLE001 - what waits for the disk is cleanup; the sweep goes on
-                    log.warning("after the event log's sync: %s failed", getattr(then, "__name__", then),
-                                exc_info=True)
 
 
 class SweepLog:
@@ -212,18 +102,6 @@ class SweepLog:
     def trial_interrupted(self, record: TrialRecord) -> None:
         """The sweep stopped (Ctrl-C) while this trial ran; it is continued on resume."""
         self.event("trial_interrupted", durable=True, number=record.number)
-
-
-def read_events(path: Path) -> Iterator[Dict[str, Any]]:
-    """The events of a log file in order, stopping at the first torn or corrupt line."""
-    if not path.is_file():
-        return
-    with open(path, encoding="utf-8", errors="replace") as handle:
-        for line in handle:
-            digest, _, body = line.rstrip("\n").partition(" ")
-            if not line.endswith("\n") or _digest(body) != digest:
-                return  # the driver was killed mid-write: what came before is whole
-            yield json.loads(body)
 
 
 @dataclass
@@ -376,20 +254,6 @@ def _apply(state: SweepState, event: Dict[str, Any]) -> None:
         state.registered = event["version"]
     elif kind == "finished":
         state.status = event["status"]
-
-
-def _digest(body: str) -> str:
-    return hashlib.blake2b(body.encode("utf-8"), digest_size=6).hexdigest()
-
-
-def _plain(value: Any) -> Any:
-    if hasattr(value, "value"):  # Enums
-        return value.value
-    if isinstance(value, Path):
-        return str(value)
-    if hasattr(value, "item"):  # numpy scalars
-        return value.item()
-    raise TypeError(f"not JSON-serialisable: {type(value).__name__}")
 
 
 def locate(storage_path: str, ref: Optional[str]) -> Path:
