@@ -58,8 +58,9 @@ bench-throughput: install  ## one MiniLM trial's samples/s through finesweep vs 
 bench-scale: install  ## 100, 300 and 1,000 sleeping trials, 32 at a time: finesweep vs hand-written Ray Tune
 	$(BIN)/python benchmarks/scale.py
 
-bench-overhead: install  ## finesweep's whole run vs a hand-written Ray Tune script, 16 synthetic trials
+bench-overhead: install  ## finesweep's whole run vs hand-written scripts: 16 synthetic trials, then 8 real MiniLM trials
 	$(BIN)/python benchmarks/overhead.py
+	$(BIN)/python benchmarks/overhead.py --real
 
 clean:
 	rm -rf $(VENV)
