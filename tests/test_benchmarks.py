@@ -75,3 +75,24 @@ def test_trial_throughput_quick_mode_prints_its_table(tmp_path: Path, tiny_model
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     rows = [line for line in result.stdout.splitlines() if line.startswith("| 32-true") or line.startswith("| bf16")]
     assert rows and all(float(line.split("|")[4].strip().rstrip("x")) > 0 for line in rows)
+
+
+def test_the_real_trial_overhead_case_runs_the_same_sweep_on_both_sides(tmp_path: Path) -> None:
+    """finesweep's side of overhead.py --real composes and validates, with the hand-written script's sizes."""
+    import handwritten_finetune as hand
+    import overhead
+
+    from finesweep.cli import compose
+
+    sweep = tmp_path / "real.yaml"
+    sweep.write_text(overhead.REAL_SWEEP.format(samples=hand.MAX_SAMPLES, length=hand.MAX_LENGTH, batch=hand.BATCH,
+                                                trials=hand.TRIALS, concurrent=hand.CONCURRENT, epochs=hand.EPOCHS))
+    composed = compose(str(sweep), ["cluster.cpus_per_trial=1"])
+    config = composed.config
+    assert (config.search.num_trials, config.search.max_concurrent, config.scheduler.max_epochs) == \
+        (hand.TRIALS, hand.CONCURRENT, hand.EPOCHS)
+    assert (config.data.max_samples, config.data.max_length, config.data.batch_size) == \
+        (hand.MAX_SAMPLES, hand.MAX_LENGTH, hand.BATCH)
+    assert config.scheduler.kind.value == "fifo" and {p.key for p in composed.params} == {"optim.lr",
+                                                                                          "optim.weight_decay"}
+    assert (config.data.text_column, config.data.label_column) == (hand.TEXT, hand.LABEL)
