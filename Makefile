@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml .ci/constraints.txt
 	$(BIN)/pip install --quiet -c .ci/constraints.txt -e ".[demo,test]"
 	rm -f $(VENV)/.installed-* && touch $@
 
-demo: install  ## fine-tune MiniLM on tweet sentiment: 14 TPE trials over strategies, ASHA, ~7 min on 2 CPU cores
+demo: install  ## fine-tune MiniLM on tweet sentiment: 14 TPE trials over strategies, ASHA, 3-6 min on 2 CPU cores
 	$(BIN)/finesweep run demo
 
 # Debian packages the tests start for real: PostgreSQL (an MLflow server's backend) and Chromium with its
