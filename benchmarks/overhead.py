@@ -29,7 +29,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict
+from typing import Dict
 
 import synthetic  # beside this file
 
@@ -85,7 +85,7 @@ def run_finesweep_real(workdir: Path) -> Dict[str, float]:
     phases: Dict[str, float] = {}
     for owner, name, phase in ((data, "prepare_all", "tokenise_s"), (tuner, "run_plan", "search_s"),
                                (runner, "_select_and_register", "selection_s"), (runner, "_write_report", "report_s")):
-        setattr(owner, name, _timed(getattr(owner, name), phases, phase))
+        setattr(owner, name, synthetic.timed(getattr(owner, name), phases, phase))
     sweep = workdir / "real.yaml"
     sweep.write_text(REAL_SWEEP.format(samples=hand.MAX_SAMPLES, length=hand.MAX_LENGTH, batch=hand.BATCH,
                                        trials=hand.TRIALS, concurrent=hand.CONCURRENT, epochs=hand.EPOCHS))
@@ -100,17 +100,6 @@ def run_finesweep_real(workdir: Path) -> Dict[str, float]:
     config = cli.compose(str(sweep), overrides).config
     return {"total_s": total, **phases, "precision": resolved_precision(config),  # type: ignore[dict-item]
             "model": config.model.name_or_path, "csv": config.data.path}  # type: ignore[dict-item]
-
-
-def _timed(function: Any, into: Dict[str, float], phase: str) -> Any:
-    def timed(*args: Any, **kwargs: Any) -> Any:
-        start = time.perf_counter()
-        try:
-            return function(*args, **kwargs)
-        finally:
-            into[phase] = into.get(phase, 0.0) + time.perf_counter() - start
-
-    return timed
 
 
 def real_case(repeats: int) -> None:

@@ -51,20 +51,24 @@ def workdir() -> Path:
     return folder
 
 
+def timed(function: Callable[..., Any], into: Dict[str, float], key: str) -> Callable[..., Any]:
+    """``function``, adding the seconds each call takes to ``into[key]``."""
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            into[key] = into.get(key, 0.0) + time.perf_counter() - start
+
+    return wrapper
+
+
 def timed_run_plan(into: Dict[str, float]) -> None:
     """Add the time spent in ``tuner.run_plan`` (Tuner.fit and its assembly) to ``into["fit_s"]``."""
     import finesweep.tuner as tuner
 
-    real = tuner.run_plan
-
-    def timed(*args: Any, **kwargs: Any) -> Any:
-        start = time.perf_counter()
-        try:
-            return real(*args, **kwargs)
-        finally:
-            into["fit_s"] = into.get("fit_s", 0.0) + time.perf_counter() - start
-
-    tuner.run_plan = timed
+    tuner.run_plan = timed(tuner.run_plan, into, "fit_s")
 
 
 def handwritten(trainable: Callable[..., None], trials: int, concurrent: int, folder: Path,
