@@ -3,8 +3,8 @@
 Deciding stays Optuna's (its samplers, its study); this module only connects it to Tune, in a way
 that makes a sweep reproducible and resumable:
 
-- Every proposal is made by a sampler seeded with ``search.seed + trial number``, so what the
-  study proposes is a pure function of the seed and the study's history. A study rebuilt from the
+- Every proposal is made by a sampler seeded with ``proposal_seed(search.seed, trial number)``, so what
+  the study proposes is a pure function of the seed and the study's history. A study rebuilt from the
   sweep's log (``rebuild_study``) therefore proposes exactly what the lost one would have.
 - Trials to run again (resumed from a checkpoint, or retried after a failure) are queued and handed
   to Tune before any new proposal; they keep their trial number and their Optuna trial.
@@ -22,6 +22,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Deque, Dict, Mapping, Optional, Sequence
 
+import numpy as np
 import optuna
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
@@ -64,6 +65,15 @@ class Numbering:
         return number
 
 
+def proposal_seed(seed: int, number: int) -> int:
+    """The seed of the sampler that proposes trial ``number`` of a sweep seeded ``seed``.
+
+    Mixed, not added: with ``seed + number``, the sweep seeded 1 would propose trial n as the sweep
+    seeded 0 proposes trial n + 1, and two "independent" seeds would run the same trials shifted by one.
+    """
+    return int(np.random.SeedSequence([seed, number]).generate_state(1)[0])
+
+
 def params_of(config: Mapping[str, Any]) -> Dict[str, Any]:
     """A trial config without the marker: the sampled values."""
     return {key: value for key, value in config.items() if key != MARKER}
@@ -91,7 +101,7 @@ class StudySearcher(Searcher):  # type: ignore[misc]
         study: the study (new, or rebuilt from the sweep's log).
         params: the search space.
         sampler: seed -> a fresh sampler of the sweep's kind.
-        seed: ``search.seed``; trial n is proposed with seed + n.
+        seed: ``search.seed``; trial n is proposed with ``proposal_seed(seed, n)``.
         budget: how many trials the search runs in all (those in the study count).
         mode: whether larger values are better.
         numbering: trial numbers shared with re-training.
@@ -119,13 +129,13 @@ class StudySearcher(Searcher):  # type: ignore[misc]
             rerun = self.queue.items.popleft()
             self._open.add(rerun.number)
             return rerun.config()
-        if len(self.study.trials) >= self.budget:
+        if self.asked() >= self.budget:
             # Nothing new to propose; a trial still running may yet fail and be queued for a retry.
             return None if self._open else Searcher.FINISHED
         number = self.numbering.take()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            self.study.sampler = self.sampler(self.seed + len(self.study.trials))
+            self.study.sampler = self.sampler(proposal_seed(self.seed, self.asked()))
             trial = self.study.ask()
         values = suggest(trial, self.params)
         self._trials[number] = trial
@@ -134,6 +144,10 @@ class StudySearcher(Searcher):  # type: ignore[misc]
 
     def on_trial_complete(self, trial_id: str, result: Optional[Dict] = None, error: bool = False) -> None:
         """Tune's notice; the event bridge tells the study instead, once it knows how the trial ended."""
+
+    def asked(self) -> int:
+        """Trials in the study (asked, finished or not); ``study.trials`` would deep-copy every one of them."""
+        return len(self.study.get_trials(deepcopy=False))
 
     def observe(self, number: int, optuna_number: Optional[int], step: int, value: float) -> None:
         """Record an epoch's objective as the Optuna trial's intermediate value."""
@@ -164,8 +178,8 @@ class StudySearcher(Searcher):  # type: ignore[misc]
         self._open.discard(number)
 
     def _trial(self, number: int, optuna_number: Optional[int]) -> Optional[optuna.trial.Trial]:
-        if number not in self._trials and optuna_number is not None and optuna_number < len(self.study.trials):
-            frozen = self.study.trials[optuna_number]  # a trial of the rebuilt study, continued
+        if number not in self._trials and optuna_number is not None and optuna_number < self.asked():
+            frozen = self.study.get_trials(deepcopy=False)[optuna_number]  # a trial of the rebuilt study, continued
             self._trials[number] = optuna.trial.Trial(self.study, frozen._trial_id)
         return self._trials.get(number)
 
