@@ -18,9 +18,9 @@ import pytest
 
 from e2e import Driver, events, metric_steps, run_cli, runs
 from finesweep.cli import compose
-from finesweep.samplers import make_sampler, random_share
+from finesweep.samplers import sampler_factory
 from finesweep.search_space import suggest
-from finesweep.searcher import PastTrial, rebuild_study
+from finesweep.searcher import PastTrial, proposal_seed, rebuild_study
 from finesweep.tuner import make_scheduler
 
 pytestmark = pytest.mark.slow
@@ -246,9 +246,10 @@ def test_a_finished_sweep_resumes_to_nothing_and_extends_with_its_history(tmp_pa
     # The searcher saw the first 4: a study holding exactly those 4 trials proposes trial 4 as it was.
     sweep = compose(str(sweep_file), [*overrides, "search.num_trials=8"])
     trials = search_trials(events(tmp_path))
-    past = [PastTrial(n, trials[n]["params"], optuna.trial.TrialState.COMPLETE,
-                      min(m["val/loss"] for _, m in trials[n]["results"]), {}) for n in range(4)]
+    state = {"completed": optuna.trial.TrialState.COMPLETE, "early_stopped": optuna.trial.TrialState.PRUNED}
+    past = [PastTrial(n, trials[n]["params"], state[trials[n]["status"]],
+                      min(m["val/loss"] for _, m in trials[n]["results"]),
+                      {int(m["epoch"]): m["val/loss"] for _, m in trials[n]["results"]}) for n in range(4)]
     study = rebuild_study(sweep.config.objective.mode, sweep.params, past)
-    study.sampler = make_sampler(sweep.config.search, sweep.params, sweep.config.search.seed + 4,
-                                 random_share(sweep.config))
+    study.sampler = sampler_factory(sweep.config, sweep.params)(proposal_seed(sweep.config.search.seed, 4))
     assert suggest(study.ask(), sweep.params) == trials[4]["params"]

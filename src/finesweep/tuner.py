@@ -26,7 +26,7 @@ from finesweep.config import ExperimentConfig, SchedulerKind
 from finesweep.failures import Failure, classify, retry_overrides
 from finesweep.metrics import REPORTED_METRICS
 from finesweep.records import SweepListener, TrialRecord, TrialStatus
-from finesweep.samplers import make_sampler, random_share
+from finesweep.samplers import sampler_factory
 from finesweep.search_space import Param, planned_trials
 from finesweep.searcher import (
     Numbering,
@@ -68,9 +68,8 @@ def search_plan(config: ExperimentConfig, params: Sequence[Param], numbering: Nu
     """The search phase: the study (new, or rebuilt on resume) proposes, queued reruns go first."""
     budget = planned_trials(config, params)
     study = study if study is not None else new_study(config.objective.mode)
-    share = random_share(config)
-    searcher = StudySearcher(study, params, lambda seed: make_sampler(config.search, params, seed, share),
-                             config.search.seed, budget, config.objective.mode, numbering, reruns)
+    searcher = StudySearcher(study, params, sampler_factory(config, params), config.search.seed, budget,
+                             config.objective.mode, numbering, reruns)
     samples = (budget + len(reruns)) * (1 + config.search.max_retries)
     return Plan(searcher, "search", dict(known or {}), scheduler or make_scheduler(config), samples)
 
