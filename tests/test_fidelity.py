@@ -13,8 +13,8 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 from finesweep.cli import compose
-from finesweep.fidelity import RungTPESampler, rungs, score_at
-from finesweep.samplers import rung_gamma, sampler_factory
+from finesweep.fidelity import RungTPESampler, rung_gamma, rungs, score_at
+from finesweep.samplers import sampler_factory
 from finesweep.search_space import parse_space
 from finesweep.searcher import Numbering, StudySearcher, new_study, params_of, proposal_seed
 

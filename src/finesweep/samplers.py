@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 import random
 import warnings
 from typing import Any, Callable, Dict, List, Optional, Sequence
@@ -20,9 +19,10 @@ ASHA_RANDOM_SHARE = 1 / 3
 """Share of TPE's proposals drawn at random instead when ASHA stops trials early (BOHB's random fraction).
 
 Under ASHA most proposals cost one rung, so exploring is cheap, and TPE alone can settle on one region.
-Measured on the LCBench benchmark's in-process replica (10 tasks x 6 seeds, rung-wise TPE): median
-speed-up over random search 6.0x with a third at random, 5.4x with a fifth. Without early stopping every
-proposal costs a full trial and TPE proposes them all.
+Measured with an in-process copy of the LCBench benchmark's search (10 tasks x 6 seeds, rung-wise TPE;
+not shipped, benchmarks/search_efficiency.py is the reference): median speed-up over random search 6.0x
+with a third at random, 5.4x with a fifth. Without early stopping every proposal costs a full trial and
+TPE proposes them all.
 """
 
 
@@ -86,16 +86,7 @@ def _tpe(search: SearchConfig, params: Sequence[Param], milestones: Milestones) 
         return optuna.samplers.TPESampler(n_startup_trials=startup, **options)
     # BOHB fits a rung once it holds dimensions + 1 trials; small sweeps start at their start-up count.
     points = max(2, min(len(params) + 1, startup))
-    return RungTPESampler(milestones, points, rung_gamma, n_startup_trials=points, **options)
-
-
-def rung_gamma(n: int) -> int:
-    """TPE's "good" trials among ``n`` at a rung: the best 15% (BOHB's share), 1 to 25.
-
-    Optuna's default is 10%: at a rung that a few dozen trials reached it keeps 2-3 of them, and TPE
-    then proposes little but their neighbours.
-    """
-    return min(max(1, math.ceil(0.15 * n)), 25)
+    return RungTPESampler(milestones, points, n_startup_trials=points, **options)
 
 
 _FACTORIES: Dict[Sampler, Callable[[SearchConfig, Sequence[Param], Milestones], optuna.samplers.BaseSampler]] = {
