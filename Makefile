@@ -46,7 +46,7 @@ test-fast: install  ## unit tests only
 # Every benchmark prints a markdown table (the README's Performance section shows them); ~60 min in all on 2 cores.
 bench: bench-search bench-ties bench-throughput bench-scale bench-overhead
 
-bench-search: install  ## TPE+ASHA vs random, TPE, random+ASHA and hand-written Optuna+Hyperband on LCBench (~26 min)
+bench-search: install  ## TPE+ASHA vs random, TPE, random+ASHA and hand-written Optuna+Hyperband on LCBench (~18 min)
 	$(BIN)/python benchmarks/search_efficiency.py
 
 bench-ties: install  ## ASHA's ties broken by val/loss vs Ray's rule, on a real MiniLM sweep (~9 min)

@@ -44,8 +44,8 @@ STOPPED_STATE = TrialState.PRUNED
 """How a trial ASHA stopped early is told to Optuna: PRUNED, with its per-epoch values as intermediate values.
 
 Ray's ``OptunaSearch`` tells it COMPLETE with its last low-fidelity value, so TPE would rank a one-epoch
-score beside full-budget ones. Optuna's TPE ranks PRUNED trials below every COMPLETE one, the further
-they got the better (benchmarks/search_efficiency.py measures the difference).
+score beside full-budget ones. Under ASHA finesweep's TPE reads the intermediate values one rung at a time
+(``fidelity.RungTPESampler``); benchmarks/search_efficiency.py measures both against COMPLETE.
 """
 
 
