@@ -69,10 +69,6 @@ class _RungView:
     def get_trials(self, deepcopy: bool = True, states: Optional[Container[TrialState]] = None) -> List[FrozenTrial]:
         return self._get_trials(deepcopy, states)
 
-    @property
-    def trials(self) -> List[FrozenTrial]:
-        return list(self._view)
-
     def __getattr__(self, name: str) -> Any:
         return getattr(self._study, name)
 
