@@ -7,8 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from finesweep.config import ExperimentConfig, Mode, SchedulerKind
+from finesweep.config import ExperimentConfig, Mode
 from finesweep.records import TrialRecord, TrialStatus
+from finesweep.samplers import fidelity_rungs
 from finesweep.search_space import Param
 from finesweep.state import SweepState, load_state, read_events
 from finesweep.sweep import resumed
@@ -66,15 +67,7 @@ class SweepFacts:
 
     def rungs(self) -> List[int]:
         """The epochs where ASHA compares trials (none without ASHA)."""
-        scheduler = self.config.scheduler
-        if scheduler.kind is not SchedulerKind.asha:
-            return []
-        rungs: List[int] = []
-        epoch = float(scheduler.grace_period)
-        while epoch < scheduler.max_epochs:
-            rungs.append(int(epoch))
-            epoch *= scheduler.reduction_factor
-        return rungs
+        return (fidelity_rungs(self.config) or [])[:-1]  # the last is the full budget, not a comparison
 
 
 def registered_version(folder: Path) -> str:
