@@ -36,7 +36,7 @@ system-deps:
 test: install system-deps lint  ## lint, types, then the whole suite, real servers included (~20 min on 2 cores after install)
 	$(BIN)/python -m pytest
 
-lint: install  ## ruff and mypy (src/ is mypy-clean)
+lint: install  ## ruff and mypy --strict (the strict flags are in pyproject.toml)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/mypy src
 

@@ -2,11 +2,11 @@
 
 On a small validation split accuracy moves in steps of 1/n, and every configuration that collapsed
 to one class ties at that class's share. Ray's ASHA keeps a trial equal to its rung's cutoff, so tied
-trials run their full budget; finesweep settles a tie by validation loss (src/finesweep/asha.py).
+trials run their full budget; finesweep settles a tie by validation loss (src/finesweep/search/asha.py).
 
 The same sweep runs twice through ``finesweep run``'s real path (Hydra, Ray Tune, TPE, ASHA, Lightning,
 MLflow on a throw-away store), each in its own process: once as shipped, once with Ray's rule
-(``finesweep.asha.TIE_BREAK_METRIC = None``). MiniLM is fully fine-tuned on 400 tweets (3 classes,
+(``finesweep.search.asha.TIE_BREAK_METRIC = None``). MiniLM is fully fine-tuned on 400 tweets (3 classes,
 40 validation tweets) over a too-wide learning-rate range (1e-4 to 1e-2): above ~1e-3 full fine-tuning
 collapses to one class, and every collapsed trial ties at that class's share. Each seed is one sweep.
 
@@ -47,12 +47,12 @@ space:
 
 def child(variant: str, seed: int) -> Dict[str, Any]:
     """Run the sweep in this process; return what its event log says."""
-    import finesweep.asha
+    import finesweep.search.asha
     from finesweep import cli
-    from finesweep.state import find_sweeps, load_state
+    from finesweep.journal.replay import find_sweeps, load_state
 
     if variant == "ray-rule":
-        finesweep.asha.TIE_BREAK_METRIC = None
+        finesweep.search.asha.TIE_BREAK_METRIC = None
     workdir = Path(tempfile.mkdtemp(prefix="fs-ties-"))
     os.chdir(workdir)
     sweep = workdir / "ties.yaml"

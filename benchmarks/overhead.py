@@ -44,8 +44,8 @@ def run_finesweep(workdir: Path) -> Dict[str, float]:
     from rich.console import Console
 
     from finesweep import runner
-    from finesweep.cli import compose
-    from finesweep.data import DataCache
+    from finesweep.config.compose import compose
+    from finesweep.tasks.data import DataCache
 
     fit_time: Dict[str, float] = {}
     synthetic.timed_run_plan(fit_time)
@@ -53,10 +53,8 @@ def run_finesweep(workdir: Path) -> Dict[str, float]:
     sweep.write_text(SWEEP)
     start = time.perf_counter()
     composed = compose(str(sweep), [])
-    code = runner.run(composed, DataCache({}), Console(file=open(os.devnull, "w")), trainable=trainable)
+    runner.run(composed, DataCache({}), Console(file=open(os.devnull, "w")), trainable=trainable)  # raises if it fails
     total = time.perf_counter() - start
-    if code != 0:
-        raise SystemExit(f"finesweep run exited with {code}")
     return {"total_s": total, **fit_time}
 
 
@@ -78,12 +76,14 @@ def run_finesweep_real(workdir: Path) -> Dict[str, float]:
     """``finesweep run`` on the real-trial sweep, its phases timed."""
     import handwritten_finetune as hand
 
-    import finesweep.tuner as tuner
-    from finesweep import cli, data, runner
-    from finesweep.trial import resolved_precision
+    import finesweep.execution.tuner as tuner
+    from finesweep import cli, runner
+    from finesweep.config.compose import compose
+    from finesweep.execution.trial import resolved_precision
+    from finesweep.tasks import preparation
 
     phases: Dict[str, float] = {}
-    for owner, name, phase in ((data, "prepare_all", "tokenise_s"), (tuner, "run_plan", "search_s"),
+    for owner, name, phase in ((preparation, "prepare_all", "tokenise_s"), (tuner, "run_plan", "search_s"),
                                (runner, "_select_and_register", "selection_s"), (runner, "_write_report", "report_s")):
         setattr(owner, name, synthetic.timed(getattr(owner, name), phases, phase))
     sweep = workdir / "real.yaml"
@@ -97,7 +97,7 @@ def run_finesweep_real(workdir: Path) -> Dict[str, float]:
     total = time.perf_counter() - start
     if code != 0:
         raise SystemExit(f"finesweep run exited with {code}")
-    config = cli.compose(str(sweep), overrides).config
+    config = compose(str(sweep), overrides).config
     return {"total_s": total, **phases, "precision": resolved_precision(config),  # type: ignore[dict-item]
             "model": config.model.name_or_path, "csv": config.data.path}  # type: ignore[dict-item]
 

@@ -4,7 +4,7 @@ Every trial reports 3 times and sleeps 0.5 s before each report (1.5 s a trial).
 logical CPUs (``num_cpus=32``: fake resources on a 2-core machine; finesweep's own local ``ray.init`` is
 given the same through a wrapper), and each trial asks for 1.
 
-- finesweep: ``runner.run``, the code of ``finesweep run`` (composition, the sweep's event log, the live
+- finesweep: ``runner.run``, the code of ``finesweep run`` (composition, the sweep's journal, the live
   view drawn on a terminal console (rich Live, written to /dev/null), MLflow's default SQLite store with a
   parent and a child run per trial, the report at the end), random search, FIFO, model selection off.
 - hand-written: ``tune.Tuner`` with the same trainable, ``param_space``, ``num_samples``,
@@ -46,10 +46,10 @@ def run_finesweep(trials: int, workdir: Path) -> Dict[str, float]:
     import ray
     from rich.console import Console
 
-    import finesweep.tuner as tuner
+    import finesweep.execution.tuner as tuner
     from finesweep import runner
-    from finesweep.cli import compose
-    from finesweep.data import DataCache
+    from finesweep.config.compose import compose
+    from finesweep.tasks.data import DataCache
 
     ray.init = functools.partial(ray.init, num_cpus=CONCURRENT)  # finesweep's local Ray, with fake CPUs
     driver = {"callback_s": 0.0, "results": 0, "fit_s": 0.0}
@@ -61,10 +61,8 @@ def run_finesweep(trials: int, workdir: Path) -> Dict[str, float]:
     sweep.write_text(synthetic.SWEEP.format(trials=trials, concurrent=CONCURRENT, reports=REPORTS))
     console = Console(file=open(os.devnull, "w"), force_terminal=True, width=160)  # the live view is drawn
     start = time.perf_counter()
-    code = runner.run(compose(str(sweep), []), DataCache({}), console, trainable=trainable)
+    runner.run(compose(str(sweep), []), DataCache({}), console, trainable=trainable)  # raises if it fails
     total = time.perf_counter() - start
-    if code != 0:
-        raise SystemExit(f"finesweep run exited with {code}")
     lost = _missing_steps(workdir, trials)
     return {"total_s": total, "fit_s": driver["fit_s"], "callback_s": driver["callback_s"],
             "results": driver["results"], "rss_mb": _peak_rss_mb(), "lost": lost}

@@ -4,7 +4,7 @@ Each (task, seed) is searched by every method with the same budget, the epochs o
 (50 x 52 = 2,600), on YAHPO Gym's LCBench surrogate (benchmarks/lcbench.py): a trial "trains" by
 reading its configuration's validation curve and reports it at epochs 4, 12, 36 and 52 (``REPORTS``).
 
-finesweep's methods go through its real search path: the sweep file is composed by ``finesweep.cli.compose``
+finesweep's methods go through its real search path: the sweep file is composed by ``finesweep.config.compose.compose``
 (LCBench's 7 hyperparameters are not finesweep config keys, so the key and type checks are switched off
 for them), then ``tuner.search_plan`` (StudySearcher over an Optuna study, RecordingASHA) and
 ``tuner.run_plan`` (the Ray Tune assembly of ``finesweep run`` and its event bridge), on one local Ray
@@ -12,7 +12,7 @@ session for the whole table; MLflow is off (nothing listens but the benchmark's 
 
 - random: random search, no early stopping (the baseline);
 - random+ASHA, TPE (no early stopping), TPE+ASHA (finesweep's default: stopped trials told as PRUNED, TPE
-  fitted one rung at a time, ``finesweep.fidelity``);
+  fitted one rung at a time, ``finesweep.search.fidelity``);
 - two ablations of TPE+ASHA: Optuna's TPE over the PRUNED trials as they are (complete ones first, then by
   how far they got), and the stopped trials told COMPLETE with their last value, as Ray's OptunaSearch does.
 
@@ -82,7 +82,7 @@ def trainable(config: Dict[str, Any], task: str) -> None:
     """Report the surrogate's curve at REPORTS, like a finesweep trial reports its epochs."""
     from ray import tune
 
-    from finesweep.searcher import params_of
+    from finesweep.search.searcher import params_of
 
     curve = lcbench.curve(task, params_of(config))
     for epoch in REPORTS:
@@ -140,12 +140,12 @@ def run_finesweep(task: str, method: Method, seed: int, workdir: Path) -> List[R
     """One search through compose -> search_plan -> run_plan (Ray Tune), cut at the budget."""
     from optuna.trial import TrialState
 
-    import finesweep.preflight
-    import finesweep.samplers
-    import finesweep.search_space
-    import finesweep.tuner as tuner
-    from finesweep.cli import compose
-    from finesweep.searcher import Numbering
+    import finesweep.config.preflight
+    import finesweep.config.space
+    import finesweep.execution.tuner as tuner
+    import finesweep.search.samplers
+    from finesweep.config.compose import compose
+    from finesweep.search.searcher import Numbering
 
     # ASHA spends ~10 epochs a trial on average: enough trials that the budget, not the count, ends it.
     trials = 50 if method.scheduler == "fifo" else 400
@@ -153,14 +153,14 @@ def run_finesweep(task: str, method: Method, seed: int, workdir: Path) -> List[R
     path = workdir / f"lcbench-{task}-{slug}-{seed}.yaml"
     path.write_text(sweep_yaml(task, method, seed, trials))
     with ExitStack() as stack:  # LCBench's hyperparameters are not keys of finesweep's config
-        for target in (finesweep.search_space._check_key, finesweep.search_space._check_types,
-                       finesweep.preflight.check_values):
+        for target in (finesweep.config.space._check_key, finesweep.config.space._check_types,
+                       finesweep.config.preflight.check_values):
             stack.enter_context(mock.patch.object(sys.modules[target.__module__], target.__name__))
         sweep = compose(str(path), [f"cluster.storage_path={workdir / 'ray'}", "cluster.cpus_per_trial=1"])
     with ExitStack() as stack:
         stack.enter_context(mock.patch.object(tuner, "STOPPED_STATE", TrialState[method.stopped_told]))
         if not method.rungwise:
-            stack.enter_context(mock.patch.object(finesweep.samplers, "fidelity_rungs", lambda config: None))
+            stack.enter_context(mock.patch.object(finesweep.search.samplers, "fidelity_rungs", lambda config: None))
         plan = tuner.search_plan(sweep.config, sweep.params, Numbering())
         collector = Collector(plan.searcher, BUDGET)
         tuner.run_plan(sweep.config, plan, trainable, [collector], task=task)
@@ -281,7 +281,7 @@ def search_all(tasks: Sequence[str], seeds: int, methods: Sequence[Method]) -> D
     """Every method on every (task, seed): the results, in one Ray session."""
     import ray
 
-    from finesweep.cluster import DRIVER_ENV
+    from finesweep.execution.cluster import DRIVER_ENV
 
     os.environ.update({**DRIVER_ENV, "FINESWEEP_PROJECT": str(ROOT)})  # as `finesweep run` sets them
     workdir = Path(tempfile.mkdtemp(prefix="fs-lcbench-"))

@@ -66,7 +66,7 @@ def timed(function: Callable[..., Any], into: Dict[str, float], key: str) -> Cal
 
 def timed_run_plan(into: Dict[str, float]) -> None:
     """Add the time spent in ``tuner.run_plan`` (Tuner.fit and its assembly) to ``into["fit_s"]``."""
-    import finesweep.tuner as tuner
+    import finesweep.execution.tuner as tuner
 
     tuner.run_plan = timed(tuner.run_plan, into, "fit_s")
 

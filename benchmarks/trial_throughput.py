@@ -1,6 +1,6 @@
 """Trial throughput: one MiniLM trial's training samples per second through finesweep vs a hand-written loop.
 
-finesweep: ``finesweep.trial.fit``, the code a Ray worker runs for a trial (the LightningModule, the
+finesweep: ``finesweep.execution.trial.fit``, the code a Ray worker runs for a trial (the LightningModule, the
 reporting and checkpointing callback ``EpochReport``, the data module over the tokenised arrays the
 driver ships through Ray's object store), in this process; Ray itself is not in the loop (its cost per
 epoch is one ``tune.report``, measured by benchmarks/overhead.py).
@@ -45,7 +45,7 @@ def through_finesweep(config: Any, cache: Any) -> Dict[str, float]:
     """finesweep's trial code, with a callback that times the training batches."""
     import lightning.pytorch as pl
 
-    import finesweep.trial as trial
+    import finesweep.execution.trial as trial
 
     timer = _TrainTimer(pl)
     real_trainer = trial._trainer
@@ -140,9 +140,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     os.environ.setdefault("FINESWEEP_PROJECT", str(ROOT))
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    from finesweep import data as data_module
-    from finesweep.cli import compose
-    from finesweep.trial import resolved_precision
+    from finesweep.config.compose import compose
+    from finesweep.execution.trial import resolved_precision
+    from finesweep.tasks.preparation import prepare_all
 
     global EPOCHS
     EPOCHS = 1 if args.quick else EPOCHS
@@ -150,7 +150,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     rows = []
     for precision in dict.fromkeys(["32-true", auto]):
         config = compose("demo", sweep_overrides(precision, args.model, args.data)).config
-        cache = data_module.prepare_all(config, ())  # tokenised once, as the driver does
+        cache = prepare_all(config, ())  # tokenised once, as the driver does
         hand = by_hand(config, cache, precision)
         ours = through_finesweep(config, cache)
         rows.append((precision, ours, hand))

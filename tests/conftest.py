@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import random
 from pathlib import Path
-from typing import List
+from typing import Iterator, List
 
 import pytest
 
@@ -83,6 +83,24 @@ def _no_home(tmp_path: Path, session_home: Path, monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.setenv("MPLCONFIGDIR", str(tmp_path / "mpl"))
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+TRACKING_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME")
+"""finesweep honours these as MLflow does: neither a developer's shell nor a test that calls
+``mlflow.set_tracking_uri`` (which exports the variable) may redirect another test's store."""
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_tracking_env_at_start() -> None:
+    for name in TRACKING_ENV:
+        os.environ.pop(name, None)
+
+
+@pytest.fixture(autouse=True)
+def _no_tracking_env_after() -> Iterator[None]:
+    yield
+    for name in TRACKING_ENV:
+        os.environ.pop(name, None)
 
 
 def pytest_collection_modifyitems(items: List[pytest.Item]) -> None:

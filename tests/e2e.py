@@ -12,8 +12,9 @@ from typing import Any, Dict, List, Optional
 
 from mlflow.tracking import MlflowClient
 
-from finesweep.cli import project_dir
-from finesweep.state import find_sweeps, read_events
+from finesweep.config.compose import project_dir
+from finesweep.journal.file import read_records
+from finesweep.journal.replay import find_sweeps
 
 
 def env(cwd: Path, **extra: str) -> Dict[str, str]:
@@ -89,9 +90,10 @@ def sweep_folder(cwd: Path) -> Path:
 
 
 def events(cwd: Path, storage: str = "mlruns/ray") -> List[Dict[str, Any]]:
-    """The newest sweep's events under ``cwd / storage`` (the default cluster.storage_path)."""
+    """The newest sweep's events under ``cwd / storage`` (the default cluster.storage_path), as the journal holds
+    them on disk (plain JSON objects)."""
     folders = find_sweeps(str(cwd / storage))
-    return list(read_events(folders[0] / "events.jsonl")) if folders else []
+    return list(read_records(folders[0] / "events.jsonl")) if folders else []
 
 
 def results(cwd: Path) -> int:

@@ -82,7 +82,7 @@ def test_the_real_trial_overhead_case_runs_the_same_sweep_on_both_sides(tmp_path
     import handwritten_finetune as hand
     import overhead
 
-    from finesweep.cli import compose
+    from finesweep.config.compose import compose
 
     sweep = tmp_path / "real.yaml"
     sweep.write_text(overhead.REAL_SWEEP.format(samples=hand.MAX_SAMPLES, length=hand.MAX_LENGTH, batch=hand.BATCH,

@@ -11,7 +11,7 @@ from typing import Dict, List
 import pytest
 from mlflow.tracking import MlflowClient
 
-from finesweep.cli import project_dir
+from finesweep.config.compose import project_dir
 
 pytestmark = pytest.mark.slow
 
@@ -179,8 +179,8 @@ def test_strategy_sweep_registers_a_model_that_reproduces_the_test_metric(
     import mlflow
     import pandas as pd
 
-    from finesweep import data
-    from finesweep.cli import compose
+    from finesweep.config.compose import compose
+    from finesweep.tasks.text_classification import TextClassification
 
     sweep = write_sweep(tmp_path / "strategies.yaml", STRATEGIES)
     overrides = data_overrides(tiny_model, tiny_csv)
@@ -210,7 +210,7 @@ def test_strategy_sweep_registers_a_model_that_reproduces_the_test_metric(
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
     model = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
     config = compose(str(sweep), overrides).config
-    test_rows = data.split_rows(config.data)["test"]
+    test_rows = TextClassification().split_rows(config.data)["test"]
     predicted = model.predict(pd.DataFrame({"text": test_rows["text"]}))
     accuracy = float((predicted["label"].to_numpy() == test_rows["label"].to_numpy()).mean())
     assert accuracy == pytest.approx(metrics["test/accuracy"], abs=1e-6)

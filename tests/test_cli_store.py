@@ -22,7 +22,7 @@ from typing import List
 
 import pytest
 
-from finesweep.cli import compose, project_dir
+from finesweep.config.compose import compose, project_dir
 
 pytestmark = pytest.mark.slow
 
@@ -57,10 +57,12 @@ def make_store(cwd: Path) -> str:
     """A store holding one finished sweep, written the way a real sweep writes it: log, then MLflow."""
     import dataclasses
 
-    from finesweep.data import DataCache
-    from finesweep.records import TrialRecord, TrialStatus
-    from finesweep.state import EventLog, SweepLog, new_sweep_id, read_events, sweep_dir
-    from finesweep.sweep import data_fingerprint, header
+    from finesweep.journal.events import BestChosen, SweepEnded, sweep_started
+    from finesweep.journal.file import EventFile, read_events
+    from finesweep.journal.records import TrialRecord, TrialStatus
+    from finesweep.journal.replay import new_sweep_id, sweep_dir
+    from finesweep.journal.writer import Journal
+    from finesweep.tasks.data import DataCache
     from finesweep.tracking import Projector
 
     sweep = compose("demo", [])
@@ -71,18 +73,17 @@ def make_store(cwd: Path) -> str:
     sweep = dataclasses.replace(sweep, config=config)
     sweep_id = new_sweep_id()
     folder = sweep_dir(config.cluster.storage_path, sweep_id)
-    log = EventLog(folder)
-    log.append("sweep", durable=True, **header(sweep, data_fingerprint(DataCache({})), sweep_id, folder))
-    journal = SweepLog(log, sweep_id, lambda event: None)
+    log = EventFile(folder)
+    log.append(sweep_started(sweep, DataCache({}).content_hash(), sweep_id, folder))
+    journal = Journal(log, sweep_id, lambda event: None)
     record = TrialRecord("t0", 0, {"optim.lr": 1e-4}, optuna_number=0)
     journal.trial_started(record)
     record.add_result({"val/accuracy": 0.625, "epoch": 1.0}, "val/accuracy", config.objective.mode)
     journal.trial_result(record, {"val/accuracy": 0.625, "epoch": 1.0})
     record.status = TrialStatus.completed
     journal.trial_ended(record)
-    journal.event("best", round=0, number=0, params=record.params, value=0.625, epoch=1, metric="val/accuracy",
-                  checkpoint=None)
-    journal.event("finished", durable=True, status="FINISHED")
+    journal.record(BestChosen(round=0, number=0, params=record.params, value=0.625, epoch=1, metric="val/accuracy"))
+    journal.record(SweepEnded(status="FINISHED"))
     Projector(folder, uri).sync(list(read_events(log.path)), deadline=time.monotonic() + 60)
     return uri
 

@@ -50,7 +50,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
 def finesweep(args: List[str], cwd: Path, cluster: RayCluster, timeout: int = 420,
               **env: str) -> subprocess.CompletedProcess:
     """The finesweep CLI as a user of the cluster runs it: the cluster's token in ~/.ray, RAY_AUTH_MODE unset."""
-    from finesweep.cli import project_dir
+    from finesweep.config.compose import project_dir
 
     return subprocess.run([sys.executable, "-m", "finesweep", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout, env=cluster.env(FINESWEEP_PROJECT=str(project_dir()), HF_HUB_OFFLINE="1",
@@ -101,7 +101,7 @@ def test_a_sweep_fans_out_over_both_nodes_and_lands_on_the_server(cluster: RayCl
     nodes = {c.data.tags["finesweep.node"].split("(")[-1].rstrip(")") for c in children}
     assert nodes == {"127.0.0.2", "127.0.0.3"}, f"trials ran on both nodes: {nodes}"
     assert {c.data.tags["finesweep.device"] for c in children} == {"cpu"}
-    from finesweep.trial import cpu_has_bf16  # precision auto: bf16 autocast where this CPU computes in bf16
+    from finesweep.execution.trial import cpu_has_bf16  # precision auto: bf16 autocast where this CPU computes in bf16
 
     assert {c.data.tags["finesweep.precision"] for c in children} == {"bf16-mixed" if cpu_has_bf16() else "32-true"}
     assert "best_model" in {a.path for a in client.list_artifacts(parents[0].info.run_id)}

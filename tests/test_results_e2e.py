@@ -209,23 +209,20 @@ def test_the_mlflow_ui_opens_on_the_sweeps_training_runs(swept: Swept, browser: 
         link = next(word for line in ui.output().splitlines() if line.startswith("latest sweep looks")
                     for word in line.split() if word.startswith("http://"))
         browser.get(link)
-        parent_link = wait_for(lambda: [a for a in browser.find_elements(By.CSS_SELECTOR, "a[href*='/runs/']")
-                                        if a.text.strip() == "looks"], "the sweep's parent run listed")[0]
-        text = browser.find_element(By.TAG_NAME, "body").text
-        assert "Model training" in text and "Token Usage" not in text, "the training runs, not the GenAI overview"
         def trials() -> List[Any]:
             return [a for a in browser.find_elements(By.CSS_SELECTOR, "a[href*='/runs/']")
                     if a.text.strip().startswith("trial-")]
 
-        assert trials() == [], "the trials are folded under the parent run, not listed beside it"
-        row = parent_link.find_element(By.XPATH, "./ancestor::*[@role='row'][1]")
-        row.find_element(By.CSS_SELECTOR, "button[data-component-id*='runnamecellrenderer']").click()  # expand
-        nested = wait_for(lambda: trials() if len(trials()) >= 6 else [], "the trials shown under the parent run")
+        # The first screen shows the latest sweep's trials, best first, with nothing to click (the view's search).
+        nested = wait_for(lambda: trials() if len(trials()) >= 6 else [], "the trials on the first screen", timeout=60)
+        text = browser.find_element(By.TAG_NAME, "body").text
+        assert "Model training" in text and "Token Usage" not in text, "the training runs, not the GenAI overview"
         assert {a.text.strip() for a in nested} == {f"trial-{n:03d}" for n in range(6)}
-        parent_index = int(row.get_attribute("row-index"))
-        for link in nested:
-            assert int(link.find_element(By.XPATH, "./ancestor::*[@role='row'][1]").get_attribute("row-index")) \
-                > parent_index, "each trial sits beneath its parent run"
+        last = {e["number"]: e["metrics"]["val/accuracy"] for e in events(swept.cwd) if e["kind"] == "trial_result"}
+        shown = sorted(nested, key=lambda a: int(a.find_element(By.XPATH, "./ancestor::*[@role='row'][1]")
+                                                 .get_attribute("row-index")))
+        values = [last[int(a.text.strip().removeprefix("trial-"))] for a in shown]
+        assert values == sorted(values, reverse=True), f"sorted by the objective, best first: {values}"
         # The link's shared view puts each trial's status, the objective and the searched values in columns.
         headers = " ".join(h.text for h in browser.find_elements(By.CSS_SELECTOR, "[role='columnheader']"))
         for column in ("finesweep.trial_status", "val/accuracy", "optim.lr", "finetune.strategy"):
@@ -240,9 +237,9 @@ def test_the_mlflow_ui_opens_on_the_sweeps_training_runs(swept: Swept, browser: 
             assert statuses[number] in cells.split(), f"trial {number}'s row shows {cells!r}, not {statuses[number]}"
         browser.save_screenshot(str(tmp_path / "mlflow-runs.png"))
 
-        parent_link = wait_for(lambda: [a for a in browser.find_elements(By.CSS_SELECTOR, "a[href*='/runs/']")
-                                        if a.text.strip() == "looks"], "the parent run link")[0]
-        browser.get(parent_link.get_attribute("href").split("?")[0] + "/artifacts")
+        parent = next(word for line in ui.output().splitlines() if line.strip().startswith("its parent run:")
+                      for word in line.split() if word.startswith("http://"))
+        browser.get(parent.split("?")[0] + "/artifacts")
         wait_for(lambda: "report" in browser.find_element(By.TAG_NAME, "body").text, "report/ among the artifacts")
         browser.save_screenshot(str(tmp_path / "mlflow-parent.png"))
     finally:

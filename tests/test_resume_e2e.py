@@ -17,11 +17,11 @@ import optuna
 import pytest
 
 from e2e import Driver, events, metric_steps, run_cli, runs
-from finesweep.cli import compose
-from finesweep.samplers import sampler_factory
-from finesweep.search_space import suggest
-from finesweep.searcher import PastTrial, proposal_seed, rebuild_study
-from finesweep.tuner import make_scheduler
+from finesweep.config.compose import compose
+from finesweep.config.space import suggest
+from finesweep.execution.tuner import make_scheduler
+from finesweep.search.samplers import sampler_factory
+from finesweep.search.searcher import PastTrial, proposal_seed, rebuild_study
 
 pytestmark = pytest.mark.slow
 
@@ -234,7 +234,8 @@ def test_a_finished_sweep_resumes_to_nothing_and_extends_with_its_history(tmp_pa
 
     refused = run_cli(["resume", "grow", "search.num_trials=8", "optim.lr=0.1"], tmp_path)
     assert refused.returncode == 2 and "optim.lr: a resume continues the sweep as it was" in refused.stderr
-    extended = run_cli(["resume", "grow", "search.num_trials=8"], tmp_path)
+    # The command that started it, with run changed to resume: the values it repeats are no change.
+    extended = run_cli(["resume", "grow", *overrides, "search.num_trials=8"], tmp_path)
     assert extended.returncode == 0, extended.stderr + extended.stdout
     found = runs(uri(tmp_path), "grow")
     assert len(found["parents"]) == 1 and found["parents"][0].info.status == "FINISHED"

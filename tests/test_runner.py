@@ -15,10 +15,10 @@ from mlflow.tracking import MlflowClient
 from rich.console import Console
 
 from finesweep import runner
-from finesweep.cli import compose
-from finesweep.data import DataCache
+from finesweep.config.compose import compose
+from finesweep.config.sweep import Sweep
 from finesweep.errors import SweepFailedError
-from finesweep.sweep import Sweep
+from finesweep.tasks.data import DataCache
 
 pytestmark = pytest.mark.slow
 
@@ -53,7 +53,7 @@ def weights_then_crash_on_retraining(config: Dict[str, Any], *, weights: str, **
         raise RuntimeError("node lost")
     for epoch in (1, 2):
         folder = Path(tempfile.mkdtemp())
-        shutil.copytree(weights, folder / "best")  # the layout of checkpoints.py
+        shutil.copytree(weights, folder / "best")  # the layout of execution/checkpoints.py
         metrics = {"val/accuracy": config["optim.lr"] * 10 + 0.1 * epoch, "val/loss": 0.5, "train/loss": 0.5,
                    "val/f1_macro": 0.5, "epoch": float(epoch)}
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(folder)))
@@ -68,13 +68,13 @@ def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _sweep(tmp_path: Path, name: str, tiny_model: Path, tiny_csv: Path, *extra: str) -> Tuple[Sweep, DataCache]:
-    from finesweep import data
+    from finesweep.tasks.preparation import prepare_all
 
     sweep = tmp_path / f"{name}.yaml"
     sweep.write_text(SWEEP)
     composed = compose(str(sweep), [f"model.name_or_path={tiny_model}", f"data.path={tiny_csv}",
                                     "data.label_column=label", "data.max_samples=null", "data.max_length=16", *extra])
-    return composed, data.prepare_all(composed.config, composed.params)
+    return composed, prepare_all(composed.config, composed.params)
 
 
 @pytest.mark.timeout(300)
@@ -83,7 +83,8 @@ def test_when_every_retraining_fails_the_search_winner_is_registered(tmp_path: P
     _isolated(tmp_path, monkeypatch)
     composed, cache = _sweep(tmp_path, "fallback", tiny_model, tiny_csv, "final.top_k=2", "final.seeds=1")
     trainable = functools.partial(weights_then_crash_on_retraining, weights=str(tiny_model))
-    assert runner.run(composed, cache, Console(file=open("/dev/null", "w")), trainable=trainable) == 0
+    folder = runner.run(composed, cache, Console(file=open("/dev/null", "w")), trainable=trainable)
+    assert (folder / "events.jsonl").is_file(), "it ended normally, with the sweep's journal"
     client = MlflowClient(composed.config.tracking.uri)
     runs = client.search_runs([client.get_experiment_by_name("fallback").experiment_id])
     parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)

@@ -9,12 +9,12 @@ from typing import Any, Dict, List
 
 import pytest
 
-from finesweep import data
-from finesweep.cli import compose
 from finesweep.config import ExperimentConfig, Mode
-from finesweep.data import EncodedData
-from finesweep.records import TrialRecord, TrialStatus
+from finesweep.config.compose import compose
+from finesweep.journal.records import TrialRecord, TrialStatus
 from finesweep.selection import candidates, leaderboard, regroup, seed_points, select
+from finesweep.tasks import PreparedData
+from finesweep.tasks.preparation import prepare_all
 
 
 @pytest.fixture()
@@ -24,7 +24,7 @@ def config(tiny_model: Path, tiny_csv: Path) -> ExperimentConfig:
 
 
 def checkpoint_of(config: ExperimentConfig) -> str:
-    """A checkpoint folder whose best weights are the tiny model (checkpoints.py's layout)."""
+    """A checkpoint folder whose best weights are the tiny model (execution/checkpoints.py's layout)."""
     folder = Path(tempfile.mkdtemp(prefix="ckpt-"))
     (folder / "best").symlink_to(config.model.name_or_path)
     return str(folder)
@@ -50,7 +50,7 @@ def test_candidates_are_distinct_top_k(config: ExperimentConfig) -> None:
 
 
 def test_lucky_seed_does_not_win_and_only_the_winner_reads_test(config: ExperimentConfig, tmp_path: Path) -> None:
-    cache = data.prepare_all(config, ())
+    cache = prepare_all(config, ())
     search = [record(0, 0.1, [0.95], "s0"), record(1, 0.2, [0.90], "s1")]
     # lr 0.1 was lucky in the search: re-trained with fresh seeds it averages 0.70; lr 0.2 averages 0.88.
     final = {0.1: [0.60, 0.70, 0.80], 0.2: [0.86, 0.88, 0.90]}
@@ -63,7 +63,7 @@ def test_lucky_seed_does_not_win_and_only_the_winner_reads_test(config: Experime
 
     evaluated: List[tuple] = []
 
-    def evaluate(cfg: ExperimentConfig, encoded: EncodedData, weights: Path, split: str) -> Dict[str, float]:
+    def evaluate(cfg: ExperimentConfig, encoded: PreparedData, weights: Path, split: str) -> Dict[str, float]:
         evaluated.append((cfg.optim.lr, weights.name, split))
         assert encoded.test is not None
         return {"test/accuracy": 0.5 + 0.1 * len(evaluated)}
@@ -89,7 +89,7 @@ def test_lucky_seed_does_not_win_and_only_the_winner_reads_test(config: Experime
 
 def test_without_reseeding_the_search_winner_is_evaluated_once(config: ExperimentConfig) -> None:
     config = dataclasses.replace(config, final=dataclasses.replace(config.final, seeds=0))
-    cache = data.prepare_all(config, ())
+    cache = prepare_all(config, ())
     calls: List[str] = []
     search = [record(0, 0.1, [0.7, 0.9, 0.8], checkpoint_of(config)), record(1, 0.2, [0.85], "x")]
     outcome = select(config, search, cache, lambda p: pytest.fail("no re-training"),
@@ -101,15 +101,15 @@ def test_without_reseeding_the_search_winner_is_evaluated_once(config: Experimen
 def test_test_split_is_served_once_through_the_data_module(config: ExperimentConfig,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """Real evaluation of real weights: count what the data module serves, not what is logged."""
-    from finesweep.finetune.datamodule import EncodedDataModule
-    from finesweep.trial import evaluate
+    from finesweep.execution.trial import evaluate
+    from finesweep.finetune.datamodule import PreparedDataModule
 
     config = dataclasses.replace(config, final=dataclasses.replace(config.final, seeds=0))
-    cache = data.prepare_all(config, ())
+    cache = prepare_all(config, ())
     served: List[str] = []
-    real_test, real_val = EncodedDataModule.test_dataloader, EncodedDataModule.val_dataloader
-    monkeypatch.setattr(EncodedDataModule, "test_dataloader", lambda self: served.append("test") or real_test(self))
-    monkeypatch.setattr(EncodedDataModule, "val_dataloader", lambda self: served.append("val") or real_val(self))
+    real_test, real_val = PreparedDataModule.test_dataloader, PreparedDataModule.val_dataloader
+    monkeypatch.setattr(PreparedDataModule, "test_dataloader", lambda self: served.append("test") or real_test(self))
+    monkeypatch.setattr(PreparedDataModule, "val_dataloader", lambda self: served.append("val") or real_val(self))
     weights = checkpoint_of(config)  # the saved 3-class tiny model stands in for a trial's best weights
     search = [record(0, 0.1, [0.6, 0.9], weights), record(1, 0.2, [0.85], weights), record(2, 0.3, [0.8], weights)]
     outcome = select(config, search, cache, lambda p: pytest.fail("no re-training"), evaluate)
@@ -120,7 +120,7 @@ def test_test_split_is_served_once_through_the_data_module(config: ExperimentCon
 
 def test_when_every_retraining_fails_the_search_best_wins_and_says_why(config: ExperimentConfig,
                                                                        tmp_path: Path) -> None:
-    cache = data.prepare_all(config, ())
+    cache = prepare_all(config, ())
     search = [record(0, 0.1, [0.95], "s0"), record(1, 0.2, [0.90], "s1")]
 
     def retrain(points: List[Dict[str, Any]]) -> List[TrialRecord]:

@@ -1,6 +1,6 @@
 """The commands that read what sweeps left behind: ls, ui, sync, report, serve.
 
-Each gets the locations ``cli`` resolved (tracking URI, artifact root, storage path) and never
+Each gets the ``Locations`` the CLI resolved (tracking URI, artifact root, storage path) and never
 composes a config: they work without the data or the model, and without the demo extra.
 """
 
@@ -12,23 +12,21 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Dict, Optional, Sequence
+from typing import Optional, Sequence
 
 from rich.console import Console
 from rich.table import Table
 
+from finesweep.config.compose import Locations
 from finesweep.errors import SweepFailedError, UserError
-
-Where = Dict[str, str]
-"""tracking.uri ("uri"), tracking.artifact_root ("artifact_root"), cluster.storage_path ("storage_path")."""
+from finesweep.journal.replay import find_sweeps, locate
 
 
-def ls(where: Where, location_overrides: Sequence[str], console: Console) -> int:
+def ls(where: Locations, location_overrides: Sequence[str], console: Console) -> int:
     """Past sweeps in the tracking store, and the command that resumes an unfinished one."""
-    from finesweep.state import find_sweeps
-    from finesweep.tracking import Cursor, list_sweeps
+    from finesweep.tracking import list_sweeps, unsent
 
-    uri = where["uri"]
+    uri = where.tracking_uri
     rows = [] if sqlite_missing(uri) else list_sweeps(uri)
     table = Table(title=f"sweeps in {uri}")
     for column in ("sweep", "run id", "started", "status", "done", "stopped", "failed", "objective", "best"):
@@ -43,12 +41,11 @@ def ls(where: Where, location_overrides: Sequence[str], console: Console) -> int
         if row.status in ("RUNNING", "KILLED") and row.state and Path(row.state).is_dir():
             hints.append(f"{row.run_name} ({row.status.lower()}): finesweep resume {row.run_id[:8]} {extra}".rstrip())
     console.print(table if rows else f"no sweeps yet in {uri}", markup=False)
-    unsent = [f.name for f in find_sweeps(where["storage_path"])
-              if Cursor.load(f).sent < sum(1 for _ in open(f / "events.jsonl", encoding="utf-8"))]
+    behind = [f.name for f in find_sweeps(where.storage_path) if unsent(f)]
     for hint in hints:
         console.print(f"resume {hint}", markup=False)
-    if unsent:
-        console.print(f"not all in MLflow yet: {', '.join(unsent)}; send with: finesweep sync {extra}".rstrip(),
+    if behind:
+        console.print(f"not all in MLflow yet: {', '.join(behind)}; send with: finesweep sync {extra}".rstrip(),
                       markup=False)
     return 0
 
@@ -73,11 +70,11 @@ def check_host(host: str, expose: bool, console: Console) -> None:
                   "what it serves.", style="yellow", markup=False)
 
 
-def ui(where: Where, host: str, port: int, expose: bool, console: Console) -> int:
-    """The MLflow UI for the store, opened on the latest sweep's experiment and parent run."""
+def ui(where: Locations, host: str, port: int, expose: bool, console: Console) -> int:
+    """The MLflow UI for the store, opened on the latest sweep's experiment with its parent run expanded."""
     from finesweep.tracking import UI_VIEW, artifact_root_of, list_sweeps
 
-    uri = where["uri"]
+    uri = where.tracking_uri
     check_host(host, expose, console)
     rows = [] if sqlite_missing(uri) or uri.startswith(("http://", "https://")) else list_sweeps(uri)
     base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else f"http://{host}:{port}"
@@ -88,7 +85,7 @@ def ui(where: Where, host: str, port: int, expose: bool, console: Console) -> in
         console.print(f"{uri} is an MLflow server: its UI is there. Open {uri} in a browser.", markup=False)
         return 0
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
-               "--default-artifact-root", artifact_root_of(uri, where["artifact_root"]),
+               "--default-artifact-root", artifact_root_of(uri, where.artifact_root),
                "--host", host, "--port", str(port), "--workers", "1"]
     console.print(f"MLflow UI for {uri}: {base}  (Ctrl-C stops it)", markup=False)
     sys.stdout.flush()
@@ -96,15 +93,18 @@ def ui(where: Where, host: str, port: int, expose: bool, console: Console) -> in
     return 0  # not reached
 
 
-def sync(where: Where, ref: Optional[str], uri_given: bool, timeout: float, console: Console) -> int:
-    """Send the events MLflow did not take (during an outage) from the sweeps' logs."""
-    from finesweep.state import find_sweeps, locate
-    from finesweep.tracking import sync_log
+def sync(where: Locations, ref: Optional[str], timeout: float, console: Console) -> int:
+    """Send the events MLflow did not take (during an outage) from the sweeps' journals.
 
-    folders = [locate(where["storage_path"], ref)] if ref else find_sweeps(where["storage_path"])
+    Each sweep goes to the store it logged to, unless ``tracking.uri=`` was given on the command line.
+    """
+    from finesweep.tracking import parent_run, sync_log
+
+    folders = [locate(where.storage_path, ref, parent_run)] if ref else find_sweeps(where.storage_path)
     left = 0
     for folder in folders:
-        message, missing = sync_log(folder, where["uri"] if uri_given else None, deadline=time.monotonic() + timeout)
+        target = where.tracking_uri if where.uri_given else None
+        message, missing = sync_log(folder, target, deadline=time.monotonic() + timeout)
         left += missing
         if message:
             console.print(message, markup=False)
@@ -115,19 +115,19 @@ def sync(where: Where, ref: Optional[str], uri_given: bool, timeout: float, cons
     return 0
 
 
-def report(where: Where, ref: Optional[str], console: Console) -> int:
+def report(where: Locations, ref: Optional[str], console: Console) -> int:
     """Build a sweep's report (default: the latest sweep), print its path, and log it to the parent run."""
     from finesweep.report import publish
-    from finesweep.state import find_sweeps, locate
+    from finesweep.tracking import parent_run
 
     if ref is None:
-        folders = find_sweeps(where["storage_path"])
+        folders = find_sweeps(where.storage_path)
         if not folders:
-            raise UserError(f"no sweep logs under {where['storage_path']}. Run finesweep report from the folder the "
+            raise UserError(f"no sweep logs under {where.storage_path}. Run finesweep report from the folder the "
                             "sweep ran in, or pass cluster.storage_path=<the path it ran with>.")
         folder = folders[0]
     else:
-        folder = locate(where["storage_path"], ref)
+        folder = locate(where.storage_path, ref, parent_run)
     built, message = publish(folder)
     console.print(f"report of {folder.name} in {built.seconds:.1f} s: {built.html}", markup=False)
     if built.png_problem:
@@ -137,18 +137,23 @@ def report(where: Where, ref: Optional[str], console: Console) -> int:
     return 0
 
 
-def serve(where: Where, model: Optional[str], host: str, port: int, expose: bool, console: Console) -> int:
-    """Serve a registered model (default: the latest sweep's) as a REST endpoint with MLflow's model server."""
-    from finesweep.tracking import latest_registered
+def serve(where: Locations, model: Optional[str], host: str, port: int, expose: bool, console: Console) -> int:
+    """Serve a registered model (default: the latest sweep's) as a REST endpoint with MLflow's model server.
+
+    ``model`` is any form MLflow accepts (``NAME``, ``NAME/VERSION``, ``NAME@ALIAS``, ``models:/...``,
+    ``runs:/...``); the server reads it from the store the command resolved (``MLFLOW_TRACKING_URI`` when
+    ``tracking.uri`` is not given).
+    """
+    from finesweep.tracking import resolve_model
 
     check_host(host, expose, console)
-    os.environ["MLFLOW_TRACKING_URI"] = where["uri"]
-    uri, columns = latest_registered(where["uri"], model)
+    uri, columns = resolve_model(where.tracking_uri, model)
+    os.environ["MLFLOW_TRACKING_URI"] = where.tracking_uri  # the model server reads the same store
     command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", uri, "--env-manager", "local",
                "--host", host, "--port", str(port), "--workers", "1"]
     url = f"http://{host}:{port}/invocations"
     examples = [{c: text for c in columns} for text in ("what a great day", "awful service")]
-    console.print(f"serving {uri} from {where['uri']} at {url}  (Ctrl-C stops it). Try:\n  curl -s {url} -H "
+    console.print(f"serving {uri} from {where.tracking_uri} at {url}  (Ctrl-C stops it). Try:\n  curl -s {url} -H "
                   f"'Content-Type: application/json' -d '{json.dumps({'dataframe_records': examples})}'",
                   markup=False, soft_wrap=True)
     sys.stdout.flush()

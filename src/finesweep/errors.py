@@ -4,7 +4,9 @@ from __future__ import annotations
 
 
 class FinesweepError(Exception):
-    """Base class of every error finesweep raises on purpose."""
+    """Base class of every error finesweep raises on purpose; ``exit_code`` is what the CLI exits with."""
+
+    exit_code = 1
 
 
 class UserError(FinesweepError):
@@ -26,9 +28,23 @@ class DataError(UserError):
 
 
 class SweepFailedError(FinesweepError):
-    """The sweep ran but no trial completed; the CLI exits with code 1."""
+    """The sweep ran but no trial finished, or model selection failed after the search; the CLI exits with 1."""
 
     exit_code = 1
+
+
+class SweepInterrupted(FinesweepError):
+    """The sweep was interrupted (Ctrl-C) before its end; its journal holds what ``resume`` continues from.
+
+    The CLI exits with 130, the shell's code for an interrupted command.
+    """
+
+    exit_code = 130
+
+
+class DivergedError(FinesweepError, RuntimeError):
+    """A trial's training loss became NaN or infinite: it stops at once and is never retried (a retry would only
+    diverge again). Raised inside the trial; the driver recognises it by name in the error Ray reports."""
 
 
 def one_line(exc: BaseException, kind: bool = False) -> str:

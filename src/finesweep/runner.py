@@ -2,15 +2,14 @@
 
 ``_drive`` reads top to bottom as the steps of a sweep: connect, search (continuing the trials that
 were running), select and register the winner, close the books, report. Every step writes to the
-sweep's log first (state.py); MLflow follows from the log (tracking.py), so a killed driver loses
-nothing a resume cannot continue, and a tracking outage loses nothing a sync cannot send.
+sweep's journal first (``finesweep.journal``); MLflow follows from the journal (``finesweep.tracking``), so a
+killed driver loses nothing a resume cannot continue, and a tracking outage loses nothing a sync cannot send.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -20,50 +19,58 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
 from rich.console import Console
 
-from finesweep.checkpoints import CheckpointKeeper, disk_use
-from finesweep.cluster import ray_session
 from finesweep.config import ExperimentConfig
-from finesweep.continuation import rebuilt_study, retraining, search_reruns
-from finesweep.data import DataCache, EncodedData
-from finesweep.errors import SweepFailedError, UserError, one_line
-from finesweep.failures import KINDS
-from finesweep.overrides import with_overrides
-from finesweep.records import SweepListener, TrialRecord, TrialStatus, best_trial, format_params
-from finesweep.search_space import planned_trials
-from finesweep.searcher import Numbering
-from finesweep.selection import Selection, baseline_metrics, leaderboard, select, test_summary
-from finesweep.state import (
-    EventLog,
-    SweepLog,
-    SweepState,
-    load_state,
-    new_sweep_id,
-    read_events,
-    sweep_dir,
+from finesweep.config.overrides import with_overrides
+from finesweep.config.sweep import Sweep
+from finesweep.errors import SweepFailedError, SweepInterrupted, UserError, one_line
+from finesweep.execution.checkpoints import CheckpointKeeper, disk_use
+from finesweep.execution.cluster import ray_session
+from finesweep.execution.failures import KINDS
+from finesweep.execution.trial import run_trial
+from finesweep.finetune.layout import drop_training_state
+from finesweep.journal.continuation import rebuilt_study, retraining, settle_search
+from finesweep.journal.events import (
+    BaselineScored,
+    BestChosen,
+    CheckpointDeleted,
+    Note,
+    RegisterRequested,
+    ReportWritten,
+    SelectionMade,
+    SessionStarted,
+    SweepEnded,
+    SweepExtended,
+    sweep_started,
 )
-from finesweep.sweep import Sweep, check_same_data, data_fingerprint, header
+from finesweep.journal.file import EventFile, read_events
+from finesweep.journal.records import SweepListener, TrialRecord, TrialStatus, best_trial, format_params
+from finesweep.journal.replay import SweepState, load_state, new_sweep_id, sweep_dir
+from finesweep.journal.writer import Journal
+from finesweep.report.terminal import SweepView, results_table
+from finesweep.search.searcher import Numbering, Rerun
+from finesweep.selection import Selection, baseline_metrics, leaderboard, select, test_summary
+from finesweep.tasks import DataCache, PreparedData
 from finesweep.tracking import UI_VIEW, Projector, sync_log
-from finesweep.trial import run_trial
-from finesweep.view import SweepView, results_table
 
 Trainable = Callable[..., None]
-log = logging.getLogger("finesweep")
+logger = logging.getLogger("finesweep")
 
 
 @dataclass
 class Session:
-    """One run of the driver over a sweep: its config, its log, where its events go."""
+    """One run of the driver over a sweep: its config, its journal, where its events go."""
 
     sweep: Sweep
     state: SweepState
-    log: EventLog
-    journal: SweepLog
+    events: EventFile
+    journal: Journal
     projector: Projector
     numbering: Numbering
     resume_command: str
 
     @property
     def config(self) -> ExperimentConfig:
+        """The sweep's config."""
         return self.sweep.config
 
 
@@ -81,46 +88,54 @@ class _Outcome:
 
 
 def run(sweep: Sweep, cache: DataCache, console: Console, trainable: Trainable = run_trial,
-        resume_overrides: Sequence[str] = ()) -> int:
-    """Run a new sweep and its model selection; return 0 when at least one trial finished.
+        resume_overrides: Sequence[str] = ()) -> Path:
+    """Run a new sweep and its model selection; return the sweep's folder (its journal).
 
     Args:
         sweep: the validated sweep.
-        cache: the tokenised data; trials get it without the test split, through Ray's object store.
+        cache: the prepared data; trials get it without the test split, through Ray's object store.
         console: where the live view and the results go.
         trainable: the trial function; tests and benchmarks swap in their own, the CLI never does.
         resume_overrides: the overrides ``finesweep resume`` needs to find this sweep again.
 
     Raises:
         SweepFailedError: no trial finished, or model selection failed (the search stays logged).
+        SweepInterrupted: Ctrl-C; the sweep's journal holds everything a resume needs.
     """
     sweep_id = new_sweep_id()
     folder = sweep_dir(sweep.config.cluster.storage_path, sweep_id)
     try:
-        event_log = EventLog(folder)
+        events = EventFile(folder)
     except OSError as exc:
         raise UserError(f"cluster.storage_path: cannot write {sweep.config.cluster.storage_path} "
                         f"({one_line(exc, kind=True)}). Use a folder you can write (on a cluster, one every node "
                         "can: NFS).") from None
-    event_log.append("sweep", durable=True, **header(sweep, data_fingerprint(cache), sweep_id, folder))
-    state = load_state(folder)
+    events.append(sweep_started(sweep, cache.content_hash(), sweep_id, folder))
     command = " ".join(["finesweep resume", sweep_id, *resume_overrides])
-    return _drive(_session(sweep, state, event_log, command), cache, console, trainable)
+    _drive(_session(sweep, load_state(folder), events, command), cache, console, trainable)
+    return folder
 
 
 def resume(sweep: Sweep, folder: Path, cache: DataCache, console: Console, trainable: Trainable = run_trial,
-           resume_overrides: Sequence[str] = ()) -> int:
-    """Continue a sweep from its log: finished trials stay, running ones go on from their checkpoints.
+           resume_overrides: Sequence[str] = ()) -> Path:
+    """Continue a sweep from its journal: finished trials stay, running ones go on from their checkpoints.
 
-    ``sweep`` is the config the sweep ran with (its log's), with the resume's own overrides applied;
-    a larger ``search.num_trials`` extends it.
+    ``sweep`` is the config the sweep ran with (its journal's), with the resume's own overrides applied;
+    a larger ``search.num_trials`` extends it. Returns the sweep's folder.
+
+    Raises:
+        UserError: the data changed since the sweep started.
+        SweepFailedError, SweepInterrupted: as ``run``.
     """
-    event_log = EventLog(folder)
+    events = EventFile(folder)
     state = load_state(folder)
-    check_same_data(state, data_fingerprint(cache))
-    budget = planned_trials(sweep.config, sweep.params)
-    if state.complete and budget <= state.budget and not state.unfinished():
-        event_log.close()
+    try:
+        check_same_data(state, cache.content_hash())
+    except UserError:
+        events.close()
+        raise
+    if state.complete and sweep.planned_trials <= state.budget and not state.unfinished():
+        events.close()
         console.print(f"sweep {state.name} ({state.sweep_id}) is finished: {len(state.search_trials())} trials, "
                       f"nothing to resume. To run more trials: finesweep resume {state.sweep_id} "
                       f"search.num_trials=N (N > {state.budget}).", markup=False)
@@ -128,29 +143,41 @@ def resume(sweep: Sweep, folder: Path, cache: DataCache, console: Console, train
         message, _ = sync_log(folder, sweep.config.tracking.uri, deadline)
         if message:  # what MLflow had not taken yet (the spool) goes first, even with nothing to run
             console.print(message, markup=False)
-        return 0
-    if budget > state.budget:
-        event_log.append("extended", durable=True, budget=budget)
-    sessions = sum(1 for e in read_events(event_log.path) if e["kind"] in ("sweep", "session"))
-    event_log.append("session", durable=True, session=sessions + 1)
-    state = load_state(folder)
+        return folder
+    if sweep.planned_trials > state.budget:
+        events.append(SweepExtended(budget=sweep.planned_trials))
+    events.append(SessionStarted(session=state.sessions + 1))
     command = " ".join(["finesweep resume", state.sweep_id, *resume_overrides])
-    return _drive(_session(sweep, state, event_log, command), cache, console, trainable)
+    _drive(_session(sweep, load_state(folder), events, command), cache, console, trainable)
+    return folder
 
 
-def _session(sweep: Sweep, state: SweepState, event_log: EventLog, command: str) -> Session:
+def check_same_data(state: SweepState, fingerprint_now: str) -> None:
+    """A resume must train on the very data the sweep started with.
+
+    Raises:
+        UserError: the data (or its tokenisation) changed.
+    """
+    if state.header.data_fingerprint not in (None, fingerprint_now):
+        raise UserError(f"sweep {state.name} ({state.sweep_id}) trained on other data: "
+                        f"{state.header.params['data.path']} (or its tokenisation) changed since the sweep started. "
+                        "A resume must see the same data; "
+                        "restore the file, or start a new sweep with finesweep run.")
+
+
+def _session(sweep: Sweep, state: SweepState, events: EventFile, command: str) -> Session:
     projector = Projector(state.folder, sweep.config.tracking.uri)
     known = {t.number: t.params for t in state.trials.values()}
-    journal = SweepLog(event_log, state.sweep_id, projector.submit, known)
-    return Session(sweep, state, event_log, journal, projector, Numbering(state.next_number), command)
+    journal = Journal(events, state.sweep_id, projector.submit, known, after_end=drop_training_state)
+    return Session(sweep, state, events, journal, projector, Numbering(state.next_number), command)
 
 
-def _drive(session: Session, cache: DataCache, console: Console, trainable: Trainable) -> int:
+def _drive(session: Session, cache: DataCache, console: Console, trainable: Trainable) -> None:
     config = session.config
     past = [t.record(config.objective.metric, config.objective.mode) for t in session.state.search_trials()]
     view = SweepView(config, session.state.budget, console, past)
     keeper = CheckpointKeeper(config.cluster.keep_checkpoints, config.objective.mode, past,
-                              lambda record: session.journal.event("checkpoint_deleted", number=record.number))
+                              lambda record: session.journal.record(CheckpointDeleted(number=record.number)))
     keeper.gone = {t.number for t in session.state.search_trials() if t.checkpoint_deleted}
     listeners: List[SweepListener] = [session.journal, view, keeper]
     outcome = _Outcome(records=list(past))
@@ -162,25 +189,26 @@ def _drive(session: Session, cache: DataCache, console: Console, trainable: Trai
                 if not _running(view.records):
                     _select_and_register(session, outcome, cache, trainable, listeners, console)
                     outcome.finished = not _running(view.records)
-    except KeyboardInterrupt:  # a second Ctrl-C, or one outside Ray Tune: exit now, the log has everything
+    except KeyboardInterrupt:  # a second Ctrl-C, or one outside Ray Tune: exit now, the journal has everything
         interrupted_hard = True
         raise
     finally:
         _close_books(session, outcome, view.records, drain=1.0 if interrupted_hard else config.tracking.flush_timeout)
-    return _conclude(session, outcome, log_file, console, keeper)
+    _print_results(session, outcome, log_file, console, keeper)
+    _verdict(session, outcome, log_file)
 
 
 @contextlib.contextmanager
 def _connected(session: Session) -> Iterator[Path]:
-    """Ray up and MLflow's store open; yields the path of the sweep's log file."""
+    """Ray up and MLflow's store open; yields the path of Ray's log file."""
     config = session.config
     with ThreadPoolExecutor(max_workers=1) as pool:
         # A new MLflow store spends ~2 s on schema migrations: do them while Ray starts (~3 s).
         store_ready = pool.submit(session.projector.prepare, config.experiment_name, config.tracking.artifact_root)
         with ray_session(config) as log_file:
             store_ready.result()
-            backlog = [e for e in read_events(session.log.path) if e["seq"] >= session.projector.cursor.sent]
-            session.projector.start(backlog)  # the log's unsent events first (a resume sends its spool first)
+            backlog = [e for e in read_events(session.events.path) if e.seq >= session.projector.cursor.sent]
+            session.projector.start(backlog)  # the journal's unsent events first (a resume sends its spool first)
             yield log_file
 
 
@@ -189,12 +217,12 @@ def _connected(session: Session) -> Iterator[Path]:
 def _search(session: Session, cache: DataCache, trainable: Trainable, listeners: Sequence[SweepListener],
             past: List[TrialRecord]) -> List[TrialRecord]:
     """Run (or continue) the search; return every search trial, past ones included."""
-    from finesweep.tuner import make_scheduler, run_plan, search_plan
+    from finesweep.execution.tuner import make_scheduler, run_plan, search_plan
 
     config, state = session.config, session.state
     scheduler = make_scheduler(config)
     by_number = {r.number: r for r in past}
-    reruns = search_reruns(state, config, scheduler, by_number, session.journal.trial_ended)
+    reruns = settle_search(state, config, scheduler, by_number, session.journal.trial_ended)
     study = rebuilt_study(config, session.sweep.params, list(by_number.values()))
     if not reruns and len(study.trials) >= state.budget:
         return past
@@ -219,23 +247,22 @@ def _select_and_register(session: Session, outcome: _Outcome, cache: DataCache, 
         if outcome.selection is not None:
             _record_selection(session, outcome.selection, cache, console)
     except Exception as exc:  # noqa: BLE001 - the search's results stand; say what failed after it
-        log.exception("model selection failed")
+        logger.exception("model selection failed")
         outcome.selection_error = one_line(exc, kind=True)
-        session.journal.event("note", tag="finesweep.selection_error", text=outcome.selection_error)
+        session.journal.record(Note(tag="finesweep.selection_error", text=outcome.selection_error))
     if outcome.selection is not None and config.final.baseline:
         try:
             _baseline(session, outcome.selection, cache, trainable, listeners, console)
         except Exception as exc:  # noqa: BLE001 - the winner stands without its comparison
-            log.exception("the baseline run failed")
-            session.journal.event("note", tag="finesweep.baseline_error", text=one_line(exc, kind=True))
+            logger.exception("the baseline run failed")
+            session.journal.record(Note(tag="finesweep.baseline_error", text=one_line(exc, kind=True)))
             console.print(f"note: no baseline comparison ({one_line(exc)})", style="yellow", markup=False)
 
 
 def _baseline(session: Session, chosen: Selection, cache: DataCache, trainable: Trainable,
               listeners: Sequence[SweepListener], console: Console) -> None:
     """Train the config without searched values once (a resumed sweep reuses a finished one); log the gain."""
-    from finesweep.searcher import Rerun
-    from finesweep.tuner import points_plan, run_plan
+    from finesweep.execution.tuner import points_plan, run_plan
 
     config, metric = session.config, session.config.objective.metric
     done = [t for t in session.state.trials.values() if t.phase == "baseline" and t.finished]
@@ -247,7 +274,7 @@ def _baseline(session: Session, chosen: Selection, cache: DataCache, trainable: 
         ran = run_plan(config, plan, trainable, listeners, base=config, cache=cache.without_test())
         record = ran[0] if ran else None
     metrics = baseline_metrics(config, chosen, record, cache, _evaluate)
-    session.journal.event("baseline", durable=True, metrics=metrics)
+    session.journal.record(BaselineScored(metrics=metrics))
     console.print(f"the search bought {metrics[f'gain/{metric}']:+.4f} val {metric} over the baseline "
                   f"({metrics[f'baseline/{metric}']:.4f}; the winner's spread over seeds "
                   f"{metrics[f'gain/{metric}/winner_std']:.4f})", markup=False)
@@ -256,7 +283,7 @@ def _baseline(session: Session, chosen: Selection, cache: DataCache, trainable: 
 def _retrain(session: Session, points: List[Dict[str, Any]], cache: DataCache, trainable: Trainable,
              listeners: Sequence[SweepListener]) -> List[TrialRecord]:
     """Run the re-training points; a resumed sweep reuses the runs it has and continues the unfinished ones."""
-    from finesweep.tuner import points_plan, run_plan
+    from finesweep.execution.tuner import points_plan, run_plan
 
     config = session.config
     done, reruns, fresh, known = retraining(session.state, points, config, session.numbering)
@@ -266,13 +293,13 @@ def _retrain(session: Session, points: List[Dict[str, Any]], cache: DataCache, t
     return done + run_plan(config, plan, trainable, listeners, base=config, cache=cache.without_test())
 
 
-def _evaluate(config: ExperimentConfig, data: EncodedData, weights: Path, split: str) -> Dict[str, float]:
+def _evaluate(config: ExperimentConfig, data: PreparedData, weights: Path, split: str) -> Dict[str, float]:
     # Lightning is imported on the driver only when a winner is evaluated (~4 s), and its terminal
-    # log handler is rerouted to the sweep's log file before it says anything.
+    # log handler is rerouted to Ray's log file before it says anything.
     import lightning.pytorch  # noqa: F401
 
-    from finesweep.cluster import route_library_logs
-    from finesweep.trial import evaluate
+    from finesweep.execution.cluster import route_library_logs
+    from finesweep.execution.trial import evaluate
 
     route_library_logs()
     return evaluate(config, data, weights, split)
@@ -282,14 +309,12 @@ def _record_selection(session: Session, chosen: Selection, cache: DataCache, con
     """Log the selection and the registration (MLflow gives the version when the projector sends it)."""
     import pandas as pd
 
-    from finesweep.serving import ServingMeta
-
     config, journal = session.config, session.journal
     metric = config.objective.metric
     round_ = session.state.selections  # selections before this session: 0 for a new sweep
     if chosen.fallback:
-        log.warning("model selection: %s", chosen.fallback)
-        journal.event("note", tag="finesweep.selection_fallback", text=chosen.fallback)
+        logger.warning("model selection: %s", chosen.fallback)
+        journal.record(Note(tag="finesweep.selection_fallback", text=chosen.fallback))
         console.print(f"note: {chosen.fallback}", style="yellow", markup=False)
     metrics = dict(chosen.test_metrics)
     metrics[f"final/val/{metric}/mean"], metrics[f"final/val/{metric}/std"] = chosen.winner.mean, chosen.winner.std
@@ -297,14 +322,14 @@ def _record_selection(session: Session, chosen: Selection, cache: DataCache, con
         metrics[f"final/{name}/mean"], metrics[f"final/{name}/std"] = mean, std
     metrics["inference/latency_ms_per_example"] = chosen.latency_ms
     board = pd.DataFrame(leaderboard(chosen, metric))
-    journal.event("selection", durable=True, round=round_, metrics=metrics,
-                  tags={"finesweep.inference_device": chosen.device, "finesweep.final_runs": len(chosen.winner.runs)},
-                  leaderboard_csv=board.to_csv(index=False), leaderboard_md=_markdown(board))
+    journal.record(SelectionMade(round=round_, metrics=metrics, tags={
+        "finesweep.inference_device": chosen.device, "finesweep.final_runs": len(chosen.winner.runs)},
+        leaderboard_csv=board.to_csv(index=False), leaderboard_md=_markdown(board)))
     winner_config = with_overrides(config, chosen.winner.params)
-    meta = ServingMeta.of(winner_config, cache.for_config(winner_config))
-    journal.event("register", durable=True, round=round_, name=config.registered_model_name,
-                  checkpoint=chosen.chosen.checkpoint, tokenizer=winner_config.model.name_or_path,
-                  meta=json.loads(meta.to_json()))
+    data = cache.for_config(winner_config)
+    journal.record(RegisterRequested(round=round_, name=config.registered_model_name,
+                                     checkpoint=chosen.chosen.checkpoint, preprocessor=winner_config.model.name_or_path,
+                                     meta=data.task.serving_meta(winner_config, data), task=data.task.name))
     spread = f" ± {chosen.winner.std:.4f} over {len(chosen.winner.runs)} runs" if len(chosen.winner.runs) > 1 else ""
     tests = ", ".join(f"{k} {v:.4f}" for k, v in chosen.test_metrics.items())
     console.print(f"winner: {format_params(chosen.winner.params)}; val {metric} {chosen.winner.mean:.4f}{spread}; "
@@ -321,18 +346,18 @@ def _close_books(session: Session, outcome: _Outcome, seen: Sequence[TrialRecord
             journal.trial_interrupted(record)
     best = outcome.selection.chosen if outcome.selection else best_trial(
         [r for r in seen if r.phase == "search"], config.objective.mode)
-    if best is not None:
-        journal.event("best", round=session.state.selections, number=best.number, params=best.params,
-                      value=best.best_value, epoch=best.best_epoch, metric=config.objective.metric,
-                      checkpoint=best.checkpoint)
+    if best is not None and best.best_value is not None:
+        journal.record(BestChosen(round=session.state.selections, number=best.number, params=best.params,
+                                  value=best.best_value, epoch=best.best_epoch, metric=config.objective.metric,
+                                  checkpoint=best.checkpoint))
     finished = [r for r in seen if r.status in (TrialStatus.completed, TrialStatus.early_stopped)]
     status = "FINISHED" if outcome.finished and finished else "KILLED" if not outcome.finished else "FAILED"
-    journal.event("finished", durable=True, status=status)
+    journal.record(SweepEnded(status=status))
     if outcome.finished:
         outcome.report = _write_report(session)
-    session.log.close()
+    session.events.close()
     if not session.projector.drain(drain):
-        log.warning("MLflow did not take every event in %.0f s (%s)", drain, session.projector.waiting)
+        logger.warning("MLflow did not take every event in %.0f s (%s)", drain, session.projector.waiting)
     session.projector.close()
 
 
@@ -345,19 +370,20 @@ def _write_report(session: Session) -> Optional[Path]:
             session.projector.drain(session.config.tracking.flush_timeout)
 
     try:
-        built = build(session.log.path.parent, before_page=registered)  # the figures are drawn meanwhile
+        built = build(session.events.path.parent, before_page=registered)  # the figures are drawn meanwhile
     except Exception as exc:  # noqa: BLE001 - the sweep and its results stand without the report
-        log.warning("the sweep report failed: %s", exc, exc_info=True)
-        session.journal.event("note", tag="finesweep.report_error", text=one_line(exc))
+        logger.warning("the sweep report failed: %s", exc, exc_info=True)
+        session.journal.record(Note(tag="finesweep.report_error", text=one_line(exc)))
         return None
-    log.info("report built in %.1f s%s", built.seconds, f" (no PNGs: {built.png_problem})" if built.png_problem else "")
-    session.journal.event("report", folder=str(built.folder))
+    logger.info("report built in %.1f s%s", built.seconds,
+                f" (no PNGs: {built.png_problem})" if built.png_problem else "")
+    session.journal.record(ReportWritten(folder=str(built.folder)))
     return built.html
 
 
-def _conclude(session: Session, outcome: _Outcome, log_file: Path, console: Console,
-              keeper: CheckpointKeeper) -> int:
-    """Print the results and turn the outcome into the exit code."""
+def _print_results(session: Session, outcome: _Outcome, log_file: Path, console: Console,
+                   keeper: CheckpointKeeper) -> None:
+    """The end of a session on the terminal: top trials, failures, what is kept, where everything is."""
     config, projector = session.config, session.projector
     records = outcome.records
     console.print(results_table(config, records, console.width))
@@ -366,17 +392,16 @@ def _conclude(session: Session, outcome: _Outcome, log_file: Path, console: Cons
                             if r.checkpoint]
     console.print(f"checkpoints: {len(kept)} kept (cluster.keep_checkpoints={config.cluster.keep_checkpoints}), "
                   f"{disk_use(kept) / 1e6:.3g} MB in {config.cluster.storage_path}", markup=False)
-    finished = [r for r in records if r.status in (TrialStatus.completed, TrialStatus.early_stopped)]
     version = projector.cursor.registered.get(str(session.state.selections))
     if version:
         console.print(f"registered as models:/{version}: mlflow.pyfunc.load_model('models:/{version}')",
                       markup=False)
     if outcome.report:
         console.print(f"report: {outcome.report}", markup=False)
-    if projector.cursor.sent < session.log.count:
-        unsent = session.log.count - projector.cursor.sent
+    if projector.cursor.sent < session.events.count:
+        unsent = session.events.count - projector.cursor.sent
         console.print(f"warning: MLflow at {config.tracking.uri} did not take {unsent} event(s) "
-                      f"({projector.waiting or 'still sending'}); they are kept in {session.log.path}. "
+                      f"({projector.waiting or 'still sending'}); they are kept in {session.events.path}. "
                       f"Send them with: finesweep sync {session.state.sweep_id}", style="yellow", markup=False)
     else:
         where = (f"{config.tracking.uri.rstrip('/')}/#/experiments/{projector.cursor.experiment_id}/{UI_VIEW}"
@@ -384,17 +409,29 @@ def _conclude(session: Session, outcome: _Outcome, log_file: Path, console: Cons
         console.print(f"MLflow: experiment {config.experiment_name!r}, parent run {projector.parent_id}. "
                       f"Browse it with: {where}   (Ray's log: {log_file})", markup=False)
     if not outcome.finished:
+        finished = [r for r in records if r.status in (TrialStatus.completed, TrialStatus.early_stopped)]
         console.print(f"interrupted: {len(finished)} finished trial(s) kept, the running ones are checkpointed. "
                       f"Continue with: {session.resume_command}", markup=False)
-        return 130
-    if not finished:
+
+
+def _verdict(session: Session, outcome: _Outcome, log_file: Path) -> None:
+    """How the session ended, for whoever called it: nothing when it did its job, else the error that says why.
+
+    Raises:
+        SweepInterrupted: interrupted before the end.
+        SweepFailedError: no trial finished, or model selection failed.
+    """
+    records = outcome.records
+    if not outcome.finished:
+        raise SweepInterrupted(f"sweep {session.state.sweep_id} was interrupted; its journal has every finished "
+                               f"trial and the running ones' checkpoints. Continue with: {session.resume_command}")
+    if not any(r.status in (TrialStatus.completed, TrialStatus.early_stopped) for r in records):
         failed = [r for r in records if r.error]
         reason = failed[0].error if failed else "no trial reported a result"
         raise SweepFailedError(f"no trial finished ({len(records)} started). First error: {reason}")
     if outcome.selection_error:
         raise SweepFailedError(f"the search finished and is logged, but model selection failed: "
                                f"{outcome.selection_error} (details in {log_file})")
-    return 0
 
 
 def _print_failures(records: Sequence[TrialRecord], console: Console) -> None:
@@ -417,4 +454,3 @@ def _markdown(frame: Any) -> str:
 
 def _running(records: Sequence[TrialRecord]) -> bool:
     return any(r.status is TrialStatus.running for r in records)
-

@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from finesweep.checkpoints import best_weights
 from finesweep.config import ExperimentConfig, Mode
-from finesweep.data import DataCache, EncodedData
-from finesweep.overrides import with_overrides
-from finesweep.records import TrialRecord, ranked
+from finesweep.config.overrides import with_overrides
+from finesweep.finetune.layout import best_weights
+from finesweep.journal.records import TrialRecord, ranked
+from finesweep.tasks import DataCache, PreparedData
 
 SEED_KEY = "trainer.seed"
 
@@ -93,13 +93,12 @@ def regroup(ranked_candidates: Sequence[Candidate], final_records: Sequence[Tria
     healthy = ranked(final_records, mode)
     regrouped = [Candidate(c.params, [r for r in healthy if _without_seed(r.params) == c.params])
                  for c in ranked_candidates]
-    sign = -1.0 if mode is Mode.max else 1.0
-    return sorted([c for c in regrouped if c.runs], key=lambda c: sign * c.mean)
+    return sorted([c for c in regrouped if c.runs], key=lambda c: mode.rank_key(c.mean))
 
 
 def select(config: ExperimentConfig, records: Sequence[TrialRecord], cache: DataCache,
            retrain: Callable[[List[Dict[str, Any]]], List[TrialRecord]],
-           evaluate: Callable[[ExperimentConfig, EncodedData, Path, str], Dict[str, float]]) -> Optional[Selection]:
+           evaluate: Callable[[ExperimentConfig, PreparedData, Path, str], Dict[str, float]]) -> Optional[Selection]:
     """Run model selection; None when no trial produced a checkpoint.
 
     Args:
@@ -136,7 +135,7 @@ def select(config: ExperimentConfig, records: Sequence[TrialRecord], cache: Data
     return Selection(ranked_candidates, chosen, test_metrics, final_records, latency, device, fallback)
 
 
-Evaluate = Callable[[ExperimentConfig, EncodedData, Path, str], Dict[str, float]]
+Evaluate = Callable[[ExperimentConfig, PreparedData, Path, str], Dict[str, float]]
 """Computes ``<split>/<metric>`` of saved weights on a split."""
 
 
@@ -186,30 +185,32 @@ def test_summary(candidate: Candidate) -> Dict[str, Tuple[float, float]]:
     return summary
 
 
-def measure_latency(weights: Path, data: EncodedData, batch_size: int, examples: int = 256) -> Tuple[float, str]:
-    """Milliseconds per example of the saved model's forward pass on validation batches, and the device."""
-    import torch
-    from transformers import AutoModelForSequenceClassification
+def measure_latency(weights: Path, data: PreparedData, batch_size: int, examples: int = 256) -> Tuple[float, str]:
+    """Milliseconds per example of the saved model's forward pass on validation batches, and the device.
 
+    The batches are the task's own (``Task.collate``: text cut to each batch's longest row, as in training),
+    so the latency is the served model's.
+    """
+    import torch
+
+    task = data.task
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = AutoModelForSequenceClassification.from_pretrained(weights).to(device).eval()
-    features = {k: torch.from_numpy(v[:examples].astype("int64")) for k, v in data.val.features.items()}
-    count = len(features["input_ids"])
-    batches = [_trimmed(features, i, batch_size, device) for i in range(0, count, batch_size)]
+    model = task.load_trained(weights, data).to(device).eval()
+    count = min(examples, len(data.val))
+    batches = [_on(task.collate(data.val, range(i, min(i + batch_size, count)))["features"], device)
+               for i in range(0, count, batch_size)]
     with torch.no_grad():
-        model(**batches[0])  # warm-up
+        task.forward(model, batches[0])  # warm-up
         start = time.perf_counter()
         for batch in batches:
-            model(**batch)
+            task.forward(model, batch)
         if device == "cuda":
             torch.cuda.synchronize()
     return 1000.0 * (time.perf_counter() - start) / max(1, count), device
 
 
-def _trimmed(features: Dict[str, Any], start: int, size: int, device: str) -> Dict[str, Any]:
-    # Cut padding the way training batches are cut (finetune/datamodule.py), so latency is realistic.
-    width = max(1, int(features["attention_mask"][start:start + size].sum(dim=1).max()))
-    return {k: v[start:start + size, :width].to(device) for k, v in features.items()}
+def _on(features: Dict[str, Any], device: str) -> Dict[str, Any]:
+    return {name: value.to(device) for name, value in features.items()}
 
 
 def _without_seed(params: Dict[str, Any]) -> Dict[str, Any]:
@@ -218,6 +219,5 @@ def _without_seed(params: Dict[str, Any]) -> Dict[str, Any]:
 
 def _best_run(runs: Sequence[TrialRecord], mode: Mode) -> TrialRecord:
     with_weights = [r for r in runs if r.checkpoint and r.best_value is not None]
-    sign = -1.0 if mode is Mode.max else 1.0
-    return min(with_weights, key=lambda r: (sign * float(r.best_value or 0.0), r.number))
+    return min(with_weights, key=lambda r: (mode.rank_key(float(r.best_value or 0.0)), r.number))
 

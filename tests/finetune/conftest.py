@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import pytest
 
-from finesweep.cli import compose
 from finesweep.config import ExperimentConfig
+from finesweep.config.compose import compose
+from finesweep.finetune.module import FinetuneModule
+from finesweep.tasks import PreparedData, Split, get
+from finesweep.tasks.text_classification import TextClassification
 
 MakeConfig = Callable[..., ExperimentConfig]
 """make_config("finetune.strategy=freeze", ...) -> the config; see the make_config fixture."""
@@ -27,3 +30,21 @@ def make_config(tiny_model: Path, tiny_csv: Path) -> MakeConfig:
         return compose("demo", [*paths, *BASE_OVERRIDES, *overrides]).config
 
     return make
+
+
+def three_classes(labels: Tuple[str, ...] = ("negative", "neutral", "positive")) -> PreparedData:
+    """Data of a 3-class text task, for modules that are built but not fit (the splits are never read)."""
+    import numpy as np
+
+    split = Split({"input_ids": np.zeros((1, 4), dtype=np.int32)}, np.zeros(1, dtype=np.int64))
+    return PreparedData(split, split, None, TextClassification(), labels)
+
+
+def module_for(config: ExperimentConfig, total_steps: int = 10) -> FinetuneModule:
+    """The module a trial of ``config`` would train on 3-class data (the pretrained model, a new 3-class head)."""
+    return FinetuneModule.for_trial(config, three_classes(), total_steps)
+
+
+def prepared(config: ExperimentConfig) -> PreparedData:
+    """The data of ``config``, prepared by its task as the driver does."""
+    return get(config.data.task).prepare(config)

@@ -14,13 +14,16 @@ from scipy.stats import pearsonr
 from sklearn.metrics import accuracy_score, f1_score, mean_squared_error
 from transformers import AutoModelForSequenceClassification
 
-from finesweep import data
-from finesweep.checkpoints import BEST
-from finesweep.config import ExperimentConfig, Mode, Task
-from finesweep.finetune.datamodule import EncodedDataModule
-from finesweep.finetune.module import SequenceClassifier
-from finesweep.metrics import MODEL_METRICS, REGRESSION_METRICS
-from finesweep.trial import evaluate, fit, resolved_precision
+from finesweep.config import ExperimentConfig, Mode
+from finesweep.execution.trial import evaluate, fit, resolved_precision
+from finesweep.finetune.datamodule import PreparedDataModule
+from finesweep.finetune.layout import BEST
+from finesweep.finetune.module import MODEL_METRICS, FinetuneModule
+from finesweep.tasks import DataCache, Split
+from finesweep.tasks.preparation import prepare_all
+from finesweep.tasks.text_classification import TextRegression
+
+from .conftest import prepared
 
 MakeConfig = Callable[..., ExperimentConfig]
 Report = Dict[str, float]
@@ -42,7 +45,7 @@ def write_regression_csv(path: Path, rows: int = 200, seed: int = 0) -> Path:
     return path
 
 
-def _fit_keeping_best(config: ExperimentConfig, cache: data.DataCache, folder: Path) -> Tuple[List[Report], Report]:
+def _fit_keeping_best(config: ExperimentConfig, cache: DataCache, folder: Path) -> Tuple[List[Report], Report]:
     """Fit; keep the last checkpoint's best weights in ``folder``; return every report and the best epoch's."""
     reports: List[Report] = []
 
@@ -58,7 +61,7 @@ def _fit_keeping_best(config: ExperimentConfig, cache: data.DataCache, folder: P
     return reports, best
 
 
-def _predict(folder: Path, split: data.Split) -> torch.Tensor:
+def _predict(folder: Path, split: Split) -> torch.Tensor:
     model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
     features = {name: torch.from_numpy(array.astype(np.int64)) for name, array in split.features.items()}
     with torch.no_grad():
@@ -67,10 +70,10 @@ def _predict(folder: Path, split: data.Split) -> torch.Tensor:
 
 def test_evaluate_scores_saved_weights_on_the_test_split_once(make_config: MakeConfig, tmp_path: Path) -> None:
     config = make_config("scheduler.max_epochs=2")
-    cache = data.prepare_all(config, ())
+    cache = prepare_all(config, ())
     _, best = _fit_keeping_best(config, cache.without_test(), tmp_path / "best")  # trials never see the test split
     encoded = cache.for_config(config)
-    module = EncodedDataModule(encoded, config.data.batch_size, seed=0)
+    module = PreparedDataModule(encoded, config.data.batch_size, seed=0)
 
     scores = evaluate(config, encoded, tmp_path / "best", "test", datamodule=module)
     assert set(scores) == {"test/loss", "test/accuracy", "test/f1_macro"}
@@ -94,7 +97,7 @@ def test_evaluate_scores_saved_weights_on_the_test_split_once(make_config: MakeC
 
 def test_evaluate_refuses_data_without_a_test_split(make_config: MakeConfig, tmp_path: Path) -> None:
     config = make_config()
-    encoded = data.prepare(config).without_test()
+    encoded = prepared(config).without_test()
     with pytest.raises(ValueError, match="split='test' needs data with its test split"):
         evaluate(config, encoded, tmp_path, "test")
     with pytest.raises(ValueError, match="split must be 'val' or 'test', got 'train'"):
@@ -110,12 +113,12 @@ def test_regression_trains_one_output_on_mse_and_reports_rmse_and_pearson(
         make_config: MakeConfig, regression_csv: Path, tmp_path: Path) -> None:
     config = make_config("objective.metric=val/rmse", "objective.mode=min", "scheduler.max_epochs=4",
                          "optim.lr=3e-3", csv=regression_csv)
-    cache = data.prepare_all(config, ())
+    cache = prepare_all(config, ())
     encoded = cache.for_config(config)
-    assert encoded.task is Task.regression and encoded.train.labels.dtype == np.float32
+    assert type(encoded.task) is TextRegression and encoded.train.labels.dtype == np.float32
     reports, best = _fit_keeping_best(config, cache, tmp_path / "best")
 
-    assert all(set(m) == {*REGRESSION_METRICS, *MODEL_METRICS, "epoch"} for m in reports)
+    assert all(set(m) == {*TextRegression.objective_metrics, *MODEL_METRICS, "epoch"} for m in reports)
     for metrics in reports:  # val/loss is the mean squared error, so val/rmse is its root
         assert metrics["val/rmse"] == pytest.approx(metrics["val/loss"] ** 0.5, rel=1e-4)
     assert reports[-1]["val/pearson"] > 0.5, "the scores are readable from the words"
@@ -123,7 +126,7 @@ def test_regression_trains_one_output_on_mse_and_reports_rmse_and_pearson(
 
     saved = AutoModelForSequenceClassification.from_pretrained(tmp_path / "best")
     assert saved.config.num_labels == 1 and saved.config.problem_type == "regression"
-    module = EncodedDataModule(encoded, config.data.batch_size, seed=0)
+    module = PreparedDataModule(encoded, config.data.batch_size, seed=0)
     scores = evaluate(config, encoded, tmp_path / "best", "test", datamodule=module)
     assert set(scores) == {"test/loss", "test/rmse", "test/pearson"} and module.test_loads == 1
     assert encoded.test is not None
@@ -135,10 +138,10 @@ def test_regression_trains_one_output_on_mse_and_reports_rmse_and_pearson(
 
 def test_regression_loss_is_mean_squared_error(make_config: MakeConfig, regression_csv: Path) -> None:
     config = make_config("trainer.label_smoothing=0.2", csv=regression_csv)  # smoothing has no meaning here
-    encoded = data.prepare(config)
-    module = SequenceClassifier.from_config(config, encoded, total_steps=10).eval()
+    encoded = prepared(config)
+    module = FinetuneModule.for_trial(config, encoded, total_steps=10).eval()
     assert module.model.classifier.out_features == 1
-    batch = next(iter(EncodedDataModule(encoded, batch_size=16, seed=0).train_dataloader()))
+    batch = next(iter(PreparedDataModule(encoded, batch_size=16, seed=0).train_dataloader()))
     with torch.no_grad():
         outputs = module(batch["features"]).squeeze(-1)
         with pytest.warns(UserWarning, match="self.log"):  # no Trainer attached to log to

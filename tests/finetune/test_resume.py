@@ -10,11 +10,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from finesweep import data
-from finesweep.checkpoints import BEST, STATE
 from finesweep.config import ExperimentConfig
-from finesweep.failures import DivergedError
-from finesweep.trial import fit
+from finesweep.errors import DivergedError
+from finesweep.execution.trial import fit
+from finesweep.finetune.layout import BEST, STATE
+from finesweep.tasks import DataCache
+from finesweep.tasks.preparation import prepare_all
 
 MakeConfig = Callable[..., ExperimentConfig]
 
@@ -23,7 +24,7 @@ class _Killed(Exception):
     """Stands in for the driver (or the node) going away after an epoch."""
 
 
-def _run(config: ExperimentConfig, cache: data.DataCache, keep: Path, stop_after: Optional[int] = None,
+def _run(config: ExperimentConfig, cache: DataCache, keep: Path, stop_after: Optional[int] = None,
          resume: Optional[Path] = None) -> List[Dict[str, float]]:
     reports: List[Dict[str, float]] = []
 
@@ -49,7 +50,7 @@ def _run(config: ExperimentConfig, cache: data.DataCache, keep: Path, stop_after
 ], ids=["full", "gradual-unfreeze-with-dropout", "lora"])
 def test_resumed_trial_continues_exactly(make_config: MakeConfig, tmp_path: Path, overrides: tuple) -> None:
     config = make_config(*overrides, "scheduler.max_epochs=3", "optim.schedule=cosine", "optim.lr=3e-3")
-    cache = data.prepare_all(config, ())
+    cache = prepare_all(config, ())
     straight = _run(config, cache, tmp_path / "straight")
     first = _run(config, cache, tmp_path / "epoch1", stop_after=1)
     assert [m["epoch"] for m in first] == [1.0]
@@ -63,7 +64,7 @@ def test_resumed_trial_continues_exactly(make_config: MakeConfig, tmp_path: Path
 def test_best_weights_survive_the_restart(make_config: MakeConfig, tmp_path: Path) -> None:
     # lr 1e-9 cannot move val/accuracy: epoch 1 is the best and stays the best after the restart
     config = make_config("optim.lr=1e-9", "scheduler.max_epochs=3")
-    cache = data.prepare_all(config, ())
+    cache = prepare_all(config, ())
     _run(config, cache, tmp_path / "epoch1", stop_after=1)
     saved = load_file(str(tmp_path / "epoch1" / BEST / "model.safetensors"))
     _run(config, cache, tmp_path / "resumed", resume=tmp_path / "epoch1")
@@ -76,5 +77,5 @@ def test_a_diverging_trial_stops_at_the_first_non_finite_loss(make_config: MakeC
                          "optim.warmup_ratio=0")
     reports: List[Dict[str, float]] = []
     with pytest.raises(DivergedError, match=r"training loss became (nan|inf) at epoch \d, batch \d+"):
-        fit(config, data.prepare_all(config, ()), lambda metrics, folder: reports.append(metrics))
+        fit(config, prepare_all(config, ()), lambda metrics, folder: reports.append(metrics))
     assert len(reports) < 4, "it does not burn the rest of its budget"

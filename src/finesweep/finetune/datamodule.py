@@ -1,27 +1,26 @@
-"""The LightningDataModule over already-tokenised splits: batching only, no I/O, no tokenising."""
+"""The LightningDataModule over already-prepared splits: batching only, no I/O, no tokenising."""
 
 from __future__ import annotations
 
 from typing import Any, Dict, Iterator, List, Optional
 
 import lightning.pytorch as pl
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from finesweep.data import EncodedData, Split
+from finesweep.tasks import PreparedData, Split
 
 
-class EncodedDataModule(pl.LightningDataModule):
-    """Serves batches of an ``EncodedData``, each trimmed to its longest example.
+class PreparedDataModule(pl.LightningDataModule):
+    """Serves batches of ``PreparedData``, made by its task (``Task.collate``: text is cut to its longest row).
 
     Args:
-        data: the tokenised splits (shared read-only with other trials).
+        data: the prepared splits (shared read-only with other trials).
         batch_size: examples per training batch.
         seed: seed of the training shuffle.
     """
 
-    def __init__(self, data: EncodedData, batch_size: int, seed: int) -> None:
+    def __init__(self, data: PreparedData, batch_size: int, seed: int) -> None:
         super().__init__()
         self.data = data
         self.batch_size = batch_size
@@ -29,25 +28,25 @@ class EncodedDataModule(pl.LightningDataModule):
         self.test_loads = 0
         """How often the test split was served; model selection must touch it at most once."""
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> DataLoader[Dict[str, Any]]:
         return self._loader(self.data.train, EpochShuffle(len(self.data.train), self.seed))
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> DataLoader[Dict[str, Any]]:
         return self._loader(self.data.val)
 
-    def test_dataloader(self) -> DataLoader:
+    def test_dataloader(self) -> DataLoader[Dict[str, Any]]:
         if self.data.test is None:
             raise RuntimeError("the test split is held out on the driver; search trials never receive it")
         self.test_loads += 1
         return self._loader(self.data.test)
 
-    def _loader(self, split: Split, sampler: Optional[Sampler] = None) -> DataLoader:
+    def _loader(self, split: Split, sampler: Optional[Sampler[int]] = None) -> DataLoader[Dict[str, Any]]:
         # DataLoader takes any sequence of indices; its stubs ask for a Dataset
         return DataLoader(range(len(split)), batch_size=self.batch_size, sampler=sampler,  # type: ignore[arg-type]
-                          collate_fn=_Collate(split))
+                          collate_fn=_Collate(self.data, split))
 
 
-class EpochShuffle(Sampler):
+class EpochShuffle(Sampler[int]):
     """A shuffle that depends only on (seed, epoch): a trial resumed at epoch k sees the batches of epoch k.
 
     Lightning calls ``set_epoch`` before every training epoch (as for a DistributedSampler).
@@ -70,15 +69,11 @@ class EpochShuffle(Sampler):
 
 
 class _Collate:
-    """Index list -> tensors, cut to the batch's longest sequence (dynamic padding, ~2x on tweets)."""
+    """Index list -> the task's batch of tensors (picklable, for DataLoader workers)."""
 
-    def __init__(self, split: Split) -> None:
+    def __init__(self, data: PreparedData, split: Split) -> None:
+        self.task = data.task
         self.split = split
 
     def __call__(self, indices: List[int]) -> Dict[str, Any]:
-        idx = np.asarray(indices)
-        mask = self.split.features["attention_mask"][idx]
-        width = max(1, int(mask.sum(axis=1).max()))
-        features = {name: torch.from_numpy(array[idx, :width].astype(np.int64))
-                    for name, array in self.split.features.items()}
-        return {"features": features, "labels": torch.from_numpy(self.split.labels[idx])}
+        return self.task.collate(self.split, indices)

@@ -1,9 +1,11 @@
-"""Fine-tuning strategies: which weights of a sequence classifier train, and at which learning rate.
+"""Fine-tuning strategies: which weights of a model train, and at which learning rate.
 
-Every strategy shares the one training loop of ``module.py``. A strategy only freezes parameters
-before the optimiser is built (head_only, freeze), wraps the model (lora) or adds a Lightning
-callback that unfreezes during the fit (gradual_unfreeze). Layer-wise lr decay is orthogonal to
-all of them: it shapes the optimiser's parameter groups (``param_groups``).
+Every strategy shares the one training loop of ``module.py`` and works on the model's layer map (its
+embeddings, ordered blocks and head), which the task provides (``Task.layer_map``): the same strategies fine-tune
+a text encoder's layers or a CNN's stages. A strategy only freezes parameters before the optimiser is built
+(head_only, freeze), wraps the model (lora) or adds a Lightning callback that unfreezes during the fit
+(gradual_unfreeze). Layer-wise lr decay is orthogonal to all of them: it shapes the optimiser's parameter groups
+(``param_groups``).
 
 Adding a strategy is one subclass of ``FinetuneStrategy`` and one line in ``STRATEGIES``.
 """
@@ -11,10 +13,8 @@ Adding a strategy is one subclass of ``FinetuneStrategy`` and one line in ``STRA
 from __future__ import annotations
 
 import copy
-import re
 import sys
-from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Tuple, cast
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import BaseFinetuning
@@ -23,86 +23,18 @@ from torch.optim import Optimizer
 
 from finesweep.config import FinetuneConfig, LoraConfig, OptimConfig, Strategy
 from finesweep.errors import ConfigError, one_line
-
-LAYER_LISTS = ("encoder.layer", "transformer.layer", "encoder.layers", "layers")
-"""Where BERT-like base models keep their encoder layers (BERT/RoBERTa/MiniLM, DistilBERT, others)."""
-
-LAYER_NAME = re.compile(r"(?:^|\.)layers?\.(\d+)\.")
-"""Fallback when no layer list is found: ``...layer.3.output.dense.weight`` belongs to layer 3."""
+from finesweep.tasks import LayerMap, Task
 
 NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
 """Parameters AdamW does not decay: biases and normalisation gains, as in BERT's recipe."""
-
-
-@dataclass(frozen=True)
-class ModelParts:
-    """A sequence classifier's parameter names (as ``named_parameters`` gives them), from the input up.
-
-    Attributes:
-        embeddings: the base model's embedding parameters.
-        layers: each encoder layer's parameters, bottom (index 0) to top.
-        other: base-model parameters in neither, e.g. BERT's pooler; they sit above the top layer.
-        head: every parameter outside the base model: the classification head.
-    """
-
-    embeddings: Tuple[str, ...]
-    layers: Tuple[Tuple[str, ...], ...]
-    other: Tuple[str, ...]
-    head: Tuple[str, ...]
-
-    @property
-    def num_layers(self) -> int:
-        """Number of encoder layers found."""
-        return len(self.layers)
-
-
-def find_parts(model: nn.Module) -> ModelParts:
-    """Group a Hugging Face sequence classifier's parameters into embeddings, layers, other and head.
-
-    The base model is ``model.base_model`` (``bert``, ``distilbert``, ...); everything outside it is
-    the head. Encoder layers are looked up at the paths in ``LAYER_LISTS``, then by parameter name.
-    Pass the plain model (see ``unwrap``), not a peft wrapper.
-    """
-    names = {id(param): name for name, param in model.named_parameters()}
-    base = getattr(model, "base_model", model)
-    in_base = {id(param) for param in base.parameters()}
-    layers = _layer_names(base, names)
-    embedding_module = getattr(base, "embeddings", None)
-    in_layers = {name for layer in layers for name in layer}
-    if isinstance(embedding_module, nn.Module):
-        embeddings = tuple(names[id(p)] for p in embedding_module.parameters())
-    else:
-        embeddings = tuple(names[id(p)] for p in base.parameters()
-                           if "embed" in names[id(p)] and names[id(p)] not in in_layers)
-    placed = in_layers | set(embeddings)
-    return ModelParts(
-        embeddings=embeddings,
-        layers=layers,
-        other=tuple(n for n, p in model.named_parameters() if id(p) in in_base and n not in placed),
-        head=tuple(n for n, p in model.named_parameters() if id(p) not in in_base),
-    )
-
-
-def _layer_names(base: nn.Module, names: Mapping[int, str]) -> Tuple[Tuple[str, ...], ...]:
-    for path in LAYER_LISTS:
-        found: Any = base
-        for attribute in path.split("."):
-            found = getattr(found, attribute, None)
-        if isinstance(found, nn.ModuleList) and len(found) > 0:
-            return tuple(tuple(names[id(p)] for p in layer.parameters()) for layer in found)
-    by_index: Dict[int, List[str]] = {}
-    for param in base.parameters():
-        match = LAYER_NAME.search(names[id(param)])
-        if match:
-            by_index.setdefault(int(match.group(1)), []).append(names[id(param)])
-    return tuple(tuple(by_index[index]) for index in sorted(by_index))
 
 
 def unwrap(model: nn.Module) -> nn.Module:
     """The plain Hugging Face model inside a peft wrapper (with its adapters injected), else the model."""
     peft = sys.modules.get("peft")  # only a LoRA trial imports peft; nothing else can be wrapped
     if peft is not None and isinstance(model, peft.PeftModel):
-        return model.get_base_model()
+        base: nn.Module = model.get_base_model()
+        return base
     return model
 
 
@@ -113,7 +45,7 @@ def set_trainable(model: nn.Module, names: Iterable[str]) -> None:
         param.requires_grad = name in wanted
 
 
-def lr_multipliers(parts: ModelParts, llrd: float, head_lr_mult: float) -> Dict[str, float]:
+def lr_multipliers(parts: LayerMap, llrd: float, head_lr_mult: float) -> Dict[str, float]:
     """Each parameter's multiple of ``optim.lr`` under layer-wise lr decay.
 
     Encoder layer l of L (1-based, top = L) gets llrd^(L - l), the embeddings llrd^L, the head
@@ -128,7 +60,8 @@ def lr_multipliers(parts: ModelParts, llrd: float, head_lr_mult: float) -> Dict[
     return multipliers
 
 
-def param_groups(model: nn.Module, optim: OptimConfig, finetune: FinetuneConfig) -> List[Dict[str, Any]]:
+def param_groups(model: nn.Module, parts: LayerMap, optim: OptimConfig, finetune: FinetuneConfig
+                 ) -> List[Dict[str, Any]]:
     """AdamW parameter groups, one per (learning rate, weight decay) pair, holding EVERY parameter.
 
     Frozen parameters are included on purpose: their ``grad`` stays None, and torch's AdamW skips a
@@ -139,14 +72,14 @@ def param_groups(model: nn.Module, optim: OptimConfig, finetune: FinetuneConfig)
     schedule at an lr of its own choosing.
 
     Args:
-        model: the plain Hugging Face model (see ``unwrap``), adapters included.
+        model: the plain model (see ``unwrap``), adapters included.
+        parts: its layer map.
         optim: base learning rate and weight decay.
         finetune: ``llrd`` and ``head_lr_mult``.
 
     Raises:
         ConfigError: ``finetune.llrd`` below 1 on a model without detectable encoder layers.
     """
-    parts = find_parts(model)
     if finetune.llrd != 1.0 and parts.num_layers == 0:
         raise ConfigError(f"finetune.llrd needs encoder layers, but none were found in {type(model).__name__}, "
                           f"got llrd={finetune.llrd}. Use finetune.llrd=1.0.")
@@ -159,7 +92,14 @@ def param_groups(model: nn.Module, optim: OptimConfig, finetune: FinetuneConfig)
 
 
 class FinetuneStrategy:
-    """Full fine-tuning (every weight trains), and the base every other strategy refines."""
+    """Full fine-tuning (every weight trains), and the base every other strategy refines.
+
+    Args:
+        task: where the layers of the task's models are (``Task.layer_map``).
+    """
+
+    def __init__(self, task: Task) -> None:
+        self.task = task
 
     def apply(self, model: nn.Module) -> nn.Module:
         """Set which parameters train (or wrap the model) before the optimiser is built.
@@ -179,10 +119,10 @@ class FinetuneStrategy:
 
 
 class HeadOnly(FinetuneStrategy):
-    """Linear probe: only the classification head trains; the whole base model (pooler too) is frozen."""
+    """Linear probe: only the head trains; the whole base model (pooler too) is frozen."""
 
     def apply(self, model: nn.Module) -> nn.Module:
-        set_trainable(model, _require_head(model, Strategy.head_only).head)
+        set_trainable(model, _require_head(self.task.layer_map(model), model, Strategy.head_only).head)
         return model
 
 
@@ -190,14 +130,16 @@ class FreezeBottom(FinetuneStrategy):
     """The embeddings and the bottom ``layers`` encoder layers are frozen; the rest trains.
 
     Args:
+        task: where the layers are.
         layers: how many encoder layers, from the bottom, stay frozen.
     """
 
-    def __init__(self, layers: int) -> None:
+    def __init__(self, task: Task, layers: int) -> None:
+        super().__init__(task)
         self.layers = layers
 
     def apply(self, model: nn.Module) -> nn.Module:
-        parts = find_parts(model)
+        parts = self.task.layer_map(model)
         if self.layers > parts.num_layers:
             raise ConfigError(f"finetune.freeze_layers must be <= the model's {parts.num_layers} encoder layers, "
                               f"got {self.layers}. Lower it.")
@@ -206,7 +148,7 @@ class FreezeBottom(FinetuneStrategy):
         return model
 
 
-def unfrozen_at(parts: ModelParts, stage: int) -> Tuple[str, ...]:
+def unfrozen_at(parts: LayerMap, stage: int) -> Tuple[str, ...]:
     """Parameters trainable at a gradual-unfreezing stage.
 
     Stage 0 is the head alone; stage k adds the top k encoder layers (and, from stage 1, the rest of
@@ -230,14 +172,15 @@ class GradualUnfreeze(BaseFinetuning):
     flips ``requires_grad``; the optimiser argument of ``finetune_function`` is not needed.
 
     Args:
-        model: the plain Hugging Face model being trained.
+        model: the plain model being trained.
+        parts: its layer map.
         every: epochs between two unfreezing steps.
     """
 
-    def __init__(self, model: nn.Module, every: int) -> None:
+    def __init__(self, model: nn.Module, parts: LayerMap, every: int) -> None:
         super().__init__()
         self.model = model
-        self.parts = _require_head(model, Strategy.gradual_unfreeze)
+        self.parts = _require_head(parts, model, Strategy.gradual_unfreeze)
         self.every = every
 
     def freeze_before_training(self, pl_module: pl.LightningModule) -> None:
@@ -251,28 +194,33 @@ class GradualUnfreezeStrategy(FinetuneStrategy):
     """``gradual_unfreeze``: stage 0 (head only) at once, then the ``GradualUnfreeze`` callback's schedule.
 
     Args:
+        task: where the layers are.
         every: ``finetune.unfreeze_every``.
     """
 
-    def __init__(self, every: int) -> None:
+    def __init__(self, task: Task, every: int) -> None:
+        super().__init__(task)
         self.every = every
 
     def apply(self, model: nn.Module) -> nn.Module:
-        set_trainable(model, unfrozen_at(_require_head(model, Strategy.gradual_unfreeze), 0))
+        set_trainable(model, unfrozen_at(_require_head(self.task.layer_map(model), model, Strategy.gradual_unfreeze),
+                                         0))
         return model
 
     def callbacks(self, model: nn.Module) -> List[pl.Callback]:
-        return [GradualUnfreeze(model, self.every)]
+        return [GradualUnfreeze(model, self.task.layer_map(model), self.every)]
 
 
 class Lora(FinetuneStrategy):
     """LoRA adapters (peft) on ``target_modules``; the base model is frozen, the head trains in full.
 
     Args:
+        task: where the head is, and peft's task type for its models.
         lora: rank, alpha, dropout and target modules.
     """
 
-    def __init__(self, lora: LoraConfig) -> None:
+    def __init__(self, task: Task, lora: LoraConfig) -> None:
+        super().__init__(task)
         self.lora = lora
 
     def apply(self, model: nn.Module) -> nn.Module:
@@ -281,8 +229,8 @@ class Lora(FinetuneStrategy):
 
         # SEQ_CLS already keeps "classifier"/"score" trainable; naming the head's own top-level
         # modules also covers heads with more than one (DistilBERT's pre_classifier + classifier).
-        head_modules = sorted({name.split(".")[0] for name in find_parts(model).head})
-        config = PeftLoraConfig(task_type=TaskType.SEQ_CLS, r=self.lora.r, lora_alpha=self.lora.alpha,
+        head_modules = self.task.layer_map(model).head_modules()
+        config = PeftLoraConfig(task_type=TaskType[self.task.lora_task_type], r=self.lora.r, lora_alpha=self.lora.alpha,
                                 lora_dropout=self.lora.dropout, target_modules=list(self.lora.target_modules),
                                 modules_to_save=head_modules or None)
         try:
@@ -295,26 +243,26 @@ class Lora(FinetuneStrategy):
     def export(self, model: nn.Module) -> nn.Module:
         # Merging a deep copy leaves the live model's adapters in place, so training can go on
         # after a checkpoint; the copy costs one model's memory for the duration of the save.
-        return copy.deepcopy(model).merge_and_unload()  # type: ignore[operator]
+        merged: nn.Module = cast(Any, copy.deepcopy(model)).merge_and_unload()  # a peft PeftModel
+        return merged
 
 
-def _require_head(model: nn.Module, strategy: Strategy) -> ModelParts:
-    parts = find_parts(model)
+def _require_head(parts: LayerMap, model: nn.Module, strategy: Strategy) -> LayerMap:
     if not parts.head:
         raise ConfigError(f"finetune.strategy={strategy.value} needs a classification head outside the base "
                           f"model, but found none in {type(model).__name__}. Use finetune.strategy=full.")
     return parts
 
 
-STRATEGIES: Dict[Strategy, Callable[[FinetuneConfig], FinetuneStrategy]] = {
-    Strategy.full: lambda finetune: FinetuneStrategy(),
-    Strategy.head_only: lambda finetune: HeadOnly(),
-    Strategy.freeze: lambda finetune: FreezeBottom(finetune.freeze_layers),
-    Strategy.gradual_unfreeze: lambda finetune: GradualUnfreezeStrategy(finetune.unfreeze_every),
-    Strategy.lora: lambda finetune: Lora(finetune.lora),
+STRATEGIES: Dict[Strategy, Callable[[FinetuneConfig, Task], FinetuneStrategy]] = {
+    Strategy.full: lambda finetune, task: FinetuneStrategy(task),
+    Strategy.head_only: lambda finetune, task: HeadOnly(task),
+    Strategy.freeze: lambda finetune, task: FreezeBottom(task, finetune.freeze_layers),
+    Strategy.gradual_unfreeze: lambda finetune, task: GradualUnfreezeStrategy(task, finetune.unfreeze_every),
+    Strategy.lora: lambda finetune, task: Lora(task, finetune.lora),
 }
 
 
-def make_strategy(finetune: FinetuneConfig) -> FinetuneStrategy:
-    """The strategy object ``finetune.strategy`` names."""
-    return STRATEGIES[finetune.strategy](finetune)
+def make_strategy(finetune: FinetuneConfig, task: Task) -> FinetuneStrategy:
+    """The strategy object ``finetune.strategy`` names, for the models of ``task``."""
+    return STRATEGIES[finetune.strategy](finetune, task)

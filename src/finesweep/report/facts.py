@@ -1,18 +1,31 @@
-"""What a report shows, read once from the sweep's log: trials, when and where they ran, the winner."""
+"""What a report shows, read once from the sweep's journal: trials, when and where they ran, the winner."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from finesweep.config import ExperimentConfig, Mode
-from finesweep.records import TrialRecord, TrialStatus
-from finesweep.samplers import fidelity_rungs
-from finesweep.search_space import Param
-from finesweep.state import SweepState, load_state, read_events
-from finesweep.sweep import resumed
+from finesweep.config.compose import stored
+from finesweep.config.space import Param
+from finesweep.journal.events import (
+    LOG_NAME,
+    BaselineScored,
+    BestChosen,
+    SelectionMade,
+    TrialEnded,
+    TrialInterrupted,
+    TrialResult,
+    TrialRetrying,
+    TrialStarted,
+)
+from finesweep.journal.file import read_events
+from finesweep.journal.records import TrialRecord, TrialStatus
+from finesweep.journal.replay import SweepState, load_state
+from finesweep.search.samplers import fidelity_rungs
+from finesweep.tracking.cursor import Cursor
 
 
 @dataclass
@@ -43,11 +56,12 @@ class SweepFacts:
     config: ExperimentConfig
     params: Sequence[Param]
     trials: List[TrialFacts]
-    selection: Dict[str, Any]
-    """The latest ``selection`` event: winner's metrics and leaderboard ({} before one)."""
+    selection: Optional[SelectionMade]
+    """The latest selection: the winner's metrics and the leaderboard (None before one)."""
     registered: str
     """``name/version`` of the registered model, or ""."""
-    best: Dict[str, Any]
+    best: Optional[BestChosen]
+    """The sweep's best trial as its latest session ended."""
     baseline: Dict[str, float] = field(default_factory=dict)
     """The ``baseline`` event's metrics (final.baseline): the default recipe's scores and the winner's gain."""
 
@@ -72,43 +86,39 @@ class SweepFacts:
 
 def registered_version(folder: Path) -> str:
     """``name/version`` of the sweep's latest registered model ("" before one): MLflow gives the version, and
-    the cursor beside the log has it once the registration was sent."""
-    from finesweep.tracking import Cursor
-
-    rounds = Cursor.load(folder).registered
-    return rounds[max(rounds, key=int)] if rounds else ""
+    the cursor beside the journal has it once the registration was sent."""
+    return Cursor.load(folder).latest_registered()
 
 
 def read_facts(folder: Path, registered: str = "") -> SweepFacts:
-    """Read a sweep's log folder.
+    """Read a sweep's journal folder.
 
     Args:
         folder: ``<storage_path>/finesweep/<sweep id>``.
         registered: the registry's ``name/version`` when the caller knows it (MLflow gives the version).
     """
     state = load_state(folder)
-    sweep = resumed(folder, [])
+    sweep = stored(state.header.config_yaml, Path(state.header.tags["finesweep.sweep_file"]), [])
     config = sweep.config
     spans: Dict[int, List[Tuple[float, float]]] = {}
     open_at: Dict[int, float] = {}
     nodes: Dict[int, str] = {}
-    selection: Dict[str, Any] = {}
-    best: Dict[str, Any] = {}
+    selection: Optional[SelectionMade] = None
+    best: Optional[BestChosen] = None
     baseline: Dict[str, float] = {}
-    for event in read_events(folder / "events.jsonl"):
-        kind, number = event["kind"], event.get("number", -1)
-        if kind == "trial_started":
-            open_at[number] = event["time"]
-        elif kind in ("trial_ended", "trial_interrupted", "trial_retrying") and number in open_at:
-            spans.setdefault(number, []).append((open_at.pop(number), event["time"]))
-        elif kind == "trial_result" and event.get("node"):
-            nodes[number] = event["node"]
-        elif kind == "selection":
+    for event in read_events(folder / LOG_NAME):
+        if isinstance(event, TrialStarted):
+            open_at[event.number] = event.time
+        elif isinstance(event, (TrialEnded, TrialInterrupted, TrialRetrying)) and event.number in open_at:
+            spans.setdefault(event.number, []).append((open_at.pop(event.number), event.time))
+        elif isinstance(event, TrialResult) and event.node:
+            nodes[event.number] = event.node
+        elif isinstance(event, SelectionMade):
             selection = event
-        elif kind == "best":
+        elif isinstance(event, BestChosen):
             best = event
-        elif kind == "baseline":
-            baseline = event["metrics"]
+        elif isinstance(event, BaselineScored):
+            baseline = dict(event.metrics)
     registered = registered or registered_version(folder)
     trials = [TrialFacts(t.record(config.objective.metric, config.objective.mode), spans.get(n, []), nodes.get(n, ""))
               for n, t in sorted(state.trials.items())]

@@ -9,13 +9,12 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import plotly.graph_objects as go
 
-from finesweep.config import Mode
-from finesweep.records import TrialStatus
-from finesweep.report.facts import SweepFacts, finished, slots, utilisation
+from finesweep.journal.records import TrialStatus
+from finesweep.report.facts import SweepFacts, TrialFacts, finished, slots, utilisation
 
 log = logging.getLogger(__name__)
 
@@ -67,12 +66,10 @@ def history(facts: SweepFacts) -> Figure:
                            name=status.value.replace("_", " "), marker=dict(symbol=symbol, size=9,
                                                                              color=COLORS[status]),
                            text=[f"trial {t.number}" for _, t in points])
-    pick = max if facts.mode is Mode.max else min
-    best, running = [], None
+    best: List[float] = []
     for trial in done:
         value = float(trial.record.best_value or 0.0)
-        running = value if running is None else pick(running, value)
-        best.append(running)
+        best.append(value if not best else facts.mode.best((best[-1], value)))
     figure.add_scatter(x=list(range(1, len(done) + 1)), y=best, mode="lines", name="best so far",
                        line=dict(shape="hv", color="#264653"))
     caption = (f"Each finished trial's best {facts.metric} in the order trials ended (x: stopped early by the "
@@ -152,7 +149,7 @@ def by_strategy(facts: SweepFacts) -> Figure:
     """The objective by fine-tuning strategy."""
     done = finished(facts.search())
     figure = go.Figure()
-    groups: dict = {}
+    groups: Dict[str, List[TrialFacts]] = {}
     for trial in done:
         strategy = str(trial.record.params.get("finetune.strategy", facts.config.finetune.strategy.value))
         groups.setdefault(strategy, []).append(trial)

@@ -12,14 +12,17 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from finesweep.errors import UserError, one_line
-from finesweep.records import format_params
+from finesweep.journal.events import REPORT_HTML, ReportWritten
+from finesweep.journal.file import EventFile
+from finesweep.journal.records import format_params
 from finesweep.report.facts import SweepFacts, finished, read_facts, registered_version
 from finesweep.report.figures import Figure, every_figure
 from finesweep.report.study import persist, storage_url
+from finesweep.tracking.projector import sync_log
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
-HTML_NAME = "report.html"
+HTML_NAME = REPORT_HTML
 
 STYLE = """body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1100px;margin:2em auto;color:#222}
 h1{margin-bottom:.2em}h2{margin-top:2em;border-bottom:1px solid #ddd}p.caption{color:#444;margin:.3em 0 .8em}
@@ -51,7 +54,7 @@ def build(sweep_folder: Path, out: Optional[Path] = None, registered: str = "",
     """
     from optuna.trial import TrialState
 
-    from finesweep.continuation import rebuilt_study
+    from finesweep.journal.continuation import rebuilt_study
 
     started = time.monotonic()
     facts = read_facts(sweep_folder, registered)
@@ -66,7 +69,7 @@ def build(sweep_folder: Path, out: Optional[Path] = None, registered: str = "",
     try:
         report.study = f"{persist(study, facts)} in {storage_url(facts)}"
     except Exception as exc:  # noqa: BLE001 - the figures do not need the stored copy
-        log.warning("report: the Optuna study could not be stored: %s", exc, exc_info=True)
+        logger.warning("report: the Optuna study could not be stored: %s", exc, exc_info=True)
     figures = every_figure(facts, ranked)
     report.pngs, report.png_problem = _pngs(figures, folder)
     if before_page is not None:
@@ -83,18 +86,15 @@ def publish(sweep_folder: Path) -> Tuple[Report, str]:
     Returns:
         the report, and what sending it to MLflow said ("" when all went through).
     """
-    from finesweep.state import EventLog
-    from finesweep.tracking import sync_log
-
     built = build(sweep_folder)
     try:
-        log = EventLog(sweep_folder)
+        events = EventFile(sweep_folder)
     except UserError:
         return built, "the sweep is running: its report goes to MLflow when it ends"
     try:
-        log.append("report", durable=True, folder=str(built.folder))
+        events.append(ReportWritten(folder=str(built.folder)))
     finally:
-        log.close()
+        events.close()
     message, _ = sync_log(sweep_folder, None, deadline=time.monotonic() + 60)
     return built, message
 
@@ -110,7 +110,7 @@ def _pngs(figures: List[Figure], folder: Path) -> Tuple[List[Path], str]:
                          height=[int(figure.layout.height or 420) for _, figure in drawn])
     except Exception as exc:  # noqa: BLE001 - no exporter or no browser: the HTML still has every figure
         problem = f"PNG copies need kaleido and Chrome or Chromium ({one_line(exc)})"
-        log.warning("report: %s", problem)
+        logger.warning("report: %s", problem)
         return [], problem
     return paths, ""
 
@@ -158,21 +158,22 @@ def _summary(facts: SweepFacts, study: str) -> str:
 
 
 def _winner(facts: SweepFacts) -> str:
-    metrics: Dict[str, float] = facts.selection.get("metrics", {})
+    selection = facts.selection
     metric = facts.metric
-    if not metrics:
+    if selection is None or not selection.metrics:
         done = finished(facts.search())
         if not done:
             return "<h2>Winner</h2><p>No trial finished.</p>"
         return "<h2>Winner</h2><p>Model selection has not run for this sweep yet.</p>"
-    rows = [["parameters", format_params(facts.best.get("params", {})) or "(defaults)"],
+    metrics, tags = selection.metrics, selection.tags
+    rows = [["parameters", format_params(facts.best.params if facts.best else {}) or "(defaults)"],
             [f"validation {metric}", f"{metrics.get(f'final/val/{metric}/mean', float('nan')):.4f} ± "
                                      f"{metrics.get(f'final/val/{metric}/std', float('nan')):.4f} over "
-                                     f"{facts.selection.get('tags', {}).get('finesweep.final_runs', '?')} seed(s)"]]
+                                     f"{tags.get('finesweep.final_runs', '?')} seed(s)"]]
     rows += [[f"test {k.split('/', 1)[1]} (one evaluation)", f"{v:.4f}"] for k, v in sorted(metrics.items())
              if k.startswith("test/")]
     rows.append(["latency", f"{metrics.get('inference/latency_ms_per_example', float('nan')):.2f} ms/example on "
-                            f"{facts.selection.get('tags', {}).get('finesweep.inference_device', '?')}"])
+                            f"{tags.get('finesweep.inference_device', '?')}"])
     rows.append(["registered model", facts.registered or "(not registered)"])
     return "<h2>Winner</h2>" + _table(rows, css="facts") + _bought(facts)
 
@@ -196,7 +197,7 @@ def _bought(facts: SweepFacts) -> str:
 def _leaderboard(facts: SweepFacts) -> str:
     import pandas as pd
 
-    board = facts.selection.get("leaderboard_csv")
+    board = facts.selection.leaderboard_csv if facts.selection else ""
     if not board:
         return ""
     frame = pd.read_csv(io.StringIO(board))

@@ -1,9 +1,9 @@
-"""The only package that logs to MLflow: a sweep's log becomes one parent run and one child run per trial.
+"""The only package that logs to MLflow: a sweep's journal becomes one parent run and one child run per trial.
 
-The driver never waits on MLflow. Every event of the sweep's log (state.py) is handed to a
+The driver never waits on MLflow. Every event of the sweep's journal (finesweep.journal) is handed to a
 ``Projector``, which sends them to the tracking store in order, on a thread of its own. A server
 that is down or slow only delays it: each event is retried with back-off until it goes through,
-and the events not yet sent stay in the log (the spool) with a cursor saying where sending stopped.
+and the events not yet sent stay in the journal (the spool) with a cursor saying where sending stopped.
 ``finesweep sync`` and ``finesweep resume`` send the rest later.
 
 Every event is sent exactly once in effect, even when a send is repeated after a crash or a timeout:
@@ -14,24 +14,15 @@ set to the same values again, and a model version is registered once per selecti
 Trials never talk to MLflow: when ASHA stops a trial, Ray ends it abruptly, which would leave an
 in-trial logger's run RUNNING without its last epoch. The driver knows why a trial ended.
 
-The package: ``projector`` sends a sweep's log to MLflow, ``registry`` logs and registers the winner,
-``store`` reads sweeps and models back (``finesweep ls``, ``serve``).
+The package: ``projector`` sends a sweep's journal to MLflow (``cursor`` says how far it got), ``registry``
+logs and registers the winner, ``store`` reads sweeps and models back (``finesweep ls``, ``serve``), ``tags``
+names what finesweep writes there.
 """
 
-from finesweep.tracking.projector import (
-    KEY_TAG,
-    PARENT_TAG,
-    PHASE_TAG,
-    ROLE_TAG,
-    STATE_TAG,
-    STATUS_TAG,
-    UI_VIEW,
-    Cursor,
-    Projector,
-    artifact_root_of,
-    sync_log,
-)
-from finesweep.tracking.store import SweepRow, latest_registered, list_sweeps
+from finesweep.tracking.cursor import Cursor, parent_run
+from finesweep.tracking.projector import Projector, artifact_root_of, sync_log, unsent
+from finesweep.tracking.store import SweepRow, list_sweeps, resolve_model
+from finesweep.tracking.tags import UI_VIEW
 
-__all__ = ["KEY_TAG", "PARENT_TAG", "PHASE_TAG", "ROLE_TAG", "STATE_TAG", "STATUS_TAG", "UI_VIEW", "Cursor",
-           "Projector", "SweepRow", "artifact_root_of", "latest_registered", "list_sweeps", "sync_log"]
+__all__ = ["UI_VIEW", "Cursor", "Projector", "SweepRow", "artifact_root_of", "list_sweeps", "parent_run",
+           "resolve_model", "sync_log", "unsent"]

@@ -1,67 +1,66 @@
-"""The winner as an MLflow model: its weights, tokenizer and ``ServingMeta`` logged "from code" and registered."""
+"""The winner as an MLflow model: its weights and what its task adds, logged "from code" and registered."""
 
 from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
-import shutil
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict
+from typing import Optional
 
-from finesweep.checkpoints import best_weights, link_tree
+from mlflow.tracking import MlflowClient
 
-if TYPE_CHECKING:
-    from finesweep.tracking.projector import Projector
+from finesweep.adapters import mlflow_private
+from finesweep.finetune.layout import best_weights, link_tree
+from finesweep.journal.events import RegisterRequested
+from finesweep.tasks import Task
+from finesweep.tasks import registry as tasks
 
-log = logging.getLogger("finesweep.tracking")
+logger = logging.getLogger("finesweep.tracking")
+
+ROUND_TAG = "finesweep.selection_round"
+"""The model version's tag naming the selection round that registered it: a round registers once."""
 
 
-def register(projector: Projector, event: Dict[str, Any]) -> str:
-    """Log the winner as an MLflow "model from code" on the parent run and register it; return 'name/version'."""
+def register(client: MlflowClient, uri: str, parent_id: str, event: RegisterRequested) -> str:
+    """Log the winner as an MLflow "model from code" on the parent run and register it; return 'name/version'.
+
+    The task that trained it packages it (its preprocessing files and serving metadata beside the weights) and
+    says what the served model is (its predictor file, its signature).
+    """
     import mlflow
 
-    from finesweep.serving import ServingMeta
-
-    meta = ServingMeta.from_json(json.dumps(event["meta"]))
+    if event.checkpoint is None:
+        raise ValueError(f"the winner of selection round {event.round} has no checkpoint to register")
+    task = tasks.get(event.task)
     said = io.StringIO()
     # MLflow prints "Successfully registered model ..." straight to stderr; it belongs in the sweep's log.
     with tempfile.TemporaryDirectory(prefix="finesweep-model-") as folder, contextlib.redirect_stderr(said):
-        package = _model_package(Path(folder), best_weights(event["checkpoint"]), event["tokenizer"], meta)
-        mlflow.set_tracking_uri(projector.uri)
-        with mlflow.start_run(run_id=projector.parent_id):
+        package = model_package(Path(folder), best_weights(event.checkpoint), task, event)
+        with mlflow_private.tracking_uri(uri), mlflow.start_run(run_id=parent_id):
             info = mlflow.pyfunc.log_model(
-                name="model", python_model=_serving_source(), artifacts={"model": str(package)},
-                registered_model_name=event["name"], signature=meta.signature(),
-                pip_requirements=["mlflow", "torch", "transformers", "safetensors", "pandas", "numpy"])
+                name="model", python_model=str(task.predictor_source()), artifacts={"model": str(package)},
+                registered_model_name=event.name, signature=task.signature(event.meta),
+                pip_requirements=list(task.pip_requirements))
     if said.getvalue().strip():
-        log.info("MLflow: %s", " ".join(said.getvalue().split()))
+        logger.info("MLflow: %s", " ".join(said.getvalue().split()))
     version = str(info.registered_model_version)
-    projector.client.set_model_version_tag(event["name"], version, "finesweep.selection_round", str(event["round"]))
-    return f"{event['name']}/{version}"
+    client.set_model_version_tag(event.name, version, ROUND_TAG, str(event.round))
+    return f"{event.name}/{version}"
 
 
-def _model_package(folder: Path, weights: Path, tokenizer_source: str, meta: Any) -> Path:
-    from transformers import AutoTokenizer
-
-    from finesweep.serving import META_FILE
-
-    link_tree(weights, folder)  # the weights on disk, linked (MLflow copies the package into its store)
-    with tempfile.TemporaryDirectory(prefix="finesweep-tokenizer-") as side:
-        AutoTokenizer.from_pretrained(tokenizer_source).save_pretrained(side)
-        (Path(side) / META_FILE).write_text(meta.to_json())
-        for item in Path(side).iterdir():  # never written through a link: it would change the checkpoint
-            (folder / item.name).unlink(missing_ok=True)
-            shutil.move(str(item), folder / item.name)
+def model_package(folder: Path, weights: Path, task: Task, event: RegisterRequested) -> Path:
+    """The served model's folder: the checkpoint's weights linked (MLflow copies the package into its store),
+    plus what the task adds (its preprocessing files, its serving metadata)."""
+    link_tree(weights, folder)
+    task.package(folder, event.preprocessor, event.meta)
     return folder
 
 
-def _serving_source() -> str:
-    import importlib.util
-
-    spec = importlib.util.find_spec("finesweep.serving")
-    return str(spec.origin) if spec and spec.origin else ""
-
-
+def registered_in_round(client: MlflowClient, parent_id: str, name: str, round_: int) -> Optional[str]:
+    """``name/version`` of the model a selection round already registered (a repeated send), or None."""
+    for version in client.search_model_versions(f"run_id = '{parent_id}'"):
+        if version.tags.get(ROUND_TAG) == str(round_):
+            return f"{name}/{version.version}"
+    return None

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from finesweep.errors import UserError
-from finesweep.records import TrialStatus
-from finesweep.tracking.projector import PARENT_TAG, PHASE_TAG, ROLE_TAG, STATE_TAG, STATUS_TAG
+from finesweep.adapters import mlflow_private
+from finesweep.errors import UserError, one_line
+from finesweep.journal.records import TrialStatus
+from finesweep.tracking.tags import PARENT_TAG, PHASE_TAG, ROLE_TAG, STATE_TAG, STATUS_TAG
 
 
 @dataclass(frozen=True)
@@ -59,30 +62,74 @@ def _row(client: MlflowClient, experiment: str, run: Any) -> SweepRow:
                     run.data.tags.get("finesweep.registered_model", ""))
 
 
-def latest_registered(uri: str, name: Optional[str]) -> Tuple[str, List[str]]:
-    """``models:/NAME/VERSION`` to serve and its input columns: the latest version of ``name``, by default
-    the model of the latest sweep that registered one; ``name`` may also be ``NAME/VERSION`` or a models:/ URI.
+def resolve_model(uri: str, model: Optional[str]) -> Tuple[str, List[str]]:
+    """The model URI to serve and its input columns.
+
+    Args:
+        uri: the tracking store.
+        model: None (the latest sweep's registered model, latest version); ``NAME`` (its latest version),
+            ``NAME/VERSION``, ``NAME/latest``, ``NAME/STAGE``, ``NAME@ALIAS``; or any model URI MLflow accepts:
+            the same forms under ``models:/`` (and ``models:/<logged model id>``), ``runs:/RUN_ID/PATH``, a
+            folder or another artifact URI.
 
     Raises:
-        UserError: nothing registered, or no such model.
+        UserError: nothing registered yet, no such model, version or alias, or a URI MLflow cannot load.
     """
     from mlflow.models import get_model_info
 
     client = MlflowClient(tracking_uri=uri)
-    if name is None:
+    target = _model_uri(client, uri, model)
+    name, _, which = target.removeprefix("models:/").partition("/") if target.startswith("models:/") else ("", "", "")
+    if name and "@" in name:
+        name, which = name.split("@", 1)[0], "@" + name.split("@", 1)[1]
+    if name and not name.startswith("m-"):  # a registered model, not a logged model's id
+        _check_registered(client, uri, name, which)
+    try:
+        with mlflow_private.tracking_uri(uri):
+            info = get_model_info(target)
+    except (MlflowException, OSError) as exc:
+        raise UserError(f"cannot load the model {target} from {uri} ({one_line(exc)}). Give a registered model "
+                        "(NAME, NAME/VERSION, NAME@ALIAS, models:/...) or another model URI MLflow can load.") from None
+    return target, list(info.signature.inputs.input_names()) if info.signature is not None else []
+
+
+def _model_uri(client: MlflowClient, uri: str, model: Optional[str]) -> str:
+    """``model`` as a model URI: a bare name is its latest version, a name with a version is ``models:/``."""
+    if model is None:
         found = next((row.registered for row in list_sweeps(uri) if row.registered), "")
         if not found:
             raise UserError(f"no sweep in {uri} has registered a model yet. Run a sweep to its end, or name one: "
                             "finesweep serve NAME[/VERSION].")
-        name = found.split("/")[0]
-    name = name.removeprefix("models:/")
-    model, _, version = name.partition("/")
-    versions = client.search_model_versions(f"name = '{model}'")
+        model = found.split("/")[0]
+    if ":" in model or Path(model).exists():
+        target = model  # a URI (models:/, runs:/, s3://, file:) or a local folder
+    else:
+        target = f"models:/{model}"
+    rest = target.removeprefix("models:/")
+    if target.startswith("models:/") and "/" not in rest and "@" not in rest and not rest.startswith("m-"):
+        return f"models:/{rest}/{_versions(client, uri, rest)[-1]}"  # a bare name: its latest version
+    return target
+
+
+def _versions(client: MlflowClient, uri: str, name: str) -> List[int]:
+    versions = sorted(int(v.version) for v in client.search_model_versions(f"name = '{name}'"))
     if not versions:
         known = ", ".join(sorted(m.name for m in client.search_registered_models())) or "none"
-        raise UserError(f"no registered model {model!r} in {uri} (registered: {known}).")
-    if version and version not in {v.version for v in versions}:
-        raise UserError(f"model {model!r} has no version {version} (versions: "
-                        f"{', '.join(sorted((v.version for v in versions), key=int))}).")
-    chosen = f"models:/{model}/{version or max(int(v.version) for v in versions)}"
-    return chosen, list(get_model_info(chosen).signature.inputs.input_names())
+        raise UserError(f"no registered model {name!r} in {uri} (registered: {known}). Name one of those, or point "
+                        "MLFLOW_TRACKING_URI (or tracking.uri=...) at the store that has it.")
+    return versions
+
+
+def _check_registered(client: MlflowClient, uri: str, name: str, which: str) -> None:
+    """The version or alias a ``models:/NAME/...`` URI names exists (MLflow's own error says less)."""
+    versions = _versions(client, uri, name)
+    if which.isdigit() and int(which) not in versions:
+        raise UserError(f"model {name!r} has no version {which} (versions: {', '.join(map(str, versions))}). "
+                        f"Use one of those, or models:/{name}/latest.")
+    if which.startswith("@"):
+        try:
+            client.get_model_version_by_alias(name, which[1:])
+        except MlflowException:
+            aliases = sorted({a for m in client.search_registered_models(f"name = '{name}'") for a in m.aliases})
+            raise UserError(f"model {name!r} has no alias {which[1:]!r} (aliases: {', '.join(aliases) or 'none'}). "
+                            "Set one with MlflowClient().set_registered_model_alias, or give a version.") from None

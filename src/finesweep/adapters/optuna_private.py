@@ -1,0 +1,96 @@
+"""Optuna's private APIs finesweep uses, in one place, checked against the installed Optuna on import.
+
+- ``TPESampler._gamma``: how many trials are TPE's "good" ones. Optuna 4.9 deprecated the ``gamma`` argument (to
+  go in 6.0), but its split still reads this attribute; the rung-wise TPE (``search/fidelity.py``) sets BOHB's 15%.
+- ``TPESampler._random_sampler``: the sampler TPE proposes with until it has enough trials; the rung-wise TPE uses
+  it while no rung has enough.
+- ``Study._get_trials(deepcopy, states, use_cache)``: what TPE reads trials with. The rung-wise TPE reads the
+  study's trials with it (without a deep copy of each) and hands TPE a view that answers it.
+- ``FrozenTrial._trial_id``: the storage id that continues a trial of a study rebuilt from the sweep's journal
+  (``optuna.trial.Trial(study, trial_id)``).
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable, Container, List, Optional
+
+import optuna
+from optuna.study import Study
+from optuna.trial import FrozenTrial, TrialState
+
+TESTED_WITH = "5.0"
+"""The Optuna release (major.minor) these names were read from."""
+
+
+def missing() -> List[str]:
+    """What of Optuna's private API this Optuna lacks (empty when everything finesweep uses is there)."""
+    sampler = optuna.samplers.TPESampler(seed=0)
+    gone = [f"TPESampler.{name}" for name in ("_gamma", "_random_sampler") if not hasattr(sampler, name)]
+    method = getattr(Study, "_get_trials", None)
+    if method is None or not {"deepcopy", "states", "use_cache"} <= set(inspect.signature(method).parameters):
+        gone.append("Study._get_trials(deepcopy, states, use_cache)")
+    trial = optuna.trial.create_trial(value=0.0)
+    if not hasattr(trial, "_trial_id"):
+        gone.append("FrozenTrial._trial_id")
+    return gone
+
+
+def require() -> None:
+    """Raise one clear line when this Optuna lacks what finesweep uses of it.
+
+    Raises:
+        ImportError: the names that are gone, this Optuna's version and the one finesweep was written for.
+    """
+    gone = missing()
+    if gone:
+        raise ImportError(f"finesweep uses private parts of Optuna that Optuna {optuna.__version__} no longer has: "
+                          f"{', '.join(gone)} (written for Optuna {TESTED_WITH}). Install optuna=={TESTED_WITH}.*, or "
+                          "a finesweep release made for this Optuna.")
+
+
+def set_good_share(sampler: optuna.samplers.TPESampler, good: Callable[[int], int]) -> None:
+    """Set how many of n trials TPE's split calls good."""
+    sampler._gamma = good
+
+
+def startup_sampler(sampler: optuna.samplers.TPESampler) -> optuna.samplers.BaseSampler:
+    """The random sampler TPE proposes with before it has enough trials."""
+    return sampler._random_sampler
+
+
+def every_trial(study: Study) -> List[FrozenTrial]:
+    """The study's trials, not deep-copied (``study.trials`` copies every one: O(n) a call)."""
+    return study._get_trials(deepcopy=False, use_cache=False)
+
+
+def continued_trial(study: Study, frozen: FrozenTrial) -> optuna.trial.Trial:
+    """A live trial object for a trial already in the study (one a rebuilt study holds, run on)."""
+    return optuna.trial.Trial(study, frozen._trial_id)
+
+
+class StudyView:
+    """A read-only stand-in for a study that shows TPE other trials: it answers what TPE reads trials with.
+
+    Args:
+        study: the real study (everything else is read from it).
+        trials: the trials to show instead of its own.
+    """
+
+    def __init__(self, study: Study, trials: List[FrozenTrial]) -> None:
+        self._study = study
+        self._view = trials
+
+    def _get_trials(self, deepcopy: bool = True, states: Optional[Container[TrialState]] = None,
+                    use_cache: bool = False) -> List[FrozenTrial]:
+        return [t for t in self._view if states is None or t.state in states]
+
+    def get_trials(self, deepcopy: bool = True, states: Optional[Container[TrialState]] = None) -> List[FrozenTrial]:
+        """The shown trials in ``states`` (all when None)."""
+        return self._get_trials(deepcopy, states)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._study, name)
+
+
+require()

@@ -1,0 +1,28 @@
+"""The experiment config: its typed schema and closed choices, the search space, the composed sweep, and the
+checks that run before Ray starts.
+
+This face re-exports the schema (``schema.py``) and its Enums (``choices.py``); the rest is imported from its
+own module: ``overrides`` (dotted keys), ``space`` (the sweep's ``space`` section), ``sweep`` (the composed
+sweep), ``compose`` (Hydra, the only module that touches its runtime), ``preflight`` (checks before Ray).
+"""
+
+from finesweep.config.choices import Accelerator, Mode, Precision, Sampler, Schedule, SchedulerKind, Strategy
+from finesweep.config.schema import (
+    ClusterConfig,
+    DataConfig,
+    ExperimentConfig,
+    FinalConfig,
+    FinetuneConfig,
+    LoraConfig,
+    ModelConfig,
+    ObjectiveConfig,
+    OptimConfig,
+    SchedulerConfig,
+    SearchConfig,
+    TrackingConfig,
+    TrainerConfig,
+)
+
+__all__ = ["Accelerator", "ClusterConfig", "DataConfig", "ExperimentConfig", "FinalConfig", "FinetuneConfig",
+           "LoraConfig", "Mode", "ModelConfig", "ObjectiveConfig", "OptimConfig", "Precision", "Sampler", "Schedule",
+           "SchedulerConfig", "SchedulerKind", "SearchConfig", "Strategy", "TrackingConfig", "TrainerConfig"]

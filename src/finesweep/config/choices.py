@@ -1,0 +1,104 @@
+"""The closed choices of the config schema, as Enums: sampler, scheduler, schedule, precision, ...
+
+YAML names a member by its value (``precision: bf16-mixed``); OmegaConf rejects anything else with
+the list of valid names before a trial starts. ``finesweep.config`` re-exports every one of them.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from typing import Iterable, Literal, Optional
+
+
+class Sampler(str, enum.Enum):
+    """How Optuna proposes the next trial."""
+
+    grid = "grid"
+    random = "random"
+    tpe = "tpe"
+
+
+class SchedulerKind(str, enum.Enum):
+    """How Ray Tune decides which running trials to stop early."""
+
+    asha = "asha"
+    fifo = "fifo"
+
+
+class Mode(str, enum.Enum):
+    """Whether the objective metric is maximised or minimised: the one place that says which value is better."""
+
+    max = "max"
+    min = "min"
+
+    def better(self, value: float, than: Optional[float]) -> bool:
+        """Whether ``value`` beats ``than`` (anything but NaN beats None; NaN beats nothing)."""
+        if math.isnan(value):
+            return False
+        if than is None:
+            return True
+        return value > than if self is Mode.max else value < than
+
+    def best(self, values: Iterable[float]) -> float:
+        """The best of some values."""
+        return max(values) if self is Mode.max else min(values)
+
+    def rank_key(self, value: float) -> float:
+        """A sort key that puts the best value first."""
+        return -value if self is Mode.max else value
+
+    @property
+    def direction(self) -> Literal["maximize", "minimize"]:
+        """Optuna's name for it: ``maximize`` or ``minimize``."""
+        return "maximize" if self is Mode.max else "minimize"
+
+
+class Schedule(str, enum.Enum):
+    """Learning-rate schedule: the step-wise schedules of ``transformers.get_scheduler``, by its names.
+
+    Its metric-driven ones (reduce_lr_on_plateau, greedy) are left out: they watch a metric rather
+    than span the trial's budget, which ASHA's equal-schedule comparison relies on.
+    """
+
+    linear = "linear"
+    cosine = "cosine"
+    cosine_with_restarts = "cosine_with_restarts"
+    polynomial = "polynomial"
+    constant = "constant"
+    """No warmup at all (optim.warmup_ratio is ignored); constant_with_warmup warms up first."""
+    constant_with_warmup = "constant_with_warmup"
+    inverse_sqrt = "inverse_sqrt"
+    cosine_with_min_lr = "cosine_with_min_lr"
+    cosine_warmup_with_min_lr = "cosine_warmup_with_min_lr"
+    warmup_stable_decay = "warmup_stable_decay"
+
+
+Precision = enum.Enum(  # functional form: the values are Lightning's names, which are not identifiers
+    "Precision",
+    [("32-true", "32-true"), ("16-mixed", "16-mixed"), ("bf16-mixed", "bf16-mixed"), ("16-true", "16-true"),
+     ("bf16-true", "bf16-true"), ("64-true", "64-true"), ("auto", "auto")],
+    type=str,
+)
+"""Lightning's ``Trainer(precision=...)`` values (its aliases 32, 16, bf16 are spelled out), and ``auto``:
+decided in each trial for the device Ray gave it (see execution/trial.py)."""
+
+
+class Accelerator(str, enum.Enum):
+    """Lightning's ``Trainer(accelerator=...)``: where a trial computes."""
+
+    auto = "auto"
+    cpu = "cpu"
+    gpu = "gpu"
+    cuda = "cuda"
+    mps = "mps"
+
+
+class Strategy(str, enum.Enum):
+    """Which weights a trial trains."""
+
+    full = "full"
+    head_only = "head_only"
+    freeze = "freeze"
+    gradual_unfreeze = "gradual_unfreeze"
+    lora = "lora"

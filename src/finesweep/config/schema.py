@@ -1,0 +1,404 @@
+"""Typed schema of the composed experiment config.
+
+YAML in ``conf/`` and ``sweeps/`` only sets values; these dataclasses say what the values may be.
+The CLI converts the composed Hydra config into them once (``OmegaConf.to_object``), and each
+``__post_init__`` checks the rules of its own section. Everything downstream of the CLI works on
+these plain, picklable objects; nothing else touches Hydra or OmegaConf. The closed choices
+(Enums) live in ``choices.py`` and are re-exported here.
+"""
+
+from __future__ import annotations
+
+import codecs
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from omegaconf import MISSING
+
+from finesweep.config.choices import Accelerator, Mode, Precision, Sampler, Schedule, SchedulerKind, Strategy
+from finesweep.errors import ConfigError
+
+
+@dataclass
+class ModelConfig:
+    """The pretrained model to fine-tune."""
+
+    name_or_path: str = MISSING
+    """A local Hugging Face model folder or a hub id (hub ids need network access)."""
+    dropout: Optional[float] = None
+    """Hidden and classifier dropout; null keeps the pretrained model's own."""
+
+    def __post_init__(self) -> None:
+        if _incomplete(self):
+            return  # a schema default, not yet filled in by YAML
+        local = Path(self.name_or_path).expanduser()
+        if local.exists():
+            self.name_or_path = str(local.resolve())
+        _raise_problems([
+            _check(self.dropout is None or 0.0 <= self.dropout < 1.0, "model.dropout", self.dropout,
+                   "must be in [0, 1) or null", "Use e.g. 0.1, or null for the model's own."),
+        ])
+
+
+@dataclass
+class DataConfig:
+    """The labelled data set and how it is split and tokenised."""
+
+    path: str = MISSING
+    """CSV, JSONL or Parquet file."""
+    text_column: str = "text"
+    label_column: str = "label"
+    text_pair_column: Optional[str] = None
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+    seed: int = 0
+    """Seed of the stratified split and of the ``max_samples`` subsample."""
+    max_samples: Optional[int] = None
+    """Stratified subsample of the whole file before splitting (None = every row)."""
+    max_length: int = 128
+    """Tokens per example after truncation."""
+    batch_size: int = 32
+    encoding: str = "utf-8"
+    """Text encoding of CSV/JSONL files; undecodable bytes are replaced, never fatal."""
+    task: str = "auto"
+    """A task's name (``finesweep.tasks``: classification, regression, ...), or auto: text classification, or
+    regression when the labels are non-integer numbers. Checked against the registered tasks before Ray starts."""
+
+    def __post_init__(self) -> None:
+        if _incomplete(self):
+            return  # a schema default, not yet filled in by YAML
+        self.path = str(Path(self.path).expanduser().resolve())
+        _raise_problems([
+            _check(0.0 < self.val_fraction < 1.0, "data.val_fraction", self.val_fraction,
+                   "must be in (0, 1)", "Use e.g. 0.1."),
+            _check(0.0 <= self.test_fraction < 1.0, "data.test_fraction", self.test_fraction,
+                   "must be in [0, 1)", "Use e.g. 0.1."),
+            _check(self.val_fraction + self.test_fraction < 1.0, "data.val_fraction",
+                   self.val_fraction + self.test_fraction,
+                   "plus data.test_fraction must leave training data (sum < 1)", "Lower one of them."),
+            _check(self.max_samples is None or self.max_samples >= 10, "data.max_samples",
+                   self.max_samples, "must be at least 10 or null", "Use null for every row."),
+            _check(self.max_length >= 8, "data.max_length", self.max_length, "must be at least 8", "Use e.g. 128."),
+            _check(self.batch_size >= 1, "data.batch_size", self.batch_size, "must be at least 1", "Use e.g. 32."),
+            _check(_is_codec(self.encoding), "data.encoding", repr(self.encoding),
+                   "must be a text encoding Python knows", "Use e.g. utf-8, latin-1 or cp1252."),
+        ])
+
+
+@dataclass
+class OptimConfig:
+    """AdamW and its learning-rate schedule."""
+
+    lr: float = 5.0e-5
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    """Fraction of the trial's full budget (scheduler.max_epochs) spent warming up linearly."""
+    schedule: Schedule = Schedule.linear
+    min_lr_ratio: float = 0.0
+    """Where the decay ends, as a fraction of lr: cosine_with_min_lr, cosine_warmup_with_min_lr,
+    warmup_stable_decay and polynomial."""
+    num_cycles: int = 1
+    """cosine_with_restarts: cosine cycles (hard restarts) over the budget."""
+    decay_ratio: float = 0.1
+    """warmup_stable_decay: fraction of the budget spent decaying at the end."""
+
+    def __post_init__(self) -> None:
+        if _incomplete(self):
+            return  # a schema default, not yet filled in by YAML
+        wsd = self.schedule is Schedule.warmup_stable_decay
+        _raise_problems([
+            _check(self.lr > 0, "optim.lr", self.lr, "must be > 0", "Use e.g. 5e-5."),
+            _check(self.weight_decay >= 0, "optim.weight_decay", self.weight_decay,
+                   "must be >= 0", "Use e.g. 0.01."),
+            _check(0.0 <= self.warmup_ratio < 1.0, "optim.warmup_ratio", self.warmup_ratio,
+                   "must be in [0, 1)", "Use e.g. 0.1."),
+            _check(0.0 <= self.min_lr_ratio < 1.0, "optim.min_lr_ratio", self.min_lr_ratio,
+                   "must be in [0, 1)", "Use e.g. 0.1, or 0 to decay to zero."),
+            _check(self.num_cycles >= 1, "optim.num_cycles", self.num_cycles, "must be at least 1", "Use e.g. 2."),
+            _check(0.0 < self.decay_ratio <= 1.0, "optim.decay_ratio", self.decay_ratio,
+                   "must be in (0, 1]", "Use e.g. 0.1."),
+            _check(not wsd or self.warmup_ratio + self.decay_ratio <= 1.0, "optim.warmup_ratio",
+                   self.warmup_ratio + self.decay_ratio,
+                   "plus optim.decay_ratio must fit in the budget (sum <= 1) for warmup_stable_decay",
+                   "Lower one of them."),
+        ])
+
+
+@dataclass
+class TrainerConfig:
+    """The Lightning Trainer of every trial."""
+
+    precision: Precision = Precision["auto"]
+    """auto: bf16 mixed where the hardware computes in bf16 (CUDA GPUs with bf16, CPUs with AVX512-BF16 or
+    AMX), fp16 mixed on older GPUs, 32-true otherwise; or any Lightning value (32-true, bf16-mixed, ...)."""
+    gradient_clip_val: Optional[float] = None
+    accelerator: Accelerator = Accelerator.auto
+    seed: int = 0
+    """Seed of weight init and batch order, the same for every trial so only hyperparameters differ."""
+    label_smoothing: float = 0.0
+    """Cross-entropy label smoothing (classification only)."""
+    accumulate_grad_batches: int = 1
+    """Batches per optimiser step."""
+    early_stopping_patience: Optional[int] = None
+    """Stop a trial after this many epochs without improving the objective; null = off."""
+
+    def __post_init__(self) -> None:
+        _raise_problems([
+            _check(self.gradient_clip_val is None or self.gradient_clip_val > 0,
+                   "trainer.gradient_clip_val", self.gradient_clip_val, "must be > 0 or null",
+                   "Use null to turn clipping off."),
+            _check(0.0 <= self.label_smoothing < 1.0, "trainer.label_smoothing", self.label_smoothing,
+                   "must be in [0, 1)", "Use e.g. 0.1."),
+            _check(self.accumulate_grad_batches >= 1, "trainer.accumulate_grad_batches",
+                   self.accumulate_grad_batches, "must be at least 1", "Use 1 to step every batch."),
+            _check(self.early_stopping_patience is None or self.early_stopping_patience >= 1,
+                   "trainer.early_stopping_patience", self.early_stopping_patience, "must be >= 1 or null",
+                   "Use null to turn early stopping off."),
+        ])
+
+
+@dataclass
+class LoraConfig:
+    """LoRA adapters (peft) for ``finetune.strategy: lora``."""
+
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.1
+    target_modules: List[str] = field(default_factory=lambda: ["query", "value"])
+    """Names of the linear layers that get adapters (BERT: query, key, value, dense)."""
+
+    def __post_init__(self) -> None:
+        _raise_problems([
+            _check(self.r >= 1, "finetune.lora.r", self.r, "must be at least 1", "Use 4, 8 or 16."),
+            _check(self.alpha > 0, "finetune.lora.alpha", self.alpha, "must be > 0", "Use e.g. 2 * r."),
+            _check(0.0 <= self.dropout < 1.0, "finetune.lora.dropout", self.dropout, "must be in [0, 1)",
+                   "Use e.g. 0.1."),
+            _check(len(self.target_modules) > 0, "finetune.lora.target_modules", self.target_modules,
+                   "must name at least one module", "Use e.g. [query, value]."),
+        ])
+
+
+@dataclass
+class FinetuneConfig:
+    """How a trial fine-tunes: which weights train, and at which learning rate."""
+
+    strategy: Strategy = Strategy.full
+    freeze_layers: int = 2
+    """For ``freeze``: the embeddings and this many bottom encoder layers are frozen."""
+    unfreeze_every: int = 1
+    """For ``gradual_unfreeze``: epochs between unfreezing one more encoder layer, from the top."""
+    llrd: float = 1.0
+    """Layer-wise lr decay: encoder layer l of L trains at lr * llrd^(L - l); 1.0 = off."""
+    head_lr_mult: float = 1.0
+    """The classification head's lr is optim.lr * head_lr_mult."""
+    lora: LoraConfig = field(default_factory=LoraConfig)
+
+    def __post_init__(self) -> None:
+        _raise_problems([
+            _check(self.freeze_layers >= 0, "finetune.freeze_layers", self.freeze_layers, "must be >= 0",
+                   "Use e.g. 2."),
+            _check(self.unfreeze_every >= 1, "finetune.unfreeze_every", self.unfreeze_every,
+                   "must be at least 1", "Use e.g. 1."),
+            _check(0.0 < self.llrd <= 1.0, "finetune.llrd", self.llrd, "must be in (0, 1]",
+                   "Use e.g. 0.8, or 1.0 for off."),
+            _check(self.head_lr_mult > 0, "finetune.head_lr_mult", self.head_lr_mult, "must be > 0",
+                   "Use e.g. 1.0."),
+        ])
+
+
+@dataclass
+class FinalConfig:
+    """Model selection after the search."""
+
+    top_k: int = 1
+    """Configurations to re-train with fresh seeds (when seeds > 0)."""
+    seeds: int = 0
+    """Fresh seeds per top-k configuration; the winner is the best mean. 0 = no re-training."""
+    baseline: bool = False
+    """Also train the config without any searched value once after the search (never ranked): the gain."""
+
+    def __post_init__(self) -> None:
+        _raise_problems([
+            _check(self.top_k >= 1, "final.top_k", self.top_k, "must be at least 1", "Use e.g. 3."),
+            _check(self.seeds >= 0, "final.seeds", self.seeds, "must be >= 0", "Use 0 to skip re-training."),
+        ])
+
+
+@dataclass
+class TrackingConfig:
+    """Where MLflow records the sweep."""
+
+    uri: str = MISSING
+    """MLflow tracking URI: sqlite:///abs/path.db, http://host:port, ..."""
+    artifact_root: str = ""
+    """Artifact location of experiments this sweep creates (absolute path or URI); empty = the store's own:
+    ``artifacts/`` beside a SQLite file, or what an MLflow server serves (``--serve-artifacts``)."""
+    experiment: str = ""
+    """MLflow experiment name; empty = the sweep name."""
+    optuna_storage: str = ""
+    """Optuna RDB storage the study is kept in (optuna-dashboard URL); empty = optuna.db in cluster.storage_path."""
+    registered_model: str = ""
+    """Model Registry name the winner is registered under; empty = the sweep name."""
+    flush_timeout: float = 30.0
+    """Seconds the driver waits at the end for MLflow to take the sweep's last events; what it does not
+    take stays in the sweep's log for ``finesweep sync``."""
+
+    def __post_init__(self) -> None:
+        _raise_problems([
+            _check(self.flush_timeout >= 0, "tracking.flush_timeout", self.flush_timeout, "must be >= 0",
+                   "Use e.g. 30."),
+        ])
+
+
+@dataclass
+class ClusterConfig:
+    """Where Ray runs the trials."""
+
+    address: str = ""
+    """Address of an existing Ray cluster ('auto' or HEAD:6379); empty = start a local Ray."""
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    storage_path: str = MISSING
+    """Folder of the sweep's log and trial checkpoints; a shared file system (NFS, EFS) on several nodes."""
+    log_dir: str = MISSING
+    """Where finesweep writes Ray's own log output."""
+    py_modules: List[str] = field(default_factory=list)
+    """Local package folders of your own that workers import, shipped to every node (finesweep ships itself)."""
+    keep_checkpoints: int = 3
+    """Checkpoints kept of finished search trials: the best ones; the others are deleted once they cannot win."""
+
+    def __post_init__(self) -> None:
+        _raise_problems([
+            _check("://" not in self.storage_path, "cluster.storage_path", self.storage_path,
+                   "must be a folder: the sweep's log is appended to and locked, which object stores cannot do",
+                   "Use a folder of a file system every node mounts (NFS, EFS, Filestore)."),
+            _check(self.keep_checkpoints >= 1, "cluster.keep_checkpoints", self.keep_checkpoints,
+                   "must be at least 1 (the winner's)", "Use e.g. 3."),
+            _check(self.cpus_per_trial > 0, "cluster.cpus_per_trial", self.cpus_per_trial,
+                   "must be > 0", "Use e.g. 1."),
+            _check(self.gpus_per_trial >= 0, "cluster.gpus_per_trial", self.gpus_per_trial,
+                   "must be >= 0", "Use 0 on CPU-only machines."),
+        ])
+
+
+@dataclass
+class ObjectiveConfig:
+    """The metric the search optimises; declared only in the sweep file. Its name is checked against what the
+    tasks report (``preflight.check_objective``): the schema does not know the tasks."""
+
+    metric: str = MISSING
+    mode: Mode = MISSING
+
+
+@dataclass
+class SearchConfig:
+    """How many trials, proposed by which Optuna sampler."""
+
+    sampler: Sampler = Sampler.tpe
+    num_trials: Optional[int] = None
+    """Trials to run; a grid runs every combination once and may leave this null."""
+    max_concurrent: int = 1
+    seed: int = 0
+    max_retries: int = 0
+    """Times a failed trial is run again from its last checkpoint (never after a NaN loss)."""
+
+    def __post_init__(self) -> None:
+        _raise_problems([
+            _check(self.num_trials is None or self.num_trials >= 1, "search.num_trials",
+                   self.num_trials, "must be at least 1", "Use e.g. 16."),
+            _check(self.max_concurrent >= 1, "search.max_concurrent", self.max_concurrent,
+                   "must be at least 1", "Use the number of trials that fit on your machine."),
+            _check(self.max_retries >= 0, "search.max_retries", self.max_retries, "must be >= 0",
+                   "Use 0 to never retry."),
+        ])
+
+
+@dataclass
+class SchedulerConfig:
+    """Early termination; its unit is epochs (every trial reports once per epoch)."""
+
+    kind: SchedulerKind = SchedulerKind.asha
+    max_epochs: int = 3
+    """Full budget of a trial in epochs; ASHA's max_t and the span of the warmup/decay schedule."""
+    grace_period: int = 1
+    """Epochs every trial runs before ASHA may stop it."""
+    reduction_factor: float = 2.0
+
+    def __post_init__(self) -> None:
+        _raise_problems([
+            _check(self.max_epochs >= 1, "scheduler.max_epochs", self.max_epochs,
+                   "must be at least 1", "Use e.g. 3."),
+            _check(1 <= self.grace_period <= self.max_epochs, "scheduler.grace_period",
+                   self.grace_period, f"must be between 1 and scheduler.max_epochs ({self.max_epochs})",
+                   "Lower grace_period or raise max_epochs."),
+            _check(self.reduction_factor >= 2, "scheduler.reduction_factor",
+                   self.reduction_factor, "must be >= 2", "Use 2, 3 or 4."),
+        ])
+
+
+@dataclass
+class ExperimentConfig:
+    """The whole composed config: the experiment (``conf/``) plus the sweep file."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    final: FinalConfig = field(default_factory=FinalConfig)
+    space: Dict[str, Any] = field(default_factory=dict)
+    """Search space: dotted config key -> distribution (see config/space.py)."""
+    name: str = ""
+    """The sweep's name, set by the CLI from the sweep file name."""
+
+    def __post_init__(self) -> None:
+        if _incomplete(self.objective):
+            return  # the schema's default instance; the composed config always has an objective
+        wants_gpu = self.trainer.accelerator in (Accelerator.gpu, Accelerator.cuda)
+        _raise_problems([
+            _check(self.search.sampler is Sampler.grid or self.search.num_trials is not None, "search.num_trials",
+                   self.search.num_trials, f"is required for sampler {self.search.sampler.value}",
+                   "Set search.num_trials, e.g. 16."),
+            # Ray hides every GPU from a trial that asked for none, so each such trial would fail in Lightning.
+            _check(not wants_gpu or self.cluster.gpus_per_trial > 0, "trainer.accelerator",
+                   self.trainer.accelerator.value, "needs cluster.gpus_per_trial > 0 (Ray shows a trial only "
+                   "the GPUs it reserved)", "Set cluster.gpus_per_trial=1, or trainer.accelerator=auto."),
+        ])
+
+    @property
+    def experiment_name(self) -> str:
+        """MLflow experiment: ``tracking.experiment`` or the sweep name."""
+        return self.tracking.experiment or self.name
+
+    @property
+    def registered_model_name(self) -> str:
+        """Model Registry name: ``tracking.registered_model`` or the sweep name."""
+        return self.tracking.registered_model or self.name
+
+
+def _is_codec(name: str) -> bool:
+    try:
+        return codecs.lookup(name) is not None
+    except LookupError:
+        return False
+
+
+def _incomplete(section: Any) -> bool:
+    return any(getattr(section, f.name) == MISSING for f in dataclasses.fields(section))
+
+
+def _check(ok: bool, key: str, value: Any, rule: str, fix: str) -> Optional[str]:
+    return None if ok else f"{key} {rule}, got {value}. {fix}"
+
+
+def _raise_problems(problems: List[Optional[str]]) -> None:
+    found = [p for p in problems if p]
+    if found:
+        raise ConfigError("; ".join(found))

@@ -1,0 +1,218 @@
+"""The trainable: plain resolved config + sampled values in -> data, module, Trainer -> fit -> report.
+
+Runs inside a Ray worker. It never sees Hydra, never reads the data file and never tokenises: the driver
+hands it the typed ``ExperimentConfig`` and the ``DataCache`` (prepared by the sweep's task, which comes with
+it) through Ray's object store.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
+
+from finesweep.config import ExperimentConfig
+from finesweep.config.overrides import with_overrides
+from finesweep.finetune.layout import BEST, training_state
+from finesweep.search.searcher import marker_of, params_of
+from finesweep.tasks import DataCache, PreparedData
+
+if TYPE_CHECKING:  # torch and Lightning load inside the worker, not when the driver imports this
+    from finesweep.finetune.callbacks import Reporter
+    from finesweep.finetune.datamodule import PreparedDataModule
+    from finesweep.finetune.module import FinetuneModule
+
+
+def run_trial(config: Dict[str, Any], *, base: ExperimentConfig, cache: DataCache) -> None:
+    """Ray Tune trainable: fine-tune one configuration, reporting once per epoch.
+
+    A trial that goes on (resumed, retried) carries the checkpoint to continue from in its marker.
+    """
+    checkpoint = marker_of(config).get("checkpoint")
+    trial_config = with_overrides(base, params_of(config))
+    placement = {"device": device_name(trial_config), "precision": resolved_precision(trial_config)}
+    fit(trial_config, cache, report=functools.partial(_tune_report, extra=placement),
+        resume=Path(checkpoint) if checkpoint else None)
+
+
+def fit(config: ExperimentConfig, cache: DataCache, report: Reporter, seed: Optional[int] = None,
+        resume: Optional[Path] = None) -> FinetuneModule:
+    """Fine-tune the model of ``config`` for ``scheduler.max_epochs`` epochs (unless stopped).
+
+    Args:
+        config: the trial's resolved config.
+        cache: the tokenised data; the trial takes the variant prepared for ``config``.
+        report: receives every epoch's metrics and that epoch's checkpoint folder (execution/checkpoints.py).
+        seed: weight-init and batch-order seed; None = ``trainer.seed`` (re-training with fresh seeds
+            passes its own).
+        resume: a checkpoint folder this trial reported earlier: training continues after its epoch,
+            with its weights, optimiser, schedule, RNG and best weights, as if it had never stopped.
+
+    Returns:
+        The trained module, as it stands after the last epoch.
+
+    Raises:
+        DivergedError: the training loss became NaN or infinite.
+    """
+    import lightning.pytorch as pl
+    import torch
+
+    from finesweep.finetune.callbacks import EpochReport, FiniteLoss, early_stopping
+    from finesweep.finetune.datamodule import PreparedDataModule
+    from finesweep.finetune.module import FinetuneModule
+
+    _quiet()
+    seed = config.trainer.seed if seed is None else seed
+    torch.set_num_threads(max(1, int(config.cluster.cpus_per_trial)))
+    pl.seed_everything(seed, verbose=False)
+    data = cache.for_config(config)
+    module = FinetuneModule.for_trial(config, data, total_steps=optimiser_steps(config, len(data.train)))
+    best_dir = Path(tempfile.mkdtemp(prefix="finesweep-best-"))
+    try:
+        if resume is not None and (resume / BEST).is_dir():
+            shutil.copytree(resume / BEST, best_dir, dirs_exist_ok=True)
+        callbacks: List[pl.Callback] = [EpochReport(config.objective.metric, config.objective.mode, report, best_dir),
+                                        FiniteLoss()]
+        if config.trainer.early_stopping_patience is not None:
+            callbacks.append(early_stopping(config.objective.metric, config.objective.mode,
+                                            config.trainer.early_stopping_patience))
+        trainer = _trainer(config, max_epochs=config.scheduler.max_epochs, callbacks=callbacks)
+        # weights_only: a checkpoint is data; loading one never runs code
+        trainer.fit(module, datamodule=PreparedDataModule(data, config.data.batch_size, seed),
+                    ckpt_path=str(training_state(str(resume))) if resume is not None else None, weights_only=True)
+    finally:
+        shutil.rmtree(best_dir, ignore_errors=True)
+    return module
+
+
+def optimiser_steps(config: ExperimentConfig, train_examples: int) -> int:
+    """AdamW steps in the trial's full budget: the span of the warmup/decay schedule.
+
+    Lightning steps once per ``accumulate_grad_batches`` batches, and once more for an epoch's
+    incomplete last group: 100 batches, accumulating 8 -> 13 steps per epoch.
+    """
+    batches = math.ceil(train_examples / config.data.batch_size)
+    return math.ceil(batches / config.trainer.accumulate_grad_batches) * config.scheduler.max_epochs
+
+
+def evaluate(config: ExperimentConfig, data: PreparedData, weights_dir: Path, split: str,
+             datamodule: Optional[PreparedDataModule] = None) -> Dict[str, float]:
+    """Score saved weights on one split with the task's metrics.
+
+    Args:
+        config: the config the weights were trained with (batch size, precision, accelerator). Weights
+            trained in mixed precision are scored in 32 bits, as they are served.
+        data: the tokenised data; ``split="test"`` needs its test split.
+        weights_dir: trained weights as ``EpochReport`` saves them (``task.save_trained``).
+        split: "val" or "test".
+        datamodule: serves the batches; pass your own to count ``test_loads`` (model selection
+            must touch the test split once). None = a fresh one over ``data``.
+
+    Returns:
+        ``{split}/loss`` plus ``{split}/accuracy`` and ``{split}/f1_macro`` (classification) or
+        ``{split}/rmse`` and ``{split}/pearson`` (regression).
+
+    Raises:
+        ValueError: an unknown split, or ``split="test"`` on data without a test split.
+    """
+    from finesweep.finetune.datamodule import PreparedDataModule
+    from finesweep.finetune.module import FinetuneModule
+
+    if split not in ("val", "test"):
+        raise ValueError(f"evaluate: split must be 'val' or 'test', got {split!r}.")
+    if split == "test" and data.test is None:
+        raise ValueError("evaluate: split='test' needs data with its test split, got data.test=None "
+                         "(what search trials receive). Pass the driver's full PreparedData.")
+    _quiet()
+    module = FinetuneModule.for_evaluation(config, data, weights_dir)
+    if datamodule is None:
+        datamodule = PreparedDataModule(data, config.data.batch_size, config.trainer.seed)
+    trainer = _trainer(config, max_epochs=1, callbacks=[], precision=_serving_precision(config))
+    run = trainer.test if split == "test" else trainer.validate
+    results = run(module, datamodule=datamodule, verbose=False)
+    return {name: float(value) for name, value in results[0].items()}
+
+
+def _serving_precision(config: ExperimentConfig) -> str:
+    # Mixed precision keeps 32-bit weights, and the served model computes in 32 bits: score it that way,
+    # so the test score is the served model's. Weights trained in half precision (*-true) stay as trained.
+    precision = resolved_precision(config)
+    return "32-true" if precision.endswith("-mixed") else precision
+
+
+def _trainer(config: ExperimentConfig, max_epochs: int, callbacks: List[Any], precision: Optional[str] = None) -> Any:
+    import lightning.pytorch as pl
+
+    return pl.Trainer(
+        max_epochs=max_epochs,
+        accelerator=config.trainer.accelerator.value,
+        devices=1,
+        precision=precision or resolved_precision(config),  # type: ignore[arg-type]
+        gradient_clip_val=config.trainer.gradient_clip_val,
+        accumulate_grad_batches=config.trainer.accumulate_grad_batches,
+        callbacks=callbacks,
+        logger=False,  # the driver logs to MLflow; see finesweep.tracking
+        enable_checkpointing=False,  # EpochReport keeps the best epoch's weights
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+
+
+def resolved_precision(config: ExperimentConfig) -> str:
+    """``trainer.precision``, with ``auto`` decided for the device this process has.
+
+    On a CUDA GPU (the one Ray assigned: it sets CUDA_VISIBLE_DEVICES), bf16 mixed precision where
+    the GPU supports it, else fp16 mixed; on a CPU with bf16 instructions (AVX512-BF16 or AMX) bf16 mixed
+    (autocast: the weights, the optimiser and the saved model stay 32-bit), else 32-bit. Any other value
+    is used as given.
+    """
+    if config.trainer.precision.value != "auto":
+        return str(config.trainer.precision.value)
+    import torch
+
+    if config.trainer.accelerator.value != "cpu" and torch.cuda.is_available():
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    return "bf16-mixed" if cpu_has_bf16() else "32-true"
+
+
+CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+"""CPU flags of native bf16 arithmetic; without them bf16 is converted in software and autocast does not pay."""
+
+
+def cpu_has_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """Whether this CPU computes in bf16 natively (Linux reports it in /proc/cpuinfo; elsewhere: no)."""
+    try:
+        flags = next((line for line in cpuinfo.read_text().splitlines() if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return any(flag in flags for flag in CPU_BF16_FLAGS)
+
+
+def device_name(config: ExperimentConfig) -> str:
+    """What this trial computes on: ``cuda:0 (NVIDIA H100 ...)`` or ``cpu``."""
+    import torch
+
+    if config.trainer.accelerator.value != "cpu" and torch.cuda.is_available():
+        return f"cuda:{torch.cuda.current_device()} ({torch.cuda.get_device_name()})"
+    return "cpu"
+
+
+def _tune_report(metrics: Dict[str, float], checkpoint_dir: Optional[Path],
+                 extra: Optional[Dict[str, str]] = None) -> None:
+    from ray import tune
+
+    checkpoint = tune.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
+    tune.report({**metrics, **(extra or {})}, checkpoint=checkpoint)
+
+
+def _quiet() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    for pattern in (".*does not have many workers.*", ".*LightningModule.*", ".*TPU available.*",
+                    ".*number of training batches.*"):
+        warnings.filterwarnings("ignore", message=pattern)

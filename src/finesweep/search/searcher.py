@@ -1,0 +1,263 @@
+"""The search as Ray Tune sees it: an Optuna study asked and told through Tune's ``Searcher`` interface.
+
+Deciding stays Optuna's (its samplers, its study); this module only connects it to Tune, in a way
+that makes a sweep reproducible and resumable:
+
+- Every proposal is made by a sampler seeded with ``proposal_seed(search.seed, trial number)``, so what
+  the study proposes is a pure function of the seed and the study's history. A study rebuilt from the
+  sweep's log (``rebuild_study``) therefore proposes exactly what the lost one would have.
+- Trials to run again (resumed from a checkpoint, or retried after a failure) are queued and handed
+  to Tune before any new proposal; they keep their trial number and their Optuna trial.
+- The value told to Optuna is the trial's best epoch, the same number that ranks trials; a trial ASHA
+  stopped early is told PRUNED (``STOPPED_STATE``), its epochs as intermediate values.
+
+``PointsSearcher`` hands Tune a fixed list of configurations (model selection's re-training runs).
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable, Deque, Dict, Mapping, Optional, Sequence
+
+import numpy as np
+import optuna
+from optuna.trial import TrialState
+from ray.tune.search import Searcher
+
+from finesweep.adapters import optuna_private
+from finesweep.config import Mode
+from finesweep.config.space import Param, suggest
+
+MARKER = "__finesweep__"
+"""Key of the trial config that carries finesweep's own bookkeeping (never a config value)."""
+
+SamplerFactory = Callable[[int], optuna.samplers.BaseSampler]
+"""seed -> a fresh sampler."""
+
+STOPPED_STATE = TrialState.PRUNED
+"""How a trial ASHA stopped early is told to Optuna: PRUNED, with its per-epoch values as intermediate values.
+
+Ray's ``OptunaSearch`` tells it COMPLETE with its last low-fidelity value, so TPE would rank a one-epoch
+score beside full-budget ones. Under ASHA finesweep's TPE reads the intermediate values one rung at a time
+(``fidelity.RungTPESampler``); benchmarks/search_efficiency.py measures both against COMPLETE.
+"""
+
+
+@dataclass
+class Rerun:
+    """A trial to run again: same number, same values, continuing from ``checkpoint`` (None = from scratch)."""
+
+    number: int
+    params: Dict[str, Any]
+    optuna_number: Optional[int] = None
+    checkpoint: Optional[str] = None
+    attempt: int = 1
+
+    def config(self) -> Dict[str, Any]:
+        """The Tune trial config: the values plus the marker."""
+        marker = {"number": self.number, "optuna": self.optuna_number, "checkpoint": self.checkpoint,
+                  "attempt": self.attempt}
+        return {**self.params, MARKER: marker}
+
+
+@dataclass
+class Numbering:
+    """Hands out trial numbers, shared by the searchers of one sweep (search and re-training)."""
+
+    next: int = 0
+
+    def take(self) -> int:
+        number, self.next = self.next, self.next + 1
+        return number
+
+
+def proposal_seed(seed: int, number: int) -> int:
+    """The seed of the sampler that proposes trial ``number`` of a sweep seeded ``seed``.
+
+    Mixed, not added: with ``seed + number``, the sweep seeded 1 would propose trial n as the sweep
+    seeded 0 proposes trial n + 1, and two "independent" seeds would run the same trials shifted by one.
+    """
+    return int(np.random.SeedSequence([seed, number]).generate_state(1)[0])
+
+
+def params_of(config: Mapping[str, Any]) -> Dict[str, Any]:
+    """A trial config without the marker: the sampled values."""
+    return {key: value for key, value in config.items() if key != MARKER}
+
+
+def marker_of(config: Mapping[str, Any]) -> Dict[str, Any]:
+    """finesweep's bookkeeping of a trial config (number, Optuna trial, checkpoint, attempt)."""
+    return dict(config.get(MARKER) or {})
+
+
+@dataclass
+class _Queue:
+    """Reruns waiting for a slot, shared with whoever decides them (the event bridge, for retries)."""
+
+    items: Deque[Rerun] = field(default_factory=collections.deque)
+
+    def push(self, rerun: Rerun) -> None:
+        self.items.append(rerun)
+
+
+class StudySearcher(Searcher):
+    """Proposes trials from an Optuna study; queued reruns first.
+
+    Args:
+        study: the study (new, or rebuilt from the sweep's log).
+        params: the search space.
+        sampler: seed -> a fresh sampler of the sweep's kind.
+        seed: ``search.seed``; trial n is proposed with ``proposal_seed(seed, n)``.
+        budget: how many trials the search runs in all (those in the study count).
+        mode: whether larger values are better.
+        numbering: trial numbers shared with re-training.
+        reruns: trials to run again before any new proposal.
+        pending: reruns Tune has not finished yet (resumed or retried trials count as running).
+    """
+
+    def __init__(self, study: optuna.Study, params: Sequence[Param], sampler: SamplerFactory, seed: int,
+                 budget: int, mode: Mode, numbering: Numbering, reruns: Sequence[Rerun] = ()) -> None:
+        super().__init__()
+        self.study = study
+        self.params = tuple(params)
+        self.sampler = sampler
+        self.seed = seed
+        self.budget = budget
+        self.direction = mode  # Tune's Searcher has a `mode` of its own: the string it was given, if any
+        self.numbering = numbering
+        self.queue = _Queue(collections.deque(reruns))
+        self._trials: Dict[int, optuna.trial.Trial] = {}  # finesweep number -> Optuna trial
+        self._open = {r.number for r in reruns}  # numbers started but not yet told to Optuna
+        self._best: Dict[int, float] = {}
+
+    def suggest(self, trial_id: str) -> Optional[Any]:
+        if self.queue.items:
+            rerun = self.queue.items.popleft()
+            self._open.add(rerun.number)
+            return rerun.config()
+        if self.asked() >= self.budget:
+            # Nothing new to propose; a trial still running may yet fail and be queued for a retry.
+            return None if self._open else Searcher.FINISHED
+        number = self.numbering.take()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            self.study.sampler = self.sampler(proposal_seed(self.seed, self.asked()))
+            trial = self.study.ask()
+        values = suggest(trial, self.params)
+        self._trials[number] = trial
+        self._open.add(number)
+        return {**values, MARKER: {"number": number, "optuna": trial.number, "checkpoint": None, "attempt": 1}}
+
+    def on_trial_complete(self, trial_id: str, result: Optional[Dict[str, Any]] = None, error: bool = False) -> None:
+        """Tune's notice; the event bridge tells the study instead, once it knows how the trial ended."""
+
+    def asked(self) -> int:
+        """Trials in the study (asked, finished or not); ``study.trials`` would deep-copy every one of them."""
+        return len(self.study.get_trials(deepcopy=False))
+
+    def observe(self, number: int, optuna_number: Optional[int], step: int, value: float) -> None:
+        """Record an epoch's objective as the Optuna trial's intermediate value."""
+        trial = self._trial(number, optuna_number)
+        if trial is None or value is None or math.isnan(value):
+            return
+        trial.report(value, step)
+        if self.direction.better(value, self._best.get(number)):
+            self._best[number] = value
+
+    def tell(self, number: int, optuna_number: Optional[int], state: TrialState) -> None:
+        """Close the Optuna trial: COMPLETE with its best value, PRUNED (Optuna keeps its last value) or FAIL."""
+        self._open.discard(number)
+        trial = self._trial(number, optuna_number)
+        if trial is None:
+            return
+        value = self._best.get(number)
+        if state is TrialState.COMPLETE and value is None:
+            state = TrialState.FAIL  # a trial that never reported its objective taught nothing
+        try:
+            self.study.tell(trial, value if state is TrialState.COMPLETE else None, state=state)
+        except RuntimeError:
+            pass  # BruteForceSampler calls study.stop() once the grid is exhausted, outside optimize()
+
+    def release(self, number: int) -> None:
+        """A queued or running rerun will not come back (e.g. the sweep is ending)."""
+        self._open.discard(number)
+
+    def _trial(self, number: int, optuna_number: Optional[int]) -> Optional[optuna.trial.Trial]:
+        if number not in self._trials and optuna_number is not None and optuna_number < self.asked():
+            frozen = self.study.get_trials(deepcopy=False)[optuna_number]  # a trial of the rebuilt study, continued
+            self._trials[number] = optuna_private.continued_trial(self.study, frozen)
+        return self._trials.get(number)
+
+
+class PointsSearcher(Searcher):
+    """Hands Tune a fixed list of configurations, each once; reruns of them first.
+
+    Args:
+        points: (number, values) of every configuration to run.
+        reruns: configurations to continue from a checkpoint (resume) before the rest.
+    """
+
+    def __init__(self, points: Sequence[Rerun], reruns: Sequence[Rerun] = ()) -> None:
+        super().__init__()
+        self.queue = _Queue(collections.deque([*reruns, *points]))
+        self._open: set[int] = set()
+
+    def suggest(self, trial_id: str) -> Optional[Any]:
+        if self.queue.items:
+            rerun = self.queue.items.popleft()
+            self._open.add(rerun.number)
+            return rerun.config()
+        return None if self._open else Searcher.FINISHED
+
+    def on_trial_complete(self, trial_id: str, result: Optional[Dict[str, Any]] = None, error: bool = False) -> None:
+        """The event bridge says when a configuration is done (a failed one may be retried)."""
+
+    def observe(self, number: int, optuna_number: Optional[int], step: int, value: float) -> None:
+        """Fixed points teach nothing."""
+
+    def tell(self, number: int, optuna_number: Optional[int], state: TrialState) -> None:
+        self._open.discard(number)
+
+    def release(self, number: int) -> None:
+        self._open.discard(number)
+
+
+@dataclass(frozen=True)
+class PastTrial:
+    """A trial of the sweep's log, as the rebuilt study needs it."""
+
+    optuna_number: int
+    params: Dict[str, Any]
+    state: TrialState
+    value: Optional[float]
+    intermediate: Dict[int, float]
+
+
+def rebuild_study(mode: Mode, params: Sequence[Param], past: Sequence[PastTrial]) -> optuna.Study:
+    """A study holding the sweep's past trials, in their original order, ready to propose the next one."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction=mode.direction)
+    by_key = {p.key: p for p in params}
+    for trial in sorted(past, key=lambda t: t.optuna_number):
+        study.add_trial(optuna.trial.create_trial(
+            params={k: by_key[k].to_optuna_value(v) for k, v in trial.params.items()},
+            distributions={k: by_key[k].to_optuna() for k in trial.params},
+            value=_told_value(trial), state=trial.state, intermediate_values=trial.intermediate))
+    return study
+
+
+def _told_value(trial: PastTrial) -> Optional[float]:
+    # What ``study.tell`` would have stored: the value of a COMPLETE trial, a PRUNED one's last intermediate value.
+    if trial.state is TrialState.COMPLETE:
+        return trial.value
+    if trial.state is TrialState.PRUNED and trial.intermediate:
+        return trial.intermediate[max(trial.intermediate)]
+    return None
+
+
+def new_study(mode: Mode) -> optuna.Study:
+    """An empty in-memory study."""
+    return rebuild_study(mode, (), ())

@@ -1,0 +1,94 @@
+"""A model's layer map: its embeddings, its ordered blocks and its head, which the fine-tuning strategies
+(freeze, gradual unfreezing, layer-wise learning rates, LoRA) work on.
+
+Each task says where these are in its models (``Task.layer_map``); ``transformer_layer_map`` reads Hugging
+Face transformer models, the default. The idea is timm's ``group_matcher``: one description of a model's
+layers, used by every strategy alike.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Tuple
+
+if TYPE_CHECKING:
+    from torch import nn
+
+LAYER_LISTS = ("encoder.layer", "transformer.layer", "encoder.layers", "layers")
+"""Where BERT-like base models keep their encoder layers (BERT/RoBERTa/MiniLM, DistilBERT, others)."""
+
+LAYER_NAME = re.compile(r"(?:^|\.)layers?\.(\d+)\.")
+"""Fallback when no layer list is found: ``...layer.3.output.dense.weight`` belongs to layer 3."""
+
+
+@dataclass(frozen=True)
+class LayerMap:
+    """A model's parameter names (as ``named_parameters`` gives them), from the input up.
+
+    Attributes:
+        embeddings: the input embeddings (or a CNN's stem).
+        layers: each block's parameters, bottom (index 0) to top.
+        other: base-model parameters in neither, e.g. BERT's pooler; they sit above the top block.
+        head: every parameter outside the base model: the task's head.
+    """
+
+    embeddings: Tuple[str, ...]
+    layers: Tuple[Tuple[str, ...], ...]
+    other: Tuple[str, ...]
+    head: Tuple[str, ...]
+
+    @property
+    def num_layers(self) -> int:
+        """Number of blocks found."""
+        return len(self.layers)
+
+    def head_modules(self) -> List[str]:
+        """The head's top-level module names (``classifier``; DistilBERT's ``pre_classifier`` too)."""
+        return sorted({name.split(".")[0] for name in self.head})
+
+
+def transformer_layer_map(model: nn.Module) -> LayerMap:
+    """Group a Hugging Face model's parameters into embeddings, layers, other and head.
+
+    The base model is ``model.base_model`` (``bert``, ``distilbert``, ...); everything outside it is the head.
+    Encoder layers are looked up at the paths in ``LAYER_LISTS``, then by parameter name. Pass the plain model,
+    not a peft wrapper.
+    """
+    from torch import nn
+
+    names = {id(param): name for name, param in model.named_parameters()}
+    base = getattr(model, "base_model", model)
+    in_base = {id(param) for param in base.parameters()}
+    layers = _layer_names(base, names)
+    embedding_module = getattr(base, "embeddings", None)
+    in_layers = {name for layer in layers for name in layer}
+    if isinstance(embedding_module, nn.Module):
+        embeddings = tuple(names[id(p)] for p in embedding_module.parameters())
+    else:
+        embeddings = tuple(names[id(p)] for p in base.parameters()
+                           if "embed" in names[id(p)] and names[id(p)] not in in_layers)
+    placed = in_layers | set(embeddings)
+    return LayerMap(
+        embeddings=embeddings,
+        layers=layers,
+        other=tuple(n for n, p in model.named_parameters() if id(p) in in_base and n not in placed),
+        head=tuple(n for n, p in model.named_parameters() if id(p) not in in_base),
+    )
+
+
+def _layer_names(base: nn.Module, names: Mapping[int, str]) -> Tuple[Tuple[str, ...], ...]:
+    from torch import nn
+
+    for path in LAYER_LISTS:
+        found: Any = base
+        for attribute in path.split("."):
+            found = getattr(found, attribute, None)
+        if isinstance(found, nn.ModuleList) and len(found) > 0:
+            return tuple(tuple(names[id(p)] for p in layer.parameters()) for layer in found)
+    by_index: Dict[int, List[str]] = {}
+    for param in base.parameters():
+        match = LAYER_NAME.search(names[id(param)])
+        if match:
+            by_index.setdefault(int(match.group(1)), []).append(names[id(param)])
+    return tuple(tuple(by_index[index]) for index in sorted(by_index))

@@ -1,0 +1,64 @@
+"""Checking and preparing a sweep's data through its task: every data variant once, on the driver."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Dict, List, Sequence
+
+from finesweep.config import ExperimentConfig
+from finesweep.config.overrides import with_overrides
+from finesweep.config.space import Distribution, Param, affects_tokenisation
+from finesweep.errors import ConfigError
+from finesweep.tasks.data import DataCache, variant_key
+from finesweep.tasks.registry import get, reporting
+from finesweep.tasks.task import PreparedData, Task
+
+
+def prepare_all(config: ExperimentConfig, params: Sequence[Param]) -> DataCache:
+    """Prepare one ``PreparedData`` per combination of searched values that change the prepared data.
+
+    Raises:
+        UserError: ``data.task`` names no task, or the data does not fit it.
+    """
+    variants: Dict[str, PreparedData] = {}
+    for override in data_variants(params):
+        variant = with_overrides(config, override)
+        key = variant_key(variant)
+        if key not in variants:
+            variants[key] = get(variant.data.task).prepare(variant)
+    return DataCache(variants)
+
+
+def inspect_all(config: ExperimentConfig, params: Sequence[Param]) -> Task:
+    """Read and check the data file of every variant without preparing it; the objective must be a metric the
+    task reports. Returns the task of the (first) variant.
+
+    Raises:
+        UserError: the data or the objective does not fit.
+    """
+    variants = [with_overrides(config, v).data for v in data_variants(params)]
+    tasks = [get(data.task).inspect(data) for data in variants]
+    for task in tasks:
+        check_objective(config.objective.metric, task)
+    return tasks[0]
+
+
+def data_variants(params: Sequence[Param]) -> List[Dict[str, object]]:
+    """Every combination of the categorical choices of parameters that change the prepared data."""
+    keyed = [p for p in params if affects_tokenisation(p.key) and p.distribution is Distribution.categorical]
+    combos = itertools.product(*(p.choices for p in keyed))
+    return [dict(zip([p.key for p in keyed], combo, strict=True)) for combo in combos]
+
+
+def check_objective(metric: str, task: Task) -> None:
+    """The objective must be a metric trials of this task report.
+
+    Raises:
+        ConfigError: e.g. val/accuracy on a regression data set.
+    """
+    if metric in task.objective_metrics:
+        return
+    others = [name for name in reporting(metric) if name != task.name]
+    hint = f", or set data.task={others[0]}" if others else ""
+    raise ConfigError(f"objective.metric: {metric} is not reported for a {task.name} task, got {metric}. "
+                      f"Use one of {', '.join(task.objective_metrics)}{hint}.")

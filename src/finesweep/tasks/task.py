@@ -1,0 +1,217 @@
+"""The ``Task`` interface: everything that differs between kinds of fine-tuning, behind one class.
+
+A sweep's search, scheduling, journal, MLflow runs, report and serving are the same for every kind of
+fine-tuning; what differs is behind a ``Task``:
+
+- **data**: reading and checking the data file (what preflight reports), and preparing it once, on the driver,
+  into arrays every trial shares (``inspect``, ``prepare``);
+- **model**: the model class and its head, built from the pretrained weights for this data, and its layer map
+  (embeddings, the ordered blocks, the head) that the fine-tuning strategies work on (``build_model``,
+  ``architecture``, ``layer_map``, ``save_trained``, ``load_trained``);
+- **training**: the batches, the loss, the metrics (torchmetrics) and which of them may be an objective
+  (``collate``, ``forward``, ``loss``, ``predictions``, ``metrics``, ``objective_metrics``);
+- **serving**: what the registered model answers, with its MLflow signature (``serving_meta``, ``signature``,
+  ``package``, ``predictor_source``);
+- and the line ``describe`` prints.
+
+A new kind of fine-tuning is one module with one subclass, and one line: ``finesweep.tasks.register(MyTask)``.
+Methods that touch torch or transformers import them inside, so the driver stays light until it trains.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Dict, Optional, Sequence, Tuple
+
+import numpy as np
+
+from finesweep.config import DataConfig, ExperimentConfig
+from finesweep.tasks.layers import LayerMap, transformer_layer_map
+
+if TYPE_CHECKING:
+    import torch
+    from mlflow.models import ModelSignature
+    from torch import nn
+    from torchmetrics import MetricCollection
+
+Batch = Dict[str, Any]
+"""What a trial trains on: ``{"features": {name: tensor}, "labels": tensor}``."""
+
+REPORTED_PREFIXES = ("train/", "val/", "model/")
+"""What a trial reports each epoch of what its module logs: training and validation metrics, the model's size."""
+
+
+@dataclass(frozen=True)
+class Split:
+    """One prepared split: arrays with one row per example (``features``) and the labels."""
+
+    features: Dict[str, np.ndarray]
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    """Train/validation/test splits of one data configuration, prepared for one model by one task.
+
+    ``test`` is None in what the search's trials receive: the held-out split never leaves the driver until
+    the winner is evaluated.
+    """
+
+    train: Split
+    val: Split
+    test: Optional[Split]
+    task: Task
+    """The task that prepared it (the one ``data.task: auto`` decided on): trials train with it."""
+    label_names: Tuple[str, ...] = ()
+    """Class names in label-id order; empty when the task predicts values."""
+
+    @property
+    def num_labels(self) -> int:
+        """Outputs of the model's head."""
+        return self.task.num_outputs(self)
+
+    def without_test(self) -> PreparedData:
+        """The same data minus the held-out test split."""
+        return dataclasses.replace(self, test=None)
+
+    def describe(self) -> str:
+        """One line for the terminal: split sizes and what is predicted."""
+        return self.task.describe(self)
+
+    def sizes(self) -> str:
+        """``train/val/test`` row counts, as ``describe`` lines start."""
+        return f"{len(self.train)}/{len(self.val)}/{len(self.test or ())} train/val/test rows"
+
+
+class Task(abc.ABC):
+    """One kind of fine-tuning (its subclasses are stateless: everything about the data is in ``PreparedData``).
+
+    Attributes:
+        name: what ``data.task`` calls it; the registry's key.
+        objective_metrics: what a trial of this task reports every epoch that a sweep may optimise.
+        lora_task_type: peft's ``TaskType`` for LoRA on this task's models (``SEQ_CLS``, ``CAUSAL_LM`` ...).
+        pip_requirements: what the served model needs installed.
+    """
+
+    name: ClassVar[str] = ""
+    objective_metrics: ClassVar[Tuple[str, ...]] = ("train/loss", "val/loss")
+    lora_task_type: ClassVar[str] = "SEQ_CLS"
+    pip_requirements: ClassVar[Tuple[str, ...]] = ("mlflow", "torch", "safetensors", "pandas", "numpy")
+
+    # --- data: read, check and prepare once, on the driver ------------------------------------------
+
+    @abc.abstractmethod
+    def inspect(self, data: DataConfig) -> Task:
+        """Read and check the data file (columns, labels, rows per split) without preparing it.
+
+        Returns:
+            The task that fits the data (``data.task: auto`` picks one from the labels).
+
+        Raises:
+            DataError: the file, a column, the labels or the split sizes are wrong (one line, with the fix).
+        """
+
+    @abc.abstractmethod
+    def prepare(self, config: ExperimentConfig) -> PreparedData:
+        """Read, split (seeded, stratified where it means something) and encode the data for one config.
+
+        Called once per data variant, on the driver; trials only batch what it returns.
+        """
+
+    # --- the model --------------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def build_model(self, config: ExperimentConfig, data: PreparedData) -> nn.Module:
+        """The pretrained model of ``config.model.name_or_path`` with a new head for ``data`` (its classes)."""
+
+    @abc.abstractmethod
+    def architecture(self, config: ExperimentConfig) -> nn.Module:
+        """The model's architecture without its weights, built under ``torch.device("meta")`` by the caller:
+        preflight applies every fine-tuning variant to it before any trial starts."""
+
+    @abc.abstractmethod
+    def save_trained(self, model: nn.Module, folder: Path) -> None:
+        """Write trained weights (safetensors) and whatever ``load_trained`` needs to read them back."""
+
+    @abc.abstractmethod
+    def load_trained(self, folder: Path, data: PreparedData) -> nn.Module:
+        """A model saved by ``save_trained``, ready to evaluate or serve (its head as trained)."""
+
+    def layer_map(self, model: nn.Module) -> LayerMap:
+        """The model's embeddings, ordered blocks (bottom first) and head, which the strategies work on.
+
+        The default reads Hugging Face transformer models (``base_model``, its ``encoder.layer`` list ...).
+        """
+        return transformer_layer_map(model)
+
+    # --- training ---------------------------------------------------------------------------------
+
+    def collate(self, split: Split, indices: Sequence[int]) -> Batch:
+        """A batch of ``split`` as tensors; with an ``attention_mask``, cut to its longest row (dynamic padding)."""
+        import torch
+
+        idx = np.asarray(indices)
+        width = None
+        if "attention_mask" in split.features:
+            width = max(1, int(split.features["attention_mask"][idx].sum(axis=1).max()))
+        features = {name: torch.from_numpy(_cut(array[idx], width)) for name, array in split.features.items()}
+        return {"features": features, "labels": torch.from_numpy(split.labels[idx])}
+
+    def forward(self, model: nn.Module, features: Dict[str, torch.Tensor]) -> torch.Tensor:
+        """The model's outputs for a batch's features (what ``loss`` and ``predictions`` read)."""
+        logits: torch.Tensor = model(**features).logits
+        return logits
+
+    @abc.abstractmethod
+    def loss(self, outputs: torch.Tensor, labels: torch.Tensor, smoothing: float = 0.0) -> torch.Tensor:
+        """The training loss; ``smoothing`` is ``trainer.label_smoothing`` in training, 0 when evaluating."""
+
+    @abc.abstractmethod
+    def predictions(self, outputs: torch.Tensor) -> torch.Tensor:
+        """What the metrics compare with the labels (class ids, values)."""
+
+    @abc.abstractmethod
+    def metrics(self, data: PreparedData, prefix: str) -> MetricCollection:
+        """The evaluation metrics, accumulated over a whole split (names become ``<prefix><name>``)."""
+
+    def num_outputs(self, data: PreparedData) -> int:
+        """Outputs of the model's head: the number of classes."""
+        return len(data.label_names)
+
+    # --- serving ----------------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def serving_meta(self, config: ExperimentConfig, data: PreparedData) -> Dict[str, Any]:
+        """What the served model needs besides its weights (JSON-able): written beside them."""
+
+    @abc.abstractmethod
+    def signature(self, meta: Dict[str, Any]) -> ModelSignature:
+        """MLflow's signature of the served model: its input columns and its outputs."""
+
+    @abc.abstractmethod
+    def package(self, folder: Path, preprocessor: str, meta: Dict[str, Any]) -> None:
+        """Add to ``folder`` (which holds the trained weights) what the predictor reads: the preprocessing files
+        of the model it was fine-tuned from (``preprocessor``), and ``meta``. Never write through a file that
+        is already there: it may be a link into a checkpoint."""
+
+    @abc.abstractmethod
+    def predictor_source(self) -> Path:
+        """The file MLflow logs the model "from code" with: it must import nothing from finesweep (it runs
+        wherever the model is loaded) and call ``mlflow.models.set_model``."""
+
+    # --- the terminal -----------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def describe(self, data: PreparedData) -> str:
+        """One line about the prepared data for the terminal: split sizes and what is predicted."""
+
+
+def _cut(array: np.ndarray, width: Any) -> np.ndarray:
+    cut = array[:, :width] if width is not None and array.ndim == 2 else array
+    return cut.astype(np.int64) if np.issubdtype(cut.dtype, np.integer) else cut
