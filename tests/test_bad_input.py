@@ -144,6 +144,9 @@ CASES = [
     ("accuracy-on-regression", space(LR.strip()), ["data.path={files}/scores.csv"],
      r"objective\.metric: val/accuracy is not reported for a regression task, got val/accuracy\. Use one of "
      r"train/loss, val/loss, val/rmse, val/pearson, or set data\.task=classification\.$"),
+    ("unknown-task", space(LR.strip()), ["data.task=vision"],
+     r"bad\.yaml: data\.task must name a task finesweep knows \(auto, classification, regression.*\), got 'vision'\. "
+     r"Use one of those, or register yours with finesweep\.tasks\.register\.$"),
     ("regression-on-text-labels", space(LR.strip()), ["data.task=regression", "objective.metric=val/rmse",
                                                       "objective.mode=min"],
      r"data\.task: regression needs numeric labels, but column 'label' holds"),
