@@ -15,6 +15,8 @@ from typing import Iterator, List
 
 import mlflow
 
+from finesweep import adapters
+
 TESTED_WITH = "3.17"
 """The MLflow release (major.minor) these names were read from."""
 
@@ -31,16 +33,8 @@ def missing() -> List[str]:
 
 
 def require() -> None:
-    """Raise one clear line when this MLflow lacks what finesweep uses of it.
-
-    Raises:
-        ImportError: the names that are gone, this MLflow's version and the one finesweep was written for.
-    """
-    gone = missing()
-    if gone:
-        raise ImportError(f"finesweep uses private parts of MLflow that MLflow {mlflow.__version__} no longer has: "
-                          f"{', '.join(gone)} (written for MLflow {TESTED_WITH}). Install mlflow=={TESTED_WITH}.*, or "
-                          "a finesweep release made for this MLflow.")
+    """Raise one clear line (``ImportError``) when this MLflow lacks what finesweep uses of it."""
+    adapters.require("MLflow", mlflow.__version__, TESTED_WITH, missing())
 
 
 @contextlib.contextmanager

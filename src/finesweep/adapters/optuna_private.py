@@ -19,6 +19,8 @@ import optuna
 from optuna.study import Study
 from optuna.trial import FrozenTrial, TrialState
 
+from finesweep import adapters
+
 TESTED_WITH = "5.0"
 """The Optuna release (major.minor) these names were read from."""
 
@@ -37,16 +39,8 @@ def missing() -> List[str]:
 
 
 def require() -> None:
-    """Raise one clear line when this Optuna lacks what finesweep uses of it.
-
-    Raises:
-        ImportError: the names that are gone, this Optuna's version and the one finesweep was written for.
-    """
-    gone = missing()
-    if gone:
-        raise ImportError(f"finesweep uses private parts of Optuna that Optuna {optuna.__version__} no longer has: "
-                          f"{', '.join(gone)} (written for Optuna {TESTED_WITH}). Install optuna=={TESTED_WITH}.*, or "
-                          "a finesweep release made for this Optuna.")
+    """Raise one clear line (``ImportError``) when this Optuna lacks what finesweep uses of it."""
+    adapters.require("Optuna", optuna.__version__, TESTED_WITH, missing())
 
 
 def set_good_share(sampler: optuna.samplers.TPESampler, good: Callable[[int], int]) -> None:

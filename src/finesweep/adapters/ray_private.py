@@ -19,6 +19,8 @@ from typing import Any, Dict, List, Optional, Tuple
 import ray
 from ray.tune.schedulers import ASHAScheduler, async_hyperband
 
+from finesweep import adapters
+
 TESTED_WITH = "2.60"
 """The Ray release (major.minor) these names were read from."""
 
@@ -49,16 +51,8 @@ def missing() -> List[str]:
 
 
 def require() -> None:
-    """Raise one clear line when this Ray lacks what finesweep uses of it.
-
-    Raises:
-        ImportError: the names that are gone, this Ray's version and the one finesweep was written for.
-    """
-    gone = missing()
-    if gone:
-        raise ImportError(f"finesweep uses private parts of Ray that Ray {ray.__version__} no longer has: "
-                          f"{', '.join(gone)} (written for Ray {TESTED_WITH}). Install ray=={TESTED_WITH}.*, or a "
-                          "finesweep release made for this Ray.")
+    """Raise one clear line (``ImportError``) when this Ray lacks what finesweep uses of it."""
+    adapters.require("Ray", ray.__version__, TESTED_WITH, missing())
 
 
 def rungs(bracket: Any) -> Rungs:
