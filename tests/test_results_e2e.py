@@ -96,9 +96,9 @@ def wait_for(check: Any, what: str, timeout: float = 60) -> Any:
 class Served:
     """A finesweep command that serves something (ui, serve) until the test ends."""
 
-    def __init__(self, args: List[str], cwd: Path) -> None:
+    def __init__(self, args: List[str], cwd: Path, **extra_env: str) -> None:
         self.log = cwd / f"{args[0]}-{time.monotonic_ns()}.log"
-        self.process = subprocess.Popen([sys.executable, "-m", "finesweep", *args], cwd=cwd, env=env(cwd),
+        self.process = subprocess.Popen([sys.executable, "-m", "finesweep", *args], cwd=cwd, env=env(cwd, **extra_env),
                                         stdout=open(self.log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
 
     def output(self) -> str:
@@ -255,12 +255,13 @@ def test_a_public_host_needs_expose(swept: Swept, command: str) -> None:
 
 
 @pytest.mark.timeout(300)
-def test_the_winner_is_served_over_rest_on_loopback(swept: Swept) -> None:
+def test_the_winner_is_served_over_rest_on_loopback(swept: Swept, tmp_path: Path) -> None:
+    """From another folder, with the store in MLFLOW_TRACKING_URI as MLflow users set it, by NAME/VERSION."""
     port = free_port()
-    served = Served(["serve", "--port", str(port)], swept.cwd)
+    served = Served(["serve", "looks/1", "--port", str(port)], tmp_path, MLFLOW_TRACKING_URI=swept.uri)
     try:
         served.wait_until_up(f"http://127.0.0.1:{port}/ping", timeout=180)
-        assert "serving models:/looks/1" in served.output() and "curl -s" in served.output()
+        assert f"serving models:/looks/1 from {swept.uri}" in served.output() and "curl -s" in served.output()
         body = json.dumps({"dataframe_records": [{"text": "a great movie"}, {"text": "an awful day"}]}).encode()
         request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
                                          headers={"Content-Type": "application/json"})
