@@ -61,8 +61,6 @@ class TrialHistory:
     optuna_number: Optional[int] = None
     status: TrialStatus = TrialStatus.running
     history: List[Dict[str, float]] = field(default_factory=list)
-    times: List[int] = field(default_factory=list)
-    """When each epoch was logged (ms), so MLflow receives the same (key, step, time) on every replay."""
     seqs: List[int] = field(default_factory=list)
     """The journal position of each result."""
     seen: List[float] = field(default_factory=list)
@@ -113,7 +111,6 @@ class SweepState:
     status: str = "RUNNING"
     """RUNNING while a session is on (or was killed), KILLED after Ctrl-C, FINISHED or FAILED at the end."""
     sessions: int = 1
-    events: int = 0
 
     @property
     def sweep_id(self) -> str:
@@ -148,7 +145,6 @@ class SweepState:
         replay = _REPLAY.get(type(event))
         if replay is not None:
             replay(self, event)
-        self.events += 1
 
 
 def load_state(folder: Path) -> SweepState:
@@ -162,7 +158,7 @@ def load_state(folder: Path) -> SweepState:
     if not isinstance(header, SweepStarted):
         raise UserError(f"no finesweep log in {folder} (expected {LOG_NAME} starting with the sweep). "
                         "Check cluster.storage_path: it must be the one the sweep ran with.")
-    state = SweepState(folder=folder, header=header, budget=header.budget, events=1)
+    state = SweepState(folder=folder, header=header, budget=header.budget)
     for event in events:
         state.apply(event)
     return state
@@ -229,7 +225,6 @@ def _trial_result(state: SweepState, event: TrialResult) -> None:
     if trial is None:
         return
     trial.history.append(dict(event.metrics))
-    trial.times.append(event.at)
     trial.seqs.append(event.seq)
     trial.seen.append(event.seen_at or event.time)
     if event.checkpoint:
