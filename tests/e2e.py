@@ -24,6 +24,18 @@ def env(cwd: Path, **extra: str) -> Dict[str, str]:
             "RAY_TMPDIR": str(ray_tmpdir(cwd)), "HF_HUB_OFFLINE": "1", "COLUMNS": "200", **extra}
 
 
+def in_process(module: str, cwd: Path, monkeypatch: Any) -> None:
+    """Run a sweep in this test process: its trainable (or task) ships to Ray's workers by value (they cannot
+    import tests/), it runs in ``cwd``, and Ray's temp dir is short (socket paths stay under 107 characters)."""
+    import tempfile
+
+    import ray.cloudpickle
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[module])
+    monkeypatch.chdir(cwd)
+    monkeypatch.setenv("RAY_TMPDIR", tempfile.mkdtemp(prefix="fsp-", dir="/tmp"))
+
+
 def ray_tmpdir(cwd: Path) -> Path:
     return Path("/tmp") / f"fsr-{abs(hash(str(cwd))) % 10**8}"
 

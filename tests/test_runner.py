@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -14,6 +13,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from rich.console import Console
 
+from e2e import in_process
 from finesweep import runner
 from finesweep.config.compose import compose
 from finesweep.config.sweep import Sweep
@@ -60,11 +60,7 @@ def weights_then_crash_on_retraining(config: Dict[str, Any], *, weights: str, **
 
 
 def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import ray.cloudpickle
-
-    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import tests/
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("RAY_TMPDIR", tempfile.mkdtemp(prefix="fsr-", dir="/tmp"))
+    in_process(__name__, tmp_path, monkeypatch)
 
 
 def _sweep(tmp_path: Path, name: str, tiny_model: Path, tiny_csv: Path, *extra: str) -> Tuple[Sweep, DataCache]:

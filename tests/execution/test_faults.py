@@ -7,8 +7,6 @@ The faults come from a test-only trainable that wraps the real one (no flag a us
 from __future__ import annotations
 
 import functools
-import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, Optional
 
@@ -16,6 +14,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from rich.console import Console
 
+from e2e import in_process
 from finesweep import runner
 from finesweep.config.compose import compose
 from finesweep.config.overrides import with_overrides
@@ -58,11 +57,7 @@ def _out_of_memory_after_epoch_1(metrics: Dict[str, float], folder: Optional[Pat
 @pytest.mark.timeout(420)
 def test_faulty_trials_end_as_they_should_and_the_sweep_goes_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                                  tiny_model: Path, tiny_csv: Path) -> None:
-    import ray.cloudpickle
-
-    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import tests/
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("RAY_TMPDIR", tempfile.mkdtemp(prefix="fsf-", dir="/tmp"))
+    in_process(__name__, tmp_path, monkeypatch)
     sweep_file = tmp_path / "faults.yaml"
     sweep_file.write_text(SWEEP)
     sweep = compose(str(sweep_file), [f"model.name_or_path={tiny_model}", f"data.path={tiny_csv}",

@@ -12,8 +12,6 @@ top level only defines things (and names the predictor with ``set_model``).
 from __future__ import annotations
 
 import json
-import sys
-import tempfile
 from pathlib import Path
 from typing import Any, ClassVar, Dict, Mapping, Tuple
 
@@ -211,15 +209,12 @@ def test_bad_toy_data_is_one_line_before_anything_starts(tmp_path: Path) -> None
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_a_new_task_runs_a_real_sweep_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import ray.cloudpickle
     from mlflow.tracking import MlflowClient
     from sklearn.metrics import accuracy_score
 
-    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import tests/
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("RAY_TMPDIR", tempfile.mkdtemp(prefix="fst-", dir="/tmp"))
-    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME"):
-        monkeypatch.delenv(name, raising=False)
+    from e2e import in_process
+
+    in_process(__name__, tmp_path, monkeypatch)
     csv, net = toy_data(tmp_path)
     (tmp_path / "toy.yaml").write_text(SWEEP)
 
