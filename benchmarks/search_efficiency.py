@@ -133,7 +133,8 @@ def sweep_yaml(task: str, method: Method, seed: int, trials: int) -> str:
     return (f"# LCBench task {task}: {method.name}\n"
             "objective: {metric: val/accuracy, mode: max}\n"
             f"search: {{sampler: {method.sampler}, num_trials: {trials}, max_concurrent: {CONCURRENT}, "
-            f"seed: {seed}}}\nscheduler: {scheduler}\nspace:\n{space}\n")
+            f"seed: {seed}, start_from_config: false}}\n"  # LCBench's space is not finesweep's config: no recipe
+            f"scheduler: {scheduler}\nspace:\n{space}\n")
 
 
 def run_finesweep(task: str, method: Method, seed: int, workdir: Path) -> List[Result]:

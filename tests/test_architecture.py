@@ -16,19 +16,19 @@ SRC = Path(finesweep.__file__).parent
 
 LAYERS = {
     "config": {"search", "execution", "journal", "tracking", "report", "runner", "api", "cli", "commands",
-               "selection", "result"},
+               "selection", "result", "verdict"},
     "search": {"execution", "journal", "tracking", "report", "tasks", "finetune", "runner", "api", "cli",
-               "commands", "selection", "result"},
+               "commands", "selection", "result", "verdict"},
     "tasks": {"search", "execution", "journal", "tracking", "report", "runner", "api", "cli", "commands",
-              "selection", "result"},
+              "selection", "result", "verdict"},
     "finetune": {"search", "execution", "journal", "tracking", "report", "runner", "api", "cli", "commands",
-                 "selection", "result"},
+                 "selection", "result", "verdict"},
     "journal": {"execution", "tracking", "report", "tasks", "finetune", "runner", "api", "cli", "commands",
-                "selection", "result"},
-    "execution": {"tracking", "report", "runner", "api", "cli", "commands", "result"},
-    "tracking": {"search", "report", "runner", "api", "cli", "commands", "selection", "result"},
+                "selection", "result", "verdict"},
+    "execution": {"tracking", "report", "runner", "api", "cli", "commands", "result", "verdict"},
+    "tracking": {"search", "report", "runner", "api", "cli", "commands", "selection", "result", "verdict"},
     "adapters": {"config", "search", "execution", "journal", "tracking", "report", "tasks", "finetune", "runner",
-                 "api", "cli", "commands", "selection", "result"},
+                 "api", "cli", "commands", "selection", "result", "verdict"},
 }
 """Per part of the package, the parts it must never import: dependencies point from the driver (cli, api, runner)
 through executing and recording down to the config (STYLE.md's "cli -> execution -> search/journal -> config")."""

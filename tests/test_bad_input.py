@@ -33,6 +33,24 @@ FILES: Dict[str, bytes] = {
 
 # (id, sweep body, overrides, pinned message after "error: ")
 CASES = [
+    # --- the recipe (the config's own values) and enqueued points must be values the space can produce -------
+    ("recipe-outside-the-space", space("optim.lr: {distribution: loguniform, low: 1.0e-4, high: 1.0e-3}"), [],
+     r"bad\.yaml: search\.start_from_config: the recipe's optim\.lr=5e-05 \(the composed config's own value\) is "
+     r"not in space\.optim\.lr \(loguniform \[0\.0001, 0\.001\]\)\. Set optim\.lr to a value inside it, widen "
+     r"space\.optim\.lr, or set search\.start_from_config=false\.$"),
+    ("enqueued-point-off-the-step-grid", space("optim.warmup_ratio: {distribution: float, low: 0.0, high: 0.2, "
+                                               "step: 0.05}"), ["search.enqueue=[{{optim.warmup_ratio:0.07}}]"],
+     r"bad\.yaml: search\.enqueue\[0\]: optim\.warmup_ratio=0\.07 is not in space\.optim\.warmup_ratio \(float "
+     r"\[0, 0\.2\] in steps of 0\.05\)\. Use a value inside the range, or widen space\.optim\.warmup_ratio\.$"),
+    ("more-enqueued-points-than-trials", space(LR.strip()),
+     ["search.enqueue=[{{optim.lr:1e-4}},{{optim.lr:2e-4}},{{optim.lr:3e-4}},{{optim.lr:4e-4}}]"],
+     r"bad\.yaml: search\.enqueue: 5 configurations run first \(the recipe and search\.enqueue\), more than the "
+     r"search's 4 trials, got num_trials=4\. Raise search\.num_trials to at least 5, or enqueue fewer\.$"),
+    ("fold-searched", space("data.fold: {distribution: int, low: 0, high: 4}"), [],
+     r"bad\.yaml: space\.data\.fold: data\.fold is set by model selection on its cross-validation runs "
+     r"\(final\.cv_folds\), so it cannot be searched\. Remove it from space\.$"),
+    ("cv-folds-one", space(LR.strip()), ["final.cv_folds=1"],
+     r"final\.cv_folds must be 0 \(off\), a number of folds >= 2, or auto, got 1\. Use e\.g\. 5 or auto\.$"),
     # --- search-space bounds: values a sampler could propose that no trial could run -------------------------
     ("weight-decay-below-zero", space("optim.weight_decay: {distribution: uniform, low: -0.1, high: 0.1}"), [],
      r"bad\.yaml: space\.optim\.weight_decay: low=-0\.1 would make an invalid config: optim\.weight_decay must be "
@@ -71,7 +89,7 @@ CASES = [
      r"config: optim\.warmup_ratio plus optim\.decay_ratio must fit in the budget"),
     ("freeze-deeper-than-the-model", space("finetune.strategy: {distribution: categorical, choices: [freeze]}",
                                            "finetune.freeze_layers: {distribution: int, low: 1, high: 9, "
-                                           "when: {finetune.strategy: freeze}}"), [],
+                                           "when: {finetune.strategy: freeze}}"), ["search.start_from_config=false"],
      r"bad\.yaml: finetune\.freeze_layers must be <= the model's 2 encoder layers, got 9\. Lower it\.$"),
     ("lora-target-not-in-the-model", space("finetune.strategy: {distribution: categorical, choices: [lora, full]}",
                                            "finetune.lora.target_modules: {distribution: categorical, "
@@ -150,6 +168,9 @@ CASES = [
     ("regression-on-text-labels", space(LR.strip()), ["data.task=regression", "objective.metric=val/rmse",
                                                       "objective.mode=min"],
      r"data\.task: regression needs numeric labels, but column 'label' holds"),
+    ("more-folds-than-rows", space(LR.strip()), ["final.cv_folds=100000"],
+     r"bad\.yaml: final\.cv_folds: every fold needs a row of the \d+ train \+ validation rows, got "
+     r"cv_folds=100000\. Use at most \d+ folds \(5 is usual\)\.$"),
     ("too-few-samples", space(LR.strip()), ["data.max_samples=5"],
      r"data\.max_samples must be at least 10 or null, got 5\. Use null for every row\.$"),
     ("model-without-tokenizer", space(LR.strip()), ["model.name_or_path={files}"],

@@ -52,6 +52,7 @@ GRID = """
 objective: {metric: val/accuracy, mode: max}
 search: {sampler: grid, max_concurrent: 2, seed: 0}
 scheduler: {kind: fifo, max_epochs: 2}
+optim: {lr: 1.0e-2}   # the recipe: one of the grid's points, run first
 space:
   optim.lr: {distribution: categorical, choices: [3.0e-3, 1.0e-2]}
   data.batch_size: {distribution: categorical, choices: [16, 32]}
@@ -135,9 +136,9 @@ BAD_INPUTS = [
      "space.optim.lr: low must be <= high"),
     ("unknown-key", "space:\n  optim.lrr: {distribution: uniform, low: 0.01, high: 0.1}\n", [],
      "space.optim.lrr: unknown config key"),
-    ("missing-file", "space:\n  optim.lr: {distribution: uniform, low: 0.01, high: 0.1}\n",
+    ("missing-file", "space:\n  optim.lr: {distribution: uniform, low: 1.0e-5, high: 0.1}\n",
      ["data.path=/nonexistent/train.csv"], "data.path: file not found, got /nonexistent/train.csv"),
-    ("missing-column", "space:\n  optim.lr: {distribution: uniform, low: 0.01, high: 0.1}\n",
+    ("missing-column", "space:\n  optim.lr: {distribution: uniform, low: 1.0e-5, high: 0.1}\n",
      ["data.text_column=tweet"], "data.text_column: column 'tweet' not in"),
     ("grace-gt-max", "space:\n  optim.lr: {distribution: uniform, low: 0.01, high: 0.1}\n",
      ["scheduler.grace_period=9"], "scheduler.grace_period must be between 1 and scheduler.max_epochs"),
@@ -165,6 +166,7 @@ objective: {metric: val/accuracy, mode: max}
 search: {sampler: grid, max_concurrent: 2, seed: 0}
 scheduler: {kind: fifo, max_epochs: 3}
 final: {top_k: 2, seeds: 2}
+optim: {lr: 1.0e-2}
 space:
   finetune.strategy: {distribution: categorical, choices: [head_only, freeze, full, lora]}
   finetune.freeze_layers: {distribution: categorical, choices: [1], when: {finetune.strategy: freeze}}

@@ -72,6 +72,7 @@ SPREAD = """
 objective: {metric: val/accuracy, mode: max}
 search: {sampler: random, num_trials: 6, max_concurrent: 4, seed: 0}
 scheduler: {kind: fifo, max_epochs: 2}
+optim: {lr: 5.0e-3}
 space:
   optim.lr: {distribution: loguniform, low: 1.0e-3, high: 2.0e-2}
 """
@@ -148,6 +149,7 @@ PACKED = """
 objective: {metric: val/accuracy, mode: max}
 search: {sampler: random, num_trials: 8, max_concurrent: 8, seed: 0}
 scheduler: {kind: fifo, max_epochs: 2}
+optim: {lr: 5.0e-3}
 space:
   optim.lr: {distribution: loguniform, low: 1.0e-3, high: 2.0e-2}
 """
@@ -185,6 +187,7 @@ KEEP = """
 objective: {metric: val/loss, mode: min}
 search: {sampler: random, num_trials: 12, max_concurrent: 2, seed: 4}
 scheduler: {kind: fifo, max_epochs: 2}
+optim: {lr: 1.0e-3}
 space:
   optim.lr: {distribution: loguniform, low: 1.0e-4, high: 5.0e-2}
 """

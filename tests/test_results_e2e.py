@@ -28,13 +28,16 @@ LOOKS = """
 objective: {metric: val/accuracy, mode: max}
 search: {sampler: tpe, num_trials: 6, max_concurrent: 2, seed: 3}
 scheduler: {kind: asha, max_epochs: 3, grace_period: 1, reduction_factor: 2}
+optim: {lr: 1.0e-3}         # the recipe: the search's first trial
+final: {top_k: 2, cv_folds: 3}
 space:
   optim.lr: {distribution: loguniform, low: 1.0e-4, high: 3.0e-2}
   finetune.strategy: {distribution: categorical, choices: [full, freeze]}
 """
+FOLDS = 3
 
 FIGURES = ["history", "learning_curves", "importance", "slice", "parallel_coordinates", "by_strategy",
-           "trainable_fraction", "schedule"]
+           "trainable_fraction", "finalists", "schedule"]
 
 
 class Swept:
@@ -137,7 +140,8 @@ def test_the_report_is_written_logged_and_cross_referenced_with_optuna(swept: Sw
     assert "<script src=" not in html and "<link " not in html, "nothing loaded from the network"
     for title in ("Optimisation history", "Learning curves", "Hyperparameter importance", "Slice plot",
                   "Parallel coordinates", "Objective by fine-tuning strategy", "What you gain per trained parameter",
-                  "Schedule", "Winner", "Leaderboard", "rung 1", "The slots were busy"):
+                  "Schedule", "Winner", "Leaderboard", "rung 1", "The slots were busy", "Finalists and the recipe",
+                  "against the recipe"):
         assert title in html, title
     assert sorted(p.stem for p in swept.report.parent.glob("*.png")) == sorted(FIGURES)
 
@@ -151,10 +155,19 @@ def test_the_report_is_written_logged_and_cross_referenced_with_optuna(swept: Sw
     registered = parent.data.tags["finesweep.registered_model"]
     assert f"<td>{registered}</td>" in html, "the page waited for MLflow's version, drawn while it registered"
 
-    # What the sweep bought: the config without searched values, trained once after the search, never ranked.
+    # What the sweep bought: the config without searched values, never ranked. The recipe's trial (trial 0) is that
+    # very config and seed: when it ran its full budget it is the baseline, else the baseline is trained after.
     assert "What the sweep bought" in html
-    baseline = next(r for r in runs if r.data.tags.get("finesweep.phase") == "baseline")
-    assert baseline.info.run_name == "baseline-006" and not any(k.startswith("optim.") for k in baseline.data.params)
+    recipe = next(r for r in runs if r.info.run_name == "trial-000")
+    baselines = [r for r in runs if r.data.tags.get("finesweep.phase") == "baseline"]
+    if recipe.data.tags["finesweep.trial_status"] == "completed":
+        assert baselines == [], "the recipe's full-budget trial is not trained again"
+        baseline = recipe
+    else:
+        (baseline,) = baselines
+        assert baseline.info.run_name.startswith("baseline-") and not baseline.data.params
+    best = max(m.value for m in client.get_metric_history(baseline.info.run_id, "val/accuracy"))
+    assert parent.data.metrics["baseline/val/accuracy"] == pytest.approx(best)
     gain = parent.data.metrics["gain/val/accuracy"]
     assert gain == pytest.approx(parent.data.metrics["final/val/val/accuracy/mean"]
                                  - parent.data.metrics["baseline/val/accuracy"])
@@ -179,6 +192,56 @@ def test_the_report_is_written_logged_and_cross_referenced_with_optuna(swept: Sw
     assert again.returncode == 0, again.stdout + again.stderr
     assert f"{swept.report}" in again.stdout
     assert {a.path for a in client.list_artifacts(parent.info.run_id, "report")} == logged
+
+
+@pytest.mark.timeout(600)
+def test_the_recipe_runs_first_and_the_finalists_are_cross_validated_with_an_honest_verdict(swept: Swept) -> None:
+    import statistics
+
+    import pandas as pd
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(swept.uri)
+    experiment = client.get_experiment_by_name("looks")
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
+    search = {r.info.run_name: r for r in runs if r.data.tags.get("finesweep.phase") == "search"}
+    # The recipe (the composed config's own values) is child run 0, under TPE.
+    assert search["trial-000"].data.params == {"optim.lr": "0.001", "finetune.strategy": "full"}
+
+    # Each finalist (the top 2 and the recipe) ran on the same 3 folds, one child run per fold.
+    final = [r for r in runs if r.data.tags.get("finesweep.phase") == "final"]
+    by_config: dict = {}
+    for run in final:
+        config = tuple(sorted((k, v) for k, v in run.data.params.items() if k != "data.fold"))
+        best = max(m.value for m in client.get_metric_history(run.info.run_id, "val/accuracy"))  # its best epoch
+        by_config.setdefault(config, {})[int(run.data.params["data.fold"])] = best
+    recipe = (("finetune.strategy", "full"), ("optim.lr", "0.001"))
+    assert recipe in by_config and len(by_config) in (2, 3), by_config.keys()
+    assert all(sorted(folds) == list(range(FOLDS)) for folds in by_config.values()), "paired: the same folds"
+
+    # The verdict, recomputed from the fold runs by hand: the winner (best mean over folds) minus the recipe,
+    # fold by fold, with the Nadeau-Bengio corrected t-interval (t(0.975, 2) = 4.302653 from a t table).
+    means = {c: statistics.fmean(f.values()) for c, f in by_config.items()}
+    board = pd.read_csv(client.download_artifacts(parent.info.run_id, "final/leaderboard.csv"))
+    assert len(board) == len(by_config) and board["val val/accuracy mean"].is_monotonic_decreasing
+    winner = max(means, key=lambda c: means[c])
+    assert board["val val/accuracy mean"].iloc[0] == pytest.approx(means[winner])
+    line = parent.data.tags["finesweep.verdict"]
+    assert line in swept.output and line.startswith("winner vs recipe: ")
+    if winner == recipe:
+        assert "the winner is the recipe" in line
+        return
+    diffs = [by_config[winner][f] - by_config[recipe][f] for f in range(FOLDS)]
+    mean, spread = statistics.fmean(diffs), statistics.stdev(diffs)
+    half = 4.302653 * spread * (1 / FOLDS + 1 / (FOLDS - 1)) ** 0.5
+    metrics = parent.data.metrics
+    assert metrics["vs_recipe/val/accuracy/diff"] == pytest.approx(mean)
+    assert metrics["vs_recipe/val/accuracy/low"] == pytest.approx(mean - half, abs=1e-6)
+    assert metrics["vs_recipe/val/accuracy/high"] == pytest.approx(mean + half, abs=1e-6)
+    assert f"{100 * mean:+.1f} points val/accuracy [{100 * (mean - half):+.1f} points, " in line
+    distinguishable = mean - half > 0 or mean + half < 0
+    assert ("not distinguishable from the recipe" in line) != distinguishable
 
 
 @pytest.mark.timeout(300)
@@ -277,6 +340,7 @@ PAIRS = """
 objective: {metric: val/accuracy, mode: max}
 search: {sampler: random, num_trials: 1, max_concurrent: 1, seed: 0}
 scheduler: {kind: fifo, max_epochs: 1}
+optim: {lr: 2.0e-3}
 space:
   optim.lr: {distribution: loguniform, low: 1.0e-3, high: 3.0e-3}
 """

@@ -18,6 +18,7 @@ import pytest
 
 from e2e import Driver, events, metric_steps, run_cli, runs
 from finesweep.config.compose import compose
+from finesweep.config.recipe import recipe
 from finesweep.config.space import suggest
 from finesweep.execution.tuner import make_scheduler
 from finesweep.search.samplers import sampler_factory
@@ -146,6 +147,8 @@ def test_killed_twice_and_resumed_runs_every_trial_exactly_once(tmp_path: Path, 
     assert driver.wait() == 0, driver.output()
     assert re.search(r"registered as models:/chaos/1", driver.output())
     trials = assert_exactly_once(tmp_path, "chaos", planned=8)
+    own = recipe(sweep.config, sweep.params)  # the recipe is trial 0, and no resume enqueues it again
+    assert trials[0]["params"] == own and [t["params"] for t in trials.values()].count(own) == 1
     assert continued_mid_way(events(tmp_path)) >= 1, "a trial running at a kill went on from its checkpoint"
     assert_asha_consistent(trials, sweep)
 

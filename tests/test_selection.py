@@ -155,3 +155,95 @@ def test_regroup_ranks_only_healthy_reruns_and_leaves_the_search_candidates_alon
     assert ranked_again[0].mean == pytest.approx(0.75) and [r.number for r in ranked_again[1].runs] == [3]
     assert [r.number for c in top for r in c.runs] == [0, 1], "the search's candidates keep their own runs"
     assert regroup(top, final[:1], Mode.max) == [], "no healthy re-run: nothing to rank"
+
+
+RECIPE = {"optim.lr": 5e-5}
+FOLD_SCORES = {0.1: [0.70, 0.72, 0.68], 0.2: [0.80, 0.82, 0.84], 5e-5: [0.78, 0.80, 0.80]}
+"""lr 0.1 was lucky on the search's split; over 3 folds lr 0.2 is best, the recipe close behind."""
+
+
+def cv_select(config: ExperimentConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, scores: Dict[float, List],
+              search: List[TrialRecord], prefer: str = "winner") -> tuple:
+    import finesweep.selection as selection
+    from finesweep.config import Prefer
+
+    monkeypatch.setattr(selection, "measure_latency", lambda *a, **k: (1.0, "cpu"))
+    config = dataclasses.replace(config, final=dataclasses.replace(config.final, seeds=0, prefer=Prefer(prefer)))
+    cache = prepare_all(config, ())
+    asked: List[List[Dict[str, Any]]] = []
+
+    def retrain(points: List[Dict[str, Any]]) -> List[TrialRecord]:
+        asked.append(points)
+        runs = []
+        for i, point in enumerate(points):
+            run = record(10 + i, point["optim.lr"], [scores[point["optim.lr"]][point["data.fold"]]],
+                         str(tmp_path / f"fold{i}"), "final")
+            run.params["data.fold"] = point["data.fold"]
+            runs.append(run)
+        return runs
+
+    evaluated: List[tuple] = []
+
+    def evaluate(cfg: ExperimentConfig, data: PreparedData, weights: Path, split: str) -> Dict[str, float]:
+        assert cfg.data.fold is None and data.test is not None, "the test split of the configured split"
+        evaluated.append((cfg.optim.lr, weights.parent.name, split))
+        return {"test/accuracy": 0.5}
+
+    outcome = select(config, search, cache, retrain, evaluate, dict(RECIPE), folds=3)
+    assert outcome is not None
+    return outcome, asked, evaluated
+
+
+def test_finalists_and_the_recipe_are_cross_validated_on_the_same_folds_and_ranked_by_their_mean(
+        config: ExperimentConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    search = [record(0, 5e-5, [0.80], "s0"), record(1, 0.1, [0.95], "s1"), record(2, 0.2, [0.90], "s2")]
+    outcome, asked, evaluated = cv_select(config, tmp_path, monkeypatch, FOLD_SCORES, search)
+    (points,) = asked
+    assert points == [{"optim.lr": lr, "data.fold": fold} for fold in range(3) for lr in (0.1, 0.2, 5e-5)], \
+        "the top 2 and the recipe, fold by fold, each fold for every finalist (paired)"
+    assert [c.params for c in outcome.candidates] == [{"optim.lr": 0.2}, RECIPE, {"optim.lr": 0.1}]
+    assert outcome.winner.mean == pytest.approx(0.82) and outcome.registered is outcome.winner
+    assert outcome.folds == 3 and outcome.recipe == RECIPE
+    verdict = outcome.verdict
+    assert verdict is not None and verdict.unit == "folds"
+    assert verdict.differences == pytest.approx((0.02, 0.02, 0.04))
+    assert verdict.outcome == "same", "+2.7 points over 3 folds is within the noise of 3 folds"
+    assert sorted(evaluated) == [(0.2, f"fold{i}", "test") for i in (1, 4, 7)], "the winner's 3 models, test once"
+    board = leaderboard(outcome, "val/accuracy")
+    assert [(row["recipe"], row["registered"]) for row in board] == [(False, True), (True, False), (False, False)]
+
+
+def test_a_cautious_user_gets_the_recipe_unless_the_winner_is_better_beyond_noise(
+        config: ExperimentConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    search = [record(0, 5e-5, [0.80], "s0"), record(1, 0.1, [0.95], "s1"), record(2, 0.2, [0.90], "s2")]
+    outcome, _, evaluated = cv_select(config, tmp_path, monkeypatch, FOLD_SCORES, search,
+                                      prefer="recipe_unless_better")
+    assert outcome.winner.params == {"optim.lr": 0.2} and outcome.registered.params == RECIPE
+    assert {lr for lr, _, _ in evaluated} == {5e-5}, "only the registered configuration reads the test split"
+    assert outcome.chosen.params["optim.lr"] == 5e-5
+    clear = {**FOLD_SCORES, 5e-5: [0.50, 0.52, 0.55]}  # now the winner is better beyond noise
+    outcome, _, _ = cv_select(config, tmp_path, monkeypatch, clear, search, prefer="recipe_unless_better")
+    assert outcome.verdict is not None and outcome.verdict.outcome == "better"
+    assert outcome.registered is outcome.winner and outcome.registered.params == {"optim.lr": 0.2}
+
+
+def test_without_re_training_the_verdict_compares_one_score_each(config: ExperimentConfig, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    import finesweep.selection as selection
+
+    monkeypatch.setattr(selection, "measure_latency", lambda *a, **k: (1.0, "cpu"))
+    config = dataclasses.replace(config, final=dataclasses.replace(config.final, seeds=0, top_k=1))
+    cache = prepare_all(config, ())
+    search = [record(0, 5e-5, [0.80], "s0"), record(1, 0.1, [0.85], "s1")]
+    evaluate = lambda c, d, w, s: {"test/accuracy": 0.5}  # noqa: E731
+    outcome = select(config, search, cache, lambda p: pytest.fail("no re-training"), evaluate, dict(RECIPE))
+    assert outcome is not None and outcome.winner.params == {"optim.lr": 0.1}
+    assert outcome.verdict is not None and outcome.verdict.unit == "split"
+    assert outcome.verdict.differences == pytest.approx((0.05,)) and outcome.verdict.interval is None
+    assert [c.params for c in outcome.candidates] == [{"optim.lr": 0.1}, RECIPE], "the recipe beside the top 1"
+    never_ran = select(config, search[1:], cache, lambda p: pytest.fail("no re-training"), evaluate, dict(RECIPE))
+    assert never_ran is not None and never_ran.verdict is None, "search.start_from_config=false: no recipe score"
+    best_is_recipe = select(config, [record(0, 5e-5, [0.9], "s0"), search[1]], cache, lambda p: [], evaluate,
+                            dict(RECIPE))
+    assert best_is_recipe is not None and best_is_recipe.verdict is not None
+    assert best_is_recipe.verdict.winner_is_recipe and "the winner is the recipe" in best_is_recipe.verdict.line()

@@ -34,26 +34,31 @@ from finesweep.errors import ConfigError
 from finesweep.journal.replay import find_sweeps, load_state, locate
 from finesweep.result import SweepResult, read_result
 from finesweep.tracking.cursor import parent_run
+from finesweep.verdict import resolution
 
 SweepRef = Union[str, Path, None]
 """A sweep: its id, its parent run's id (or a unique prefix of either), its name (its latest run), or its folder;
 None = the latest unfinished sweep (``resume``) or the latest sweep (``load``)."""
 
 
-def show(sweep: Union[str, Path], overrides: Sequence[str] = ()) -> Sweep:
-    """Compose and validate a sweep completely (config, search space, data file, model), starting nothing.
+def show(sweep: Union[str, Path], overrides: Sequence[str] = (), *, console: Optional[Console] = None) -> Sweep:
+    """Compose and validate a sweep completely (config, search space, recipe, data file, model), starting nothing.
 
     Args:
         sweep: a name from ``sweeps/`` or a path to a sweep YAML.
         overrides: Hydra overrides (``optim.lr=3e-5``, ``data=csv``), applied last.
+        console: where to say how much the validation split can resolve (``verdict.resolution``); None: nowhere.
 
     Raises:
         UserError: the first rule broken, naming the file, the key, the value and the fix.
     """
     composed = compose(str(sweep), overrides)
     with blame(composed.sweep_file):
-        preflight.check_data(composed.config, composed.params)
+        found = preflight.check_data(composed.config, composed.params)
         preflight.check_model(composed.config, composed.params)
+    if console is not None:
+        points = composed.config.objective.metric in found.task.points_metrics
+        console.print(resolution(composed.config, found.rows, points), markup=False)
     return composed
 
 
@@ -81,8 +86,13 @@ def run(sweep: Union[str, Path], overrides: Sequence[str] = (), *, console: Opti
         with out.status("reading, splitting and tokenising the data once"):
             cache = prepare_all(composed.config, composed.params)
             check_objective(composed.config.objective.metric, cache.task)
+        data = next(iter(cache.variants.values()))
+        rows = (len(data.train), len(data.val), len(data.test or ()))
+        preflight.check_folds(composed.config.final.folds(rows[1]), rows[0] + rows[1])
     out.print(f"data ready in {time.monotonic() - started:.1f}s: "
               + "; ".join(v.describe() for v in cache.variants.values()), markup=False)
+    out.print(resolution(composed.config, rows, composed.config.objective.metric in cache.task.points_metrics),
+              markup=False)
     out.print(f"MLflow store: {_store(composed.config.tracking.uri)}", markup=False)
     with _logging_kept():
         folder = runner.run(composed, cache, out, resume_overrides=location_overrides(overrides))

@@ -9,9 +9,10 @@ and only then starts Ray and MLflow.
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import sys
-from typing import List, Optional, Sequence, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
 from rich.console import Console
 from rich.markup import escape
@@ -70,7 +71,8 @@ def cmd_show(args: argparse.Namespace, console: Console) -> int:
     """finesweep show: print the composed config and the search space; validate; start nothing."""
     from finesweep.report.terminal import space_table
 
-    composed = api.show(args.sweep, args.overrides)
+    notes = Console(file=io.StringIO(), record=True, soft_wrap=True)
+    composed = api.show(args.sweep, args.overrides, console=notes)
     config = composed.config
     console.print(f"# composed config of {display(composed.sweep_file)}")
     console.print(composed.yaml_text, markup=False)
@@ -78,9 +80,17 @@ def cmd_show(args: argparse.Namespace, console: Console) -> int:
     console.print(f"{config.search.sampler.value} sampler, {composed.planned_trials} trials, "
                   f"{config.search.max_concurrent} at a time; {config.scheduler.kind.value} scheduler over "
                   f"{config.scheduler.max_epochs} epochs; objective: {config.objective.mode.value} "
-                  f"{config.objective.metric}")
+                  f"{config.objective.metric}; {_first_trials(config)}", markup=False)
+    console.print(notes.export_text(), end="", markup=False)
     console.print("[green]valid[/green]: nothing was started.")
     return 0
+
+
+def _first_trials(config: Any) -> str:
+    known = len(config.search.enqueue)
+    first = (["the recipe (the config's own values)"] if config.search.start_from_config else []) + (
+        [f"{known} enqueued configuration(s)"] if known else [])
+    return f"first trial(s): {' then '.join(first)}" if first else "no recipe trial (search.start_from_config=false)"
 
 
 def cmd_sync(args: argparse.Namespace, console: Console) -> int:

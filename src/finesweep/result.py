@@ -50,9 +50,9 @@ class SweepResult:
     config: ExperimentConfig
     """The config the sweep ran with."""
     best_params: Dict[str, Any]
-    """The winner's searched values (dotted keys); empty before any trial finished."""
+    """The registered configuration's searched values (dotted keys); empty before any trial finished."""
     best_value: Optional[float]
-    """The winner's validation objective: its mean over seeds when re-trained, else its best epoch's."""
+    """Its validation objective: its mean over folds or seeds when re-trained, else its best epoch's."""
     best_trial: Optional[int]
     metrics: Dict[str, float]
     """The winner's final metrics: ``test/*`` (its one test evaluation), ``final/*``, ``inference/*``, and
@@ -68,6 +68,8 @@ class SweepResult:
     """``name/version`` of the winner in the Model Registry ("" until MLflow has registered it)."""
     report: Optional[Path]
     """The report's HTML file, once one was built."""
+    verdict: str = ""
+    """Whether the winner beats the recipe beyond noise, in one line (``finesweep.verdict``); "" before a selection."""
 
     @property
     def model_uri(self) -> str:
@@ -117,7 +119,8 @@ def read_result(folder: Path) -> SweepResult:
         best_params=params, best_value=winner_mean if winner_mean is not None else (best.value if best else None),
         best_trial=best.number if best else None, metrics=metrics, trials=trials, folder=folder,
         tracking_uri=config.tracking.uri, experiment_id=cursor.experiment_id, parent_run_id=cursor.parent_id,
-        registered_model=cursor.latest_registered(), report=report if report and report.is_file() else None)
+        registered_model=cursor.latest_registered(), report=report if report and report.is_file() else None,
+        verdict=str(selection.tags.get("finesweep.verdict", "")) if selection else "")
 
 
 def _summary(record: Any, phase: str, cursor: Cursor) -> TrialSummary:

@@ -19,8 +19,9 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
 from rich.console import Console
 
-from finesweep.config import ExperimentConfig
+from finesweep.config import ExperimentConfig, Prefer
 from finesweep.config.overrides import with_overrides
+from finesweep.config.recipe import recipe
 from finesweep.config.sweep import Sweep
 from finesweep.errors import SweepFailedError, SweepInterrupted, UserError, one_line
 from finesweep.execution.checkpoints import CheckpointKeeper, disk_use
@@ -72,6 +73,11 @@ class Session:
     def config(self) -> ExperimentConfig:
         """The sweep's config."""
         return self.sweep.config
+
+    @property
+    def recipe(self) -> Dict[str, Any]:
+        """The composed config's own values of the searched keys: the recipe, the search's first trial."""
+        return recipe(self.config, self.sweep.params, strict=False)
 
 
 @dataclass
@@ -176,8 +182,10 @@ def _drive(session: Session, cache: DataCache, console: Console, trainable: Trai
     config = session.config
     past = [t.record(config.objective.metric, config.objective.mode) for t in session.state.search_trials()]
     view = SweepView(config, session.state.budget, console, past)
+    # the recipe's trial may be registered (prefer: recipe_unless_better) or be the baseline: its weights stay
+    spare = session.recipe if config.final.prefer is Prefer.recipe_unless_better or config.final.baseline else None
     keeper = CheckpointKeeper(config.cluster.keep_checkpoints, config.objective.mode, past,
-                              lambda record: session.journal.record(CheckpointDeleted(number=record.number)))
+                              lambda record: session.journal.record(CheckpointDeleted(number=record.number)), spare)
     keeper.gone = {t.number for t in session.state.search_trials() if t.checkpoint_deleted}
     listeners: List[SweepListener] = [session.journal, view, keeper]
     outcome = _Outcome(records=list(past))
@@ -238,12 +246,18 @@ def _select_and_register(session: Session, outcome: _Outcome, cache: DataCache, 
                          listeners: Sequence[SweepListener], console: Console) -> None:
     """Model selection and registration; a failure here is recorded, and the search's results stand."""
     config = session.config
-    if config.final.seeds > 0:
-        console.print(f"re-training the top {config.final.top_k} configuration(s) with {config.final.seeds} "
-                      "fresh seed(s) each")
+    folds = config.final.folds(len(next(iter(cache.variants.values())).val))
+    final_cache = cache.without_test().with_folds(folds, config.data.seed) if folds else cache.without_test()
+    if folds:
+        console.print(f"cross-validating the top {config.final.top_k} configuration(s) and the recipe on {folds} "
+                      f"folds of train + validation{_seeds(config)}", markup=False)
+    elif config.final.seeds > 0:
+        console.print(f"re-training the top {config.final.top_k} configuration(s) and the recipe with "
+                      f"{config.final.seeds} fresh seed(s) each", markup=False)
     try:
         outcome.selection = select(config, outcome.records, cache,
-                                   lambda points: _retrain(session, points, cache, trainable, listeners), _evaluate)
+                                   lambda points: _retrain(session, points, final_cache, trainable, listeners),
+                                   _evaluate, session.recipe, folds)
         if outcome.selection is not None:
             _record_selection(session, outcome.selection, cache, console)
     except Exception as exc:  # noqa: BLE001 - the search's results stand; say what failed after it
@@ -252,22 +266,32 @@ def _select_and_register(session: Session, outcome: _Outcome, cache: DataCache, 
         session.journal.record(Note(tag="finesweep.selection_error", text=outcome.selection_error))
     if outcome.selection is not None and config.final.baseline:
         try:
-            _baseline(session, outcome.selection, cache, trainable, listeners, console)
+            _baseline(session, outcome.selection, outcome.records, cache, trainable, listeners, console)
         except Exception as exc:  # noqa: BLE001 - the winner stands without its comparison
             logger.exception("the baseline run failed")
             session.journal.record(Note(tag="finesweep.baseline_error", text=one_line(exc, kind=True)))
             console.print(f"note: no baseline comparison ({one_line(exc)})", style="yellow", markup=False)
 
 
-def _baseline(session: Session, chosen: Selection, cache: DataCache, trainable: Trainable,
-              listeners: Sequence[SweepListener], console: Console) -> None:
-    """Train the config without searched values once (a resumed sweep reuses a finished one); log the gain."""
+def _baseline(session: Session, chosen: Selection, records: Sequence[TrialRecord], cache: DataCache,
+              trainable: Trainable, listeners: Sequence[SweepListener], console: Console) -> None:
+    """Train the config without searched values once (a resumed sweep reuses a finished one); log the gain.
+
+    The recipe's search trial is that very config with the same seed: when it ran its full budget (ASHA did not
+    stop it) and its weights are kept, it is the baseline, and nothing is trained again.
+    """
     from finesweep.execution.tuner import points_plan, run_plan
 
     config, metric = session.config, session.config.objective.metric
     done = [t for t in session.state.trials.values() if t.phase == "baseline" and t.finished]
+    recipe_run = next((r for r in records if r.phase == "search" and r.params == session.recipe
+                       and r.status is TrialStatus.completed and r.checkpoint and Path(r.checkpoint).is_dir()), None)
     if done:
         record: Optional[TrialRecord] = done[-1].record(metric, config.objective.mode)
+    elif recipe_run is not None:
+        console.print(f"the baseline is trial {recipe_run.number}: the recipe, the same config and seed, run to its "
+                      "full budget in the search", markup=False)
+        record = recipe_run
     else:
         console.print("training the baseline: the config without any searched value", markup=False)
         plan = points_plan(config, [Rerun(session.numbering.take(), {})], phase="baseline")
@@ -282,7 +306,8 @@ def _baseline(session: Session, chosen: Selection, cache: DataCache, trainable: 
 
 def _retrain(session: Session, points: List[Dict[str, Any]], cache: DataCache, trainable: Trainable,
              listeners: Sequence[SweepListener]) -> List[TrialRecord]:
-    """Run the re-training points; a resumed sweep reuses the runs it has and continues the unfinished ones."""
+    """Run the re-training points on ``cache`` (no test split; with folds when cross-validating); a resumed sweep
+    reuses the runs it has and continues the unfinished ones."""
     from finesweep.execution.tuner import points_plan, run_plan
 
     config = session.config
@@ -290,7 +315,11 @@ def _retrain(session: Session, points: List[Dict[str, Any]], cache: DataCache, t
     if not fresh and not reruns:
         return done
     plan = points_plan(config, fresh, reruns, known)
-    return done + run_plan(config, plan, trainable, listeners, base=config, cache=cache.without_test())
+    return done + run_plan(config, plan, trainable, listeners, base=config, cache=cache)
+
+
+def _seeds(config: ExperimentConfig) -> str:
+    return f", {config.final.seeds} fresh seed(s) per fold" if config.final.seeds > 0 else ""
 
 
 def _evaluate(config: ExperimentConfig, data: PreparedData, weights: Path, split: str) -> Dict[str, float]:
@@ -316,23 +345,34 @@ def _record_selection(session: Session, chosen: Selection, cache: DataCache, con
         logger.warning("model selection: %s", chosen.fallback)
         journal.record(Note(tag="finesweep.selection_fallback", text=chosen.fallback))
         console.print(f"note: {chosen.fallback}", style="yellow", markup=False)
+    registered = chosen.registered
     metrics = dict(chosen.test_metrics)
-    metrics[f"final/val/{metric}/mean"], metrics[f"final/val/{metric}/std"] = chosen.winner.mean, chosen.winner.std
-    for name, (mean, std) in test_summary(chosen.winner).items():
+    metrics[f"final/val/{metric}/mean"], metrics[f"final/val/{metric}/std"] = registered.mean, registered.std
+    for name, (mean, std) in test_summary(registered).items():
         metrics[f"final/{name}/mean"], metrics[f"final/{name}/std"] = mean, std
     metrics["inference/latency_ms_per_example"] = chosen.latency_ms
+    tags: Dict[str, Any] = {"finesweep.inference_device": chosen.device, "finesweep.final_runs": len(registered.runs),
+                            "finesweep.registered_config": "recipe" if registered is not chosen.winner else "winner",
+                            "finesweep.cv_folds": chosen.folds}
+    if chosen.verdict is not None:
+        metrics.update(chosen.verdict.metrics())
+        tags["finesweep.verdict"] = chosen.verdict.line()
     board = pd.DataFrame(leaderboard(chosen, metric))
-    journal.record(SelectionMade(round=round_, metrics=metrics, tags={
-        "finesweep.inference_device": chosen.device, "finesweep.final_runs": len(chosen.winner.runs)},
-        leaderboard_csv=board.to_csv(index=False), leaderboard_md=_markdown(board)))
-    winner_config = with_overrides(config, chosen.winner.params)
-    data = cache.for_config(winner_config)
+    journal.record(SelectionMade(round=round_, metrics=metrics, tags=tags, leaderboard_csv=board.to_csv(index=False),
+                                 leaderboard_md=_markdown(board), recipe=chosen.recipe))
+    registered_config = with_overrides(config, registered.params)
+    data = cache.for_config(registered_config)
     journal.record(RegisterRequested(round=round_, name=config.registered_model_name,
-                                     checkpoint=chosen.chosen.checkpoint, preprocessor=winner_config.model.name_or_path,
-                                     meta=data.task.serving_meta(winner_config, data), task=data.task.name))
-    spread = f" ± {chosen.winner.std:.4f} over {len(chosen.winner.runs)} runs" if len(chosen.winner.runs) > 1 else ""
+                                     checkpoint=chosen.chosen.checkpoint,
+                                     preprocessor=registered_config.model.name_or_path,
+                                     meta=data.task.serving_meta(registered_config, data), task=data.task.name))
+    unit = "folds" if chosen.folds else "runs"
+    spread = f" ± {registered.std:.4f} over {len(registered.runs)} {unit}" if len(registered.runs) > 1 else ""
     tests = ", ".join(f"{k} {v:.4f}" for k, v in chosen.test_metrics.items())
-    console.print(f"winner: {format_params(chosen.winner.params)}; val {metric} {chosen.winner.mean:.4f}{spread}; "
+    console.print(chosen.verdict.line() if chosen.verdict is not None
+                  else "winner vs recipe: no score for the recipe (it never ran)", markup=False)
+    label = "registered: the recipe" if registered is not chosen.winner else "winner"
+    console.print(f"{label}: {format_params(registered.params)}; val {metric} {registered.mean:.4f}{spread}; "
                   f"{tests}; {chosen.latency_ms:.2f} ms/example on {chosen.device}", markup=False)
 
 

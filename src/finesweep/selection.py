@@ -1,10 +1,15 @@
 """Model selection after the search, done the way a careful practitioner would.
 
-1. The search only ever saw train and validation data (trials never receive the test split).
-2. With ``final.seeds > 0`` the ``final.top_k`` best configurations are re-trained with fresh seeds
-   and ranked by their mean validation score, so a lucky seed does not win.
-3. Only then is the winning configuration evaluated on the test split: once per model of the
-   winner (once in total without re-training). No other configuration ever touches it.
+1. The search only ever saw train and validation data (trials never receive the test split); its first trial
+   was the recipe (``search.start_from_config``), so its best is never worse than the recipe on its own split.
+2. With ``final.seeds > 0`` or ``final.cv_folds`` the ``final.top_k`` best configurations and the recipe (the
+   finalists) are re-trained: with fresh seeds, or on K stratified folds of train + validation (each with the
+   search's seed, or with the fresh seeds), and ranked by their mean, so a lucky seed or a lucky split does not
+   win. Every finalist sees the same seeds and folds: their scores are paired.
+3. The verdict (``verdict.py``) says whether the winner beats the recipe beyond noise; ``final.prefer:
+   recipe_unless_better`` registers the recipe unless it does.
+4. Only then is the registered configuration evaluated on the test split: once per model of it (once in total
+   without re-training). No other configuration ever touches it.
 """
 
 from __future__ import annotations
@@ -15,13 +20,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from finesweep.config import ExperimentConfig, Mode
+from finesweep.config import ExperimentConfig, Mode, Prefer
 from finesweep.config.overrides import with_overrides
 from finesweep.finetune.layout import best_weights
 from finesweep.journal.records import TrialRecord, ranked
 from finesweep.tasks import DataCache, PreparedData
+from finesweep.verdict import Verdict
 
 SEED_KEY = "trainer.seed"
+FOLD_KEY = "data.fold"
 
 
 @dataclass
@@ -47,6 +54,15 @@ class Candidate:
         """Sample standard deviation of the runs' best values (0 for a single run)."""
         return statistics.stdev(self.scores) if len(self.scores) > 1 else 0.0
 
+    def unit_scores(self, by: str) -> Dict[Any, float]:
+        """Mean best value per unit: per fold (``by=FOLD_KEY``) or per seed (``by=SEED_KEY``), what pairs
+        this candidate's runs with another's; runs without the key count as one unit."""
+        units: Dict[Any, List[float]] = {}
+        for run in self.runs:
+            if run.best_value is not None:
+                units.setdefault(run.params.get(by), []).append(run.best_value)
+        return {unit: statistics.fmean(values) for unit, values in units.items()}
+
 
 @dataclass
 class Selection:
@@ -54,19 +70,27 @@ class Selection:
 
     candidates: List[Candidate]
     """Ranked, best first; candidates[0] is the winning configuration."""
+    registered: Candidate
+    """The configuration whose model is registered: the winner, or the recipe (``final.prefer``)."""
     chosen: TrialRecord
-    """The run whose weights are the winner's model (best validation among the winner's runs)."""
+    """The run whose weights are the registered model (best validation among the registered configuration's runs)."""
     test_metrics: Dict[str, float]
     """Test metrics of the chosen model."""
     final_records: List[TrialRecord]
     latency_ms: float
     device: str
+    verdict: Optional[Verdict] = None
+    """The winner against the recipe (None when the recipe has no score: it never ran)."""
+    recipe: Dict[str, Any] = field(default_factory=dict)
+    """The recipe's values of the searched keys."""
+    folds: int = 0
+    """Cross-validation folds the finalists were ranked on (0: none)."""
     fallback: str = ""
     """Why the search's own best trial won instead of a re-trained one (every re-training run failed); else empty."""
 
     @property
     def winner(self) -> Candidate:
-        """The winning configuration."""
+        """The winning configuration (the best-ranked)."""
         return self.candidates[0]
 
 
@@ -81,58 +105,116 @@ def candidates(records: Sequence[TrialRecord], config: ExperimentConfig) -> List
     return chosen
 
 
+def final_points(config: ExperimentConfig, finalists: Sequence[Candidate], folds: int) -> List[Dict[str, Any]]:
+    """The re-training runs of model selection: each finalist once per fold (with the search's seed, or each
+    fresh seed) with ``folds``, else once per fresh seed (seeds the search never used). Fold by fold, so an
+    interrupted selection has paired units for every finalist."""
+    fresh = [config.trainer.seed + 1 + i for i in range(config.final.seeds)]
+    if not folds:
+        return [{**c.params, SEED_KEY: seed} for c in finalists for seed in fresh]
+    seeds: List[Dict[str, Any]] = [{SEED_KEY: seed} for seed in fresh] or [{}]
+    return [{**c.params, **seed, FOLD_KEY: fold} for fold in range(folds) for c in finalists for seed in seeds]
+
+
 def seed_points(config: ExperimentConfig, ranked_candidates: Sequence[Candidate]) -> List[Dict[str, Any]]:
     """Each candidate's values once per fresh seed (seeds the search never used)."""
-    seeds = [config.trainer.seed + 1 + i for i in range(config.final.seeds)]
-    return [{**c.params, SEED_KEY: seed} for c in ranked_candidates for seed in seeds]
+    return final_points(config, ranked_candidates, 0)
+
+
+def with_recipe(ranked_candidates: Sequence[Candidate], recipe: Dict[str, Any],
+                records: Sequence[TrialRecord], mode: Mode) -> List[Candidate]:
+    """The finalists: the search's top-k, and the recipe after them when it is not one of them."""
+    if any(c.params == recipe for c in ranked_candidates):
+        return list(ranked_candidates)
+    return [*ranked_candidates, recipe_candidate(recipe, records, mode)]
+
+
+def recipe_candidate(recipe: Dict[str, Any], records: Sequence[TrialRecord], mode: Mode) -> Candidate:
+    """The recipe, with its best search run when it has one (``search.start_from_config``)."""
+    own = [r for r in ranked(records, mode) if r.params == recipe]
+    return Candidate(dict(recipe), own[:1])
 
 
 def regroup(ranked_candidates: Sequence[Candidate], final_records: Sequence[TrialRecord],
             mode: Mode) -> List[Candidate]:
     """New candidates holding only their successful re-training runs, ranked by the mean; none left = empty."""
     healthy = ranked(final_records, mode)
-    regrouped = [Candidate(c.params, [r for r in healthy if _without_seed(r.params) == c.params])
+    regrouped = [Candidate(c.params, [r for r in healthy if _configuration(r.params) == c.params])
                  for c in ranked_candidates]
     return sorted([c for c in regrouped if c.runs], key=lambda c: mode.rank_key(c.mean))
 
 
+def judge(config: ExperimentConfig, winner: Candidate, recipe: Optional[Candidate], folds: int, points: bool,
+          val_rows: int) -> Optional[Verdict]:
+    """The winner against the recipe, paired unit by unit (folds, seeds, or the one split); None when the recipe
+    has no score."""
+    if recipe is None or not recipe.scores:
+        return None
+    unit = "folds" if folds else "seeds" if config.final.seeds > 0 else "split"
+    key = FOLD_KEY if folds else SEED_KEY
+    ours, theirs = winner.unit_scores(key), recipe.unit_scores(key)
+    if unit == "split":
+        differences = [winner.mean - recipe.mean]
+    else:
+        differences = [ours[u] - theirs[u] for u in sorted(ours, key=str) if u in theirs]
+    return Verdict(config.objective.metric, config.objective.mode, tuple(differences), unit, points, val_rows,
+                   winner_is_recipe=winner.params == recipe.params)
+
+
 def select(config: ExperimentConfig, records: Sequence[TrialRecord], cache: DataCache,
            retrain: Callable[[List[Dict[str, Any]]], List[TrialRecord]],
-           evaluate: Callable[[ExperimentConfig, PreparedData, Path, str], Dict[str, float]]) -> Optional[Selection]:
+           evaluate: Callable[[ExperimentConfig, PreparedData, Path, str], Dict[str, float]],
+           recipe: Optional[Dict[str, Any]] = None, folds: int = 0) -> Optional[Selection]:
     """Run model selection; None when no trial produced a checkpoint.
 
     Args:
         config: the sweep's config.
         records: the search's trials.
         cache: the full data, test split included (the driver's copy).
-        retrain: runs fixed configurations (values incl. ``trainer.seed``) to their full budget and returns
-            their records (a resumed sweep reuses the runs it already has).
+        retrain: runs fixed configurations (values incl. ``trainer.seed``, ``data.fold``) to their full budget
+            and returns their records (a resumed sweep reuses the runs it already has).
         evaluate: computes ``<split>/<metric>`` of saved weights on a split.
+        recipe: the recipe's values of the searched keys (``config.recipe.recipe``); None = no recipe.
+        folds: cross-validation folds (``final.cv_folds``, resolved); 0 = none.
     """
+    mode = config.objective.mode
     ranked_candidates = candidates(records, config)
+    if recipe is not None and ranked_candidates:
+        ranked_candidates = with_recipe(ranked_candidates, recipe, records, mode)
     final_records: List[TrialRecord] = []
     fallback = ""
-    if config.final.seeds > 0 and ranked_candidates:
-        final_records = retrain(seed_points(config, ranked_candidates))
-        regrouped = regroup(ranked_candidates, final_records, config.objective.mode)
+    if (config.final.seeds > 0 or folds) and ranked_candidates:
+        final_records = retrain(final_points(config, ranked_candidates, folds))
+        regrouped = regroup(ranked_candidates, final_records, mode)
         if regrouped:
             ranked_candidates = regrouped
         else:  # the search's checkpoints still exist: its best trial is a sound, if less certain, winner
             fallback = (f"all {len(final_records)} re-training runs failed, so the search's best trial is the "
                         "winner (validation score of one seed)")
+            folds = 0
+    if not final_records or fallback:  # ranked by the search's own runs (a recipe that never ran has none)
+        ranked_candidates = sorted([c for c in ranked_candidates if c.scores], key=lambda c: mode.rank_key(c.mean))
     ranked_candidates = [c for c in ranked_candidates if any(r.checkpoint for r in c.runs)]
     if not ranked_candidates:
         return None
     winner = ranked_candidates[0]
-    winner_config = with_overrides(config, winner.params)
-    data = cache.for_config(winner_config)
-    for run in winner.runs:  # the only place the test split is read
+    own_recipe = next((c for c in ranked_candidates if c.params == recipe), None)
+    data = cache.for_config(with_overrides(config, winner.params))
+    verdict = judge(config, winner, own_recipe, folds, config.objective.metric in data.task.points_metrics,
+                    len(data.val))
+    registered = winner
+    if config.final.prefer is Prefer.recipe_unless_better and verdict is not None and verdict.outcome != "better":
+        registered = own_recipe or winner
+    registered_config = with_overrides(config, registered.params)
+    data = cache.for_config(registered_config)
+    for run in registered.runs:  # the only place the test split is read
         if run.checkpoint:
-            winner.test.append(evaluate(winner_config, data, best_weights(run.checkpoint), "test"))
-    chosen = _best_run(winner.runs, config.objective.mode)
-    test_metrics = winner.test[[r for r in winner.runs if r.checkpoint].index(chosen)]
-    latency, device = measure_latency(best_weights(str(chosen.checkpoint)), data, winner_config.data.batch_size)
-    return Selection(ranked_candidates, chosen, test_metrics, final_records, latency, device, fallback)
+            registered.test.append(evaluate(registered_config, data, best_weights(run.checkpoint), "test"))
+    chosen = _best_run(registered.runs, mode)
+    test_metrics = registered.test[[r for r in registered.runs if r.checkpoint].index(chosen)]
+    latency, device = measure_latency(best_weights(str(chosen.checkpoint)), data, registered_config.data.batch_size)
+    return Selection(ranked_candidates, registered, chosen, test_metrics, final_records, latency, device, verdict,
+                     dict(recipe or {}), folds, fallback)
 
 
 Evaluate = Callable[[ExperimentConfig, PreparedData, Path, str], Dict[str, float]]
@@ -156,8 +238,8 @@ def baseline_metrics(config: ExperimentConfig, chosen: Selection, baseline: Opti
                              f"{f': {baseline.error}' if baseline is not None and baseline.error else ''}")
     test = evaluate(config, cache.for_config(config), best_weights(baseline.checkpoint), "test")
     metrics = {f"baseline/{metric}": baseline.best_value, **{f"baseline/{k}": v for k, v in test.items()},
-               f"gain/{metric}": chosen.winner.mean - baseline.best_value,
-               f"gain/{metric}/winner_std": chosen.winner.std}
+               f"gain/{metric}": chosen.registered.mean - baseline.best_value,
+               f"gain/{metric}/winner_std": chosen.registered.std}
     metrics.update({f"gain/{k}": v - test[k] for k, v in chosen.test_metrics.items() if k in test})
     return metrics
 
@@ -166,7 +248,8 @@ def leaderboard(selection: Selection, metric: str) -> List[Dict[str, Any]]:
     """Rows of the final ranking: values, runs, mean +- std of validation (and test for the winner)."""
     rows = []
     for rank, candidate in enumerate(selection.candidates, start=1):
-        row: Dict[str, Any] = {"rank": rank, **candidate.params, "runs": len(candidate.runs),
+        row: Dict[str, Any] = {"rank": rank, **candidate.params, "recipe": candidate.params == selection.recipe,
+                               "registered": candidate is selection.registered, "runs": len(candidate.runs),
                                f"val {metric} mean": candidate.mean, f"val {metric} std": candidate.std}
         for name, (mean, std) in test_summary(candidate).items():
             row[f"{name} mean"], row[f"{name} std"] = mean, std
@@ -213,8 +296,9 @@ def _on(features: Dict[str, Any], device: str) -> Dict[str, Any]:
     return {name: value.to(device) for name, value in features.items()}
 
 
-def _without_seed(params: Dict[str, Any]) -> Dict[str, Any]:
-    return {key: value for key, value in params.items() if key != SEED_KEY}
+def _configuration(params: Dict[str, Any]) -> Dict[str, Any]:
+    """A re-training run's values without its seed and fold: the configuration it scores."""
+    return {key: value for key, value in params.items() if key not in (SEED_KEY, FOLD_KEY)}
 
 
 def _best_run(runs: Sequence[TrialRecord], mode: Mode) -> TrialRecord:

@@ -66,3 +66,11 @@ def test_the_store_comes_from_the_environment_unless_given(monkeypatch: pytest.M
     given = locations(["tracking.uri=http://127.0.0.1:5000"])
     assert (given.tracking_uri, given.uri_given) == ("http://127.0.0.1:5000", True), "an explicit value wins"
     assert compose("demo", ["tracking.experiment=mine"]).config.experiment_name == "mine"
+
+
+def test_a_sweep_from_before_the_recipe_trial_resumes_as_it_ran(demo_yaml: str) -> None:
+    """Its journal's config has no search.start_from_config: it ran without a recipe trial, and goes on so."""
+    sweep_file = compose("demo", []).sweep_file
+    assert stored(demo_yaml, sweep_file, []).config.search.start_from_config
+    old = demo_yaml.replace("  start_from_config: true\n", "")
+    assert old != demo_yaml and not stored(old, sweep_file, []).config.search.start_from_config

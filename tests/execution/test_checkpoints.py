@@ -71,3 +71,14 @@ def test_a_resumed_sweep_clears_past_losers_an_interrupted_session_left(tmp_path
     keeper.trial_ended(later)
     assert sorted(deleted) == [2, 3]
     assert sorted(keeper.kept()) == sorted([past[0].checkpoint, past[1].checkpoint])
+
+
+def test_the_recipes_trial_keeps_its_folder_when_it_may_be_registered(tmp_path: Path) -> None:
+    """final.prefer=recipe_unless_better may register the recipe's model, however it ranked in the search."""
+    deleted: List[int] = []
+    keeper = CheckpointKeeper(1, Mode.min, deleted=lambda r: deleted.append(r.number), spare={"optim.lr": 0})
+    records = [trial(tmp_path, n, v) for n, v in enumerate([0.9, 0.5, 0.4, 0.8])]  # trial 0 is the recipe (lr 0)
+    for record in records:
+        keeper.trial_started(record)
+        keeper.trial_ended(record)
+    assert deleted == [1, 3] and Path(records[0].checkpoint or "").is_dir()

@@ -28,6 +28,7 @@ SWEEP = """
 objective: {metric: val/accuracy, mode: max}
 search: {sampler: grid, max_concurrent: 2, seed: 0, max_retries: 1}
 scheduler: {kind: fifo, max_epochs: 2}
+optim: {lr: 1.0e-2}
 space:
   optim.lr: {distribution: categorical, choices: [1.0e-2, 2.0e-2, 3.0e-2, 4.0e-2]}
 """

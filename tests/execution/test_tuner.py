@@ -253,3 +253,53 @@ def test_under_asha_a_third_of_tpe_proposals_are_random_and_the_same_on_every_ru
     random_pick = asha.index("RandomSampler")
     drawn = [optuna.create_study(sampler=again.sampler(random_pick)).ask().suggest_float("x", 0, 1) for _ in "ab"]
     assert drawn[0] == drawn[1], "a random proposal is seeded by its trial number"
+
+
+GRID_SPACE = {"finetune.strategy": {"distribution": "categorical", "choices": ["freeze", "full"]},
+              "finetune.freeze_layers": {"distribution": "int", "low": 1, "high": 2,
+                                         "when": {"finetune.strategy": "freeze"}},
+              "optim.lr": {"distribution": "categorical", "choices": [1.0e-3, 5.0e-5]},
+              "data.batch_size": {"distribution": "categorical", "choices": [16, 32]}}
+
+
+def told(searcher: Any, suggested: Dict[str, Any], value: float) -> Dict[str, Any]:
+    """Finish a suggested trial with one epoch of ``value``; return its values."""
+    marker = suggested[MARKER]
+    searcher.observe(marker["number"], marker["optuna"], 1, value)
+    searcher.tell(marker["number"], marker["optuna"], TrialState.COMPLETE)
+    return params_of(suggested)
+
+
+@pytest.mark.parametrize("sampler", ["grid", "random", "tpe"])
+def test_the_first_trial_is_exactly_the_recipe_and_a_rebuilt_study_never_enqueues_it_again(
+        config: ExperimentConfig, sampler: str) -> None:
+    import dataclasses
+
+    from finesweep.config import Sampler
+    from finesweep.config.recipe import recipe
+    from finesweep.config.space import iter_grid
+    from finesweep.journal.continuation import rebuilt_study
+
+    config = dataclasses.replace(config, search=dataclasses.replace(config.search, sampler=Sampler(sampler),
+                                                                     num_trials=None if sampler == "grid" else 6))
+    params = parse_space(GRID_SPACE, config)
+    plan = search_plan(config, params, Numbering())
+    ran = [told(plan.searcher, plan.searcher.suggest(f"t{i}"), 0.5 + i / 100) for i in range(3)]
+    own = recipe(config, params)
+    assert ran[0] == own == {"finetune.strategy": "full", "optim.lr": 5e-5, "data.batch_size": 32}
+    assert plan.searcher.study.trials[0].system_attrs["fixed_params"] == own, "Optuna's enqueue_trial"
+
+    # A resume rebuilds the study from the sweep's log: it has asked 3 trials, so it proposes the 4th.
+    records = []
+    for number, values in enumerate(ran):
+        record = TrialRecord(f"r{number}", number, values, status=TrialStatus.completed, optuna_number=number)
+        record.add_result({"val/loss": 0.5 + number / 100, "epoch": 1.0}, "val/loss", config.objective.mode)
+        records.append(record)
+    resumed = search_plan(config, params, Numbering(3), rebuilt_study(config, params, records))
+    budget = resumed.searcher.budget
+    later = [told(resumed.searcher, resumed.searcher.suggest(f"r{i}"), 0.4) for i in range(budget - 3)]
+    assert all("fixed_params" not in t.system_attrs for t in resumed.searcher.study.trials[3:]), "not enqueued twice"
+    if sampler == "grid":  # the recipe is one of the grid's points: every point still runs exactly once
+        every = [dict(point) for point in iter_grid(params)]
+        assert budget == len(every) == 12
+        assert sorted(map(repr, ran + later)) == sorted(map(repr, every))

@@ -18,7 +18,7 @@ MakeConfig = Callable[..., ExperimentConfig]
 Reports = List[Dict[str, float]]
 
 BASE_OVERRIDES = ("data.label_column=label", "data.max_samples=null", "data.max_length=32", "data.batch_size=16",
-                  "optim.lr=1e-2", "scheduler.max_epochs=3")
+                  "optim.lr=1e-2", "scheduler.max_epochs=3", "search.start_from_config=false")
 
 
 @pytest.fixture()

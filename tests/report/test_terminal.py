@@ -51,7 +51,7 @@ def test_live_view_counts_statuses_shows_the_best_and_the_running_trials(config:
     add(view, 4, 5e-4, [0.8], TrialStatus.running, phase="final")
     console.print(view._render())
     text = render(console)
-    assert "demo  4/6 started  running 1  completed 1  early-stopped 1  failed 1  re-training 1 of 1" in text
+    assert "demo  4/6 started  running 1  completed 1  early-stopped 1  failed 1  re-training 0/1 done" in text
     assert "best val/accuracy: 0.7500 (trial 0: optim.lr=0.0001)" in text
     running = [line for line in text.splitlines() if line.lstrip().startswith(("3 ", "4 "))]
     assert [line.split()[:3] for line in running] == [["3", "2/3", "0.6500"], ["4", "1/3", "0.8000"]]

@@ -21,7 +21,7 @@ from finesweep.tasks.text_classification import TextClassification, TextRegressi
 
 def check(data: DataConfig) -> Task:
     """What preflight reads of a data file: its task (``data.task: auto`` decides), or the error."""
-    return get(data.task).inspect(data)
+    return get(data.task).inspect(data).task
 
 
 def prepare(config: ExperimentConfig) -> PreparedData:

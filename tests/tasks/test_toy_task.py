@@ -26,7 +26,7 @@ import finesweep
 from finesweep import tasks
 from finesweep.config import DataConfig, ExperimentConfig
 from finesweep.errors import DataError
-from finesweep.tasks import LayerMap, PreparedData, Task
+from finesweep.tasks import Inspection, LayerMap, PreparedData, Task
 from finesweep.tasks.data import read_table, split_indices, take
 
 # --- the toy task ----------------------------------------------------------------------------------------------
@@ -74,9 +74,10 @@ class NumericClassification(Task):
     name: ClassVar[str] = "toy_numeric"
     objective_metrics: ClassVar[Tuple[str, ...]] = ("train/loss", "val/loss", "val/accuracy")
 
-    def inspect(self, data: DataConfig) -> Task:
-        self._table(data)
-        return self
+    def inspect(self, data: DataConfig) -> Inspection:
+        _, labels, _ = self._table(data)
+        train, val, test = (len(idx) for idx in split_indices(labels, data))
+        return Inspection(self, (train, val, test))
 
     def prepare(self, config: ExperimentConfig) -> PreparedData:
         features, labels, names = self._table(config.data)
@@ -174,6 +175,8 @@ SWEEP = """
 objective: {metric: val/accuracy, mode: max}
 search: {sampler: tpe, num_trials: 5, max_concurrent: 2, seed: 0}
 scheduler: {kind: asha, max_epochs: 3, grace_period: 1, reduction_factor: 2}
+optim: {lr: 1.0e-2}
+final: {cv_folds: 2}   # model selection on folds of a task that only the Task interface knows
 space:
   finetune.strategy: {distribution: categorical, choices: [full, head_only, freeze]}
   finetune.freeze_layers: {distribution: int, low: 1, high: 2, when: {finetune.strategy: freeze}}
@@ -226,9 +229,12 @@ def test_a_new_task_runs_a_real_sweep_end_to_end(tmp_path: Path, monkeypatch: py
     assert len(search) == 5 and {t.status.value for t in search} <= {"completed", "early_stopped"}
     assert result.best_value is not None and result.best_value > 0.8, "the network learns the toy rule"
     assert set(result.best_params) <= {"finetune.strategy", "finetune.freeze_layers", "optim.lr"}
+    folds = [t for t in result.trials if t.phase == "final"]
+    assert folds and sorted({t.params["data.fold"] for t in folds}) == [0, 1], "each finalist on both folds"
+    assert result.verdict.startswith("winner vs recipe: ") and "2 folds" in result.verdict
     client = MlflowClient(result.tracking_uri)
     children = client.search_runs([result.experiment_id], f"tags.`mlflow.parentRunId` = '{result.parent_run_id}'")
-    assert len(children) == 5 and set(result.child_run_ids.values()) == {r.info.run_id for r in children}
+    assert len(children) == 5 + len(folds) and set(result.child_run_ids.values()) == {r.info.run_id for r in children}
     assert result.registered_model == "toy/1" and result.report is not None and result.report.is_file()
 
     # The registered model answers the held-out rows as the sweep's one test evaluation scored them.

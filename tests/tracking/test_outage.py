@@ -19,6 +19,7 @@ SWEEP = """
 objective: {metric: val/loss, mode: min}
 search: {sampler: random, num_trials: 6, max_concurrent: 2, seed: 1}
 scheduler: {kind: fifo, max_epochs: 3}
+optim: {lr: 1.0e-3}
 space:
   optim.lr: {distribution: loguniform, low: 1.0e-4, high: 1.0e-2}
 """

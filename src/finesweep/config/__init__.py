@@ -6,7 +6,7 @@ own module: ``overrides`` (dotted keys), ``space`` (the sweep's ``space`` sectio
 sweep), ``compose`` (Hydra, the only module that touches its runtime), ``preflight`` (checks before Ray).
 """
 
-from finesweep.config.choices import Accelerator, Mode, Precision, Sampler, Schedule, SchedulerKind, Strategy
+from finesweep.config.choices import Accelerator, Mode, Precision, Prefer, Sampler, Schedule, SchedulerKind, Strategy
 from finesweep.config.schema import (
     ClusterConfig,
     DataConfig,
@@ -24,5 +24,6 @@ from finesweep.config.schema import (
 )
 
 __all__ = ["Accelerator", "ClusterConfig", "DataConfig", "ExperimentConfig", "FinalConfig", "FinetuneConfig",
-           "LoraConfig", "Mode", "ModelConfig", "ObjectiveConfig", "OptimConfig", "Precision", "Sampler", "Schedule",
-           "SchedulerConfig", "SchedulerKind", "SearchConfig", "Strategy", "TrackingConfig", "TrainerConfig"]
+           "LoraConfig", "Mode", "ModelConfig", "ObjectiveConfig", "OptimConfig", "Precision", "Prefer", "Sampler",
+           "Schedule", "SchedulerConfig", "SchedulerKind", "SearchConfig", "Strategy", "TrackingConfig",
+           "TrainerConfig"]

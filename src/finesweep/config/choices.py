@@ -102,3 +102,12 @@ class Strategy(str, enum.Enum):
     freeze = "freeze"
     gradual_unfreeze = "gradual_unfreeze"
     lora = "lora"
+
+
+class Prefer(str, enum.Enum):
+    """Which configuration model selection registers."""
+
+    winner = "winner"
+    """The best-ranked configuration, whatever the verdict against the recipe says."""
+    recipe_unless_better = "recipe_unless_better"
+    """The recipe, unless the winner beats it beyond noise (the verdict's interval excludes zero)."""

@@ -26,6 +26,7 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, MissingMandat
 import finesweep
 from finesweep.config import preflight
 from finesweep.config.overrides import key_hint, leaf_keys, value_at
+from finesweep.config.recipe import check_start
 from finesweep.config.schema import ExperimentConfig
 from finesweep.config.space import parse_space
 from finesweep.config.sweep import RESUMABLE, Sweep
@@ -54,6 +55,7 @@ def compose(sweep: str, overrides: Sequence[str]) -> Sweep:
         params = parse_space(config.space, config)
         preflight.check_budget(config, params)
         preflight.check_values(config, params)
+        check_start(config, params)
     return Sweep(config, params, sweep_file, OmegaConf.to_yaml(cfg, resolve=True))
 
 
@@ -79,6 +81,9 @@ def stored(config_yaml: str, sweep_file: Path, overrides: Sequence[str]) -> Swee
                               f"ran with, and {sweep_file} is gone. Leave {groups[0]} out: the sweep goes on as it "
                               "was.")
         _refuse_changes(base, compose(str(sweep_file), [*groups, *dotted]).config, overrides)
+    if "start_from_config" not in (yaml.safe_load(config_yaml) or {}).get("search", {}):
+        # a sweep from before the recipe was a first trial: it goes on as it ran
+        config = dataclasses.replace(config, search=dataclasses.replace(config.search, start_from_config=False))
     params = parse_space(config.space, config)
     preflight.check_values(config, params)
     return Sweep(config, params, sweep_file, config_yaml)

@@ -21,6 +21,7 @@ from finesweep.config.space import Param, grid_size, iter_grid, walk_branches
 from finesweep.errors import ConfigError, SearchSpaceError, one_line
 from finesweep.tasks import registry as tasks
 from finesweep.tasks.preparation import inspect_all
+from finesweep.tasks.task import Inspection
 
 
 @dataclass(frozen=True)
@@ -120,9 +121,27 @@ def check_values(config: ExperimentConfig, params: Sequence[Param]) -> List[Prob
     return tried
 
 
-def check_data(config: ExperimentConfig, params: Sequence[Param]) -> None:
-    """Validate every data variant a sweep uses (file, columns, labels, splits, objective vs task)."""
-    inspect_all(config, params)
+def check_data(config: ExperimentConfig, params: Sequence[Param]) -> Inspection:
+    """Validate every data variant a sweep uses (file, columns, labels, splits, objective vs task, folds); return
+    what the inspection found (the task, the split sizes).
+
+    Raises:
+        UserError: the data, the objective or ``final.cv_folds`` does not fit.
+    """
+    found = inspect_all(config, params)
+    check_folds(config.final.folds(found.rows[1]), found.pool)
+    return found
+
+
+def check_folds(folds: int, pool: int) -> None:
+    """Cross-validation needs at least one row per fold.
+
+    Raises:
+        ConfigError: more folds than train + validation rows.
+    """
+    if folds > pool:
+        raise ConfigError(f"final.cv_folds: every fold needs a row of the {pool} train + validation rows, got "
+                          f"cv_folds={folds}. Use at most {pool} folds (5 is usual).")
 
 
 def check_model(config: ExperimentConfig, params: Sequence[Param]) -> None:

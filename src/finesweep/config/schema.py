@@ -17,7 +17,16 @@ from typing import Any, Dict, List, Optional
 
 from omegaconf import MISSING
 
-from finesweep.config.choices import Accelerator, Mode, Precision, Sampler, Schedule, SchedulerKind, Strategy
+from finesweep.config.choices import (
+    Accelerator,
+    Mode,
+    Precision,
+    Prefer,
+    Sampler,
+    Schedule,
+    SchedulerKind,
+    Strategy,
+)
 from finesweep.errors import ConfigError
 
 
@@ -65,6 +74,9 @@ class DataConfig:
     task: str = "auto"
     """A task's name (``finesweep.tasks``: classification, regression, ...), or auto: text classification, or
     regression when the labels are non-integer numbers. Checked against the registered tasks before Ray starts."""
+    fold: Optional[int] = None
+    """Set by model selection on its cross-validation runs (``final.cv_folds``): which fold of train + validation
+    validates; null = the configured split. Not a value to set or search."""
 
     def __post_init__(self) -> None:
         if _incomplete(self):
@@ -84,6 +96,8 @@ class DataConfig:
             _check(self.batch_size >= 1, "data.batch_size", self.batch_size, "must be at least 1", "Use e.g. 32."),
             _check(_is_codec(self.encoding), "data.encoding", repr(self.encoding),
                    "must be a text encoding Python knows", "Use e.g. utf-8, latin-1 or cp1252."),
+            _check(self.fold is None or self.fold >= 0, "data.fold", self.fold, "must be >= 0 or null",
+                   "Leave it null: model selection sets it on its cross-validation runs."),
         ])
 
 
@@ -208,22 +222,52 @@ class FinetuneConfig:
         ])
 
 
+AUTO_CV_BELOW = 200
+"""``final.cv_folds: auto`` cross-validates when the validation split has fewer rows than this: below it one
+example moves accuracy by more than half a point, and a ranking on it is mostly noise."""
+
+AUTO_CV_FOLDS = 5
+"""Folds ``final.cv_folds: auto`` uses when it turns cross-validation on."""
+
+
 @dataclass
 class FinalConfig:
     """Model selection after the search."""
 
     top_k: int = 1
-    """Configurations to re-train with fresh seeds (when seeds > 0)."""
+    """Configurations of the search that go on to model selection (the finalists, beside the recipe)."""
     seeds: int = 0
-    """Fresh seeds per top-k configuration; the winner is the best mean. 0 = no re-training."""
+    """Fresh seeds per finalist (per fold with cv_folds); the winner is the best mean. 0 = no re-training."""
     baseline: bool = False
     """Also train the config without any searched value once after the search (never ranked): the gain."""
+    cv_folds: Any = 0
+    """K: re-train the finalists and the recipe on K stratified folds of train + validation (test never enters)
+    and rank them by their mean over folds; 0 = off; auto = 5 folds when the validation split has fewer than
+    200 rows, else off."""
+    prefer: Prefer = Prefer.winner
+    """winner: register the best-ranked configuration; recipe_unless_better: register the recipe unless the
+    winner beats it beyond noise. The verdict is printed either way."""
 
     def __post_init__(self) -> None:
+        auto = self.cv_folds == "auto"
+        whole = isinstance(self.cv_folds, int) and not isinstance(self.cv_folds, bool)
         _raise_problems([
             _check(self.top_k >= 1, "final.top_k", self.top_k, "must be at least 1", "Use e.g. 3."),
             _check(self.seeds >= 0, "final.seeds", self.seeds, "must be >= 0", "Use 0 to skip re-training."),
+            _check(auto or (whole and (self.cv_folds == 0 or self.cv_folds >= 2)), "final.cv_folds",
+                   repr(self.cv_folds), "must be 0 (off), a number of folds >= 2, or auto", "Use e.g. 5 or auto."),
         ])
+
+    def folds(self, val_rows: int) -> int:
+        """The folds model selection uses (0 = none) for a validation split of ``val_rows`` rows."""
+        if self.cv_folds == "auto":
+            return AUTO_CV_FOLDS if val_rows < AUTO_CV_BELOW else 0
+        return int(self.cv_folds)
+
+    @property
+    def retrains(self) -> bool:
+        """Whether model selection may re-train the finalists (seeds, or folds: auto may decide either way)."""
+        return self.seeds > 0 or self.cv_folds != 0
 
 
 @dataclass
@@ -303,6 +347,12 @@ class SearchConfig:
     seed: int = 0
     max_retries: int = 0
     """Times a failed trial is run again from its last checkpoint (never after a NaN loss)."""
+    start_from_config: bool = True
+    """Run the composed config's own values of the searched keys (the recipe) as the first trial, so the search
+    can never report a winner worse than the recipe on its own split, and the sampler learns from it."""
+    enqueue: List[Dict[str, Any]] = field(default_factory=list)
+    """More known configurations to run first (after the recipe): ``[{optim.lr: 3.0e-5, ...}, ...]``; a
+    searched key a point leaves out is proposed by the sampler."""
 
     def __post_init__(self) -> None:
         _raise_problems([

@@ -30,8 +30,11 @@ from finesweep.errors import SearchSpaceError
 TOKENISATION_KEYS = ("model.name_or_path",)
 """Keys outside ``data.`` whose value changes the tokenised data."""
 
-NOT_TOKENISATION_KEYS = ("data.batch_size",)
+NOT_TOKENISATION_KEYS = ("data.batch_size", "data.fold")
 """Keys inside ``data.`` that do not change the tokenised data."""
+
+NOT_SEARCHABLE = {"data.fold": "is set by model selection on its cross-validation runs (final.cv_folds)"}
+"""Config keys a sweep may not search, and why."""
 
 
 class Distribution(str, enum.Enum):
@@ -289,6 +292,9 @@ def _check_key(key: str, config: ExperimentConfig) -> None:
         raise SearchSpaceError(f"space.{key}: {section} describes the sweep itself, not a config value, so it cannot "
                                "be searched. Search config values such as optim.lr; set the sweep's own values "
                                f"under {section}:.")
+    if key in NOT_SEARCHABLE:
+        raise SearchSpaceError(f"space.{key}: {key} {NOT_SEARCHABLE[key]}, so it cannot be searched. "
+                               "Remove it from space.")
     if not has_key(config, key):
         raise SearchSpaceError(f"space.{key}: unknown config key {key!r}. {key_hint(key, leaf_keys(config))}")
 

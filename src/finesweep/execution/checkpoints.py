@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from finesweep.config import Mode
 from finesweep.journal.records import TrialRecord, TrialStatus, ranked
@@ -38,11 +38,15 @@ class CheckpointKeeper:
         mode: whether larger objective values are better.
         past: trials of an earlier session (a resumed sweep), their folders counted as kept.
         deleted: called with each trial whose folder was deleted (the sweep's log records it).
+        spare: values of a configuration whose trials keep their folders whatever they rank: the recipe's, when
+            model selection may register it (``final.prefer: recipe_unless_better``).
     """
 
     def __init__(self, keep: int, mode: Mode, past: Sequence[TrialRecord] = (),
-                 deleted: Optional[Callable[[TrialRecord], object]] = None) -> None:
+                 deleted: Optional[Callable[[TrialRecord], object]] = None,
+                 spare: Optional[Dict[str, Any]] = None) -> None:
         self.keep = keep
+        self.spare = spare
         self.mode = mode
         self.deleted = deleted or (lambda record: None)
         self.finished: Dict[int, TrialRecord] = {r.number: r for r in past
@@ -75,7 +79,8 @@ class CheckpointKeeper:
         if not self._swept:
             losers, self._swept = list(self.finished.values()), True
         for trial in losers:
-            if trial.number not in winners and trial.number not in self.gone and trial.checkpoint:
+            spared = self.spare is not None and trial.params == self.spare
+            if trial.number not in winners and trial.number not in self.gone and trial.checkpoint and not spared:
                 delete_checkpoint(trial.checkpoint)
                 self.gone.add(trial.number)
                 self.deleted(trial)

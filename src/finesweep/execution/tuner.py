@@ -20,6 +20,7 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from finesweep.config import ExperimentConfig, SchedulerKind
+from finesweep.config.recipe import start_points
 from finesweep.config.space import Param, planned_trials
 from finesweep.execution.cluster import node_of
 from finesweep.execution.failures import Failure, classify, retry_overrides
@@ -57,11 +58,12 @@ class Plan:
 def search_plan(config: ExperimentConfig, params: Sequence[Param], numbering: Numbering, study: Any = None,
                 reruns: Sequence[Rerun] = (), known: Optional[Dict[int, TrialRecord]] = None,
                 scheduler: Optional[TrialScheduler] = None) -> Plan:
-    """The search phase: the study (new, or rebuilt on resume) proposes, queued reruns go first."""
+    """The search phase: the study (new, or rebuilt on resume) proposes, queued reruns go first, and its first
+    trials run the recipe and the enqueued points (``config.recipe.start_points``)."""
     budget = planned_trials(config, params)
     study = study if study is not None else new_study(config.objective.mode)
     searcher = StudySearcher(study, params, sampler_factory(config, params), config.search.seed, budget,
-                             config.objective.mode, numbering, reruns)
+                             config.objective.mode, numbering, reruns, start_points(config, params))
     samples = (budget + len(reruns)) * (1 + config.search.max_retries)
     return Plan(searcher, "search", dict(known or {}), scheduler or make_scheduler(config), samples)
 

@@ -199,6 +199,8 @@ class SelectionMade(Event):
     tags: Dict[str, Any]
     leaderboard_csv: str
     leaderboard_md: str
+    recipe: Dict[str, Any] = field(default_factory=dict)
+    """The recipe's values of the searched keys (the configuration the verdict compares the winner with)."""
 
 
 @dataclass(frozen=True, kw_only=True)

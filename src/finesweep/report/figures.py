@@ -6,15 +6,19 @@ study behind the search; plotly draws the rest from the sweep's log.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import statistics
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import plotly.graph_objects as go
 
-from finesweep.journal.records import TrialStatus
+from finesweep.journal.records import TrialStatus, format_params
 from finesweep.report.facts import SweepFacts, TrialFacts, finished, slots, utilisation
+from finesweep.selection import FOLD_KEY, SEED_KEY
+from finesweep.verdict import paired_interval
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +43,7 @@ def every_figure(facts: SweepFacts, study: Any) -> List[Figure]:
     makers: List[Callable[[], Figure]] = [
         lambda: history(facts), lambda: curves(facts), lambda: importance(facts, study),
         lambda: slices(facts, study), lambda: parallel(facts, study), lambda: by_strategy(facts),
-        lambda: per_parameter(facts), lambda: schedule(facts)]
+        lambda: per_parameter(facts), lambda: finalists(facts), lambda: schedule(facts)]
     figures = []
     for make in makers:
         try:
@@ -179,6 +183,45 @@ def per_parameter(facts: SweepFacts) -> Figure:
                "points to the left reach their value with fewer trained weights (cheaper, smaller checkpoints).")
     return Figure("trainable_fraction", "What you gain per trained parameter", caption,
                   _layout(figure, "trainable fraction of weights", facts.metric))
+
+
+def finalists(facts: SweepFacts) -> Figure:
+    """Each finalist's scores over the folds (or seeds) model selection re-trained it on, its mean and interval,
+    the recipe beside them."""
+    title = "Finalists and the recipe"
+    runs = [t.record for t in facts.trials if t.record.phase == "final" and t.record.best_value is not None
+            and t.record.status is not TrialStatus.failed]
+    if not runs:
+        return Figure("finalists", title, "Model selection re-trained nothing (final.cv_folds and final.seeds are "
+                      "off): the winner and the recipe have one validation score each.", None)
+    unit = FOLD_KEY if any(FOLD_KEY in r.params for r in runs) else SEED_KEY
+    groups: Dict[str, Tuple[Dict[str, Any], List[Tuple[Any, float]]]] = {}
+    for run in runs:
+        params = {k: v for k, v in run.params.items() if k not in (SEED_KEY, FOLD_KEY)}
+        entry = groups.setdefault(json.dumps(params, sort_keys=True, default=str), (params, []))
+        entry[1].append((run.params.get(unit), float(run.best_value or 0.0)))
+    order = sorted(groups.values(), key=lambda g: facts.mode.rank_key(statistics.fmean(v for _, v in g[1])))
+    recipe = facts.selection.recipe if facts.selection is not None else None
+    figure = go.Figure()
+    for rank, (params, scores) in enumerate(order, start=1):
+        is_recipe = params == recipe
+        label = "recipe" if is_recipe else f"#{rank}"
+        color = "#e76f51" if is_recipe else "#2a9d8f"
+        values = [v for _, v in scores]
+        figure.add_scatter(x=[label] * len(values), y=values, mode="markers", marker=dict(size=9, color=color,
+                           opacity=0.6), name=f"{label}: {format_params(params) or '(defaults)'}",
+                           text=[f"{'fold' if unit == FOLD_KEY else 'seed'} {u}" for u, _ in scores])
+        mean, interval = statistics.fmean(values), paired_interval(values)
+        low, high = interval if interval is not None else (mean, mean)
+        figure.add_scatter(x=[label], y=[mean], mode="markers", showlegend=False, hoverinfo="y",
+                           marker=dict(symbol="line-ew-open", size=34, line=dict(width=3, color=color)),
+                           error_y=dict(type="data", symmetric=False, array=[high - mean], arrayminus=[mean - low],
+                                        color=color, thickness=2, width=14))
+    verdict = facts.selection.tags.get("finesweep.verdict", "") if facts.selection is not None else ""
+    units = "fold" if unit == FOLD_KEY else "seed"
+    caption = (f"Each dot is one {units}'s best {facts.metric}; the bar is the mean and its 95% t-interval. Every "
+               f"finalist ran on the same {units}s, so compare them {units} by {units}: {verdict or 'no verdict'}.")
+    return Figure("finalists", title, caption, _layout(figure, "finalist (by mean, best first)", facts.metric))
 
 
 def schedule(facts: SweepFacts) -> Figure:

@@ -166,10 +166,16 @@ def _winner(facts: SweepFacts) -> str:
             return "<h2>Winner</h2><p>No trial finished.</p>"
         return "<h2>Winner</h2><p>Model selection has not run for this sweep yet.</p>"
     metrics, tags = selection.metrics, selection.tags
-    rows = [["parameters", format_params(facts.best.params if facts.best else {}) or "(defaults)"],
+    searched = {k: v for k, v in (facts.best.params if facts.best else {}).items() if k in facts.config.space}
+    rows = [["parameters", format_params(searched) or "(defaults)"],
             [f"validation {metric}", f"{metrics.get(f'final/val/{metric}/mean', float('nan')):.4f} ± "
                                      f"{metrics.get(f'final/val/{metric}/std', float('nan')):.4f} over "
-                                     f"{tags.get('finesweep.final_runs', '?')} seed(s)"]]
+                                     f"{tags.get('finesweep.final_runs', '?')} run(s)"]]
+    if tags.get("finesweep.verdict"):
+        rows.append(["against the recipe", str(tags["finesweep.verdict"]).removeprefix("winner vs recipe: ")])
+    if tags.get("finesweep.registered_config") == "recipe":
+        rows.append(["registered", "the recipe (final.prefer=recipe_unless_better: the winner is not better "
+                                   "beyond noise)"])
     rows += [[f"test {k.split('/', 1)[1]} (one evaluation)", f"{v:.4f}"] for k, v in sorted(metrics.items())
              if k.startswith("test/")]
     rows.append(["latency", f"{metrics.get('inference/latency_ms_per_example', float('nan')):.2f} ms/example on "
@@ -203,7 +209,8 @@ def _leaderboard(facts: SweepFacts) -> str:
     frame = pd.read_csv(io.StringIO(board))
     rows = [[_cell(v) for v in row] for row in frame.itertuples(index=False)]
     return ("<h2>Leaderboard</h2><p class='caption'>The configurations model selection re-trained, best first: "
-            "validation mean ± std over seeds, and the winner's one test evaluation.</p>"
+            "validation mean ± std over their runs (folds or seeds), and the registered configuration's test "
+            "evaluation; recipe marks the config's own values.</p>"
             + _table(rows, [str(c) for c in frame.columns]))
 
 

@@ -84,7 +84,8 @@ class SweepView:
             self._done.add(record.number)
         best = "" if record.best_value is None else f", best {record.best_value:.4f} at epoch {record.best_epoch}"
         why = f": {record.failure}: {record.error}" if record.status is TrialStatus.failed else ""
-        self._line(f"trial {record.number} {record.status.value.replace('_', ' ')}{best}{why}  ({self._counts()})")
+        where = self._counts() if record.phase == "search" else f"{record.phase} run"
+        self._line(f"trial {record.number} {record.status.value.replace('_', ' ')}{best}{why}  ({where})")
 
     def _line(self, text: str) -> None:
         """One progress line off a terminal; on a terminal, the live view shows the records instead."""
@@ -104,7 +105,8 @@ class SweepView:
             (f"{self.config.name}  ", "bold"),
             f"{len(search)}/{self.total} started  ",
             *[(f"{s.value.replace('_', '-')} {counts[s]}  ", STATUS_STYLE[s]) for s in TrialStatus],
-            f"re-training {sum(r.status is TrialStatus.running for r in final)} of {len(final)}  " if final else "",
+            f"re-training {sum(r.status is not TrialStatus.running for r in final)}/{len(final)} done  "
+            if final else "",
             f"{time.monotonic() - self.started:.0f}s")
         best = best_trial(search, self.config.objective.mode)
         metric = self.config.objective.metric

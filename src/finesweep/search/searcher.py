@@ -115,12 +115,17 @@ class StudySearcher(Searcher):
         mode: whether larger values are better.
         numbering: trial numbers shared with re-training.
         reruns: trials to run again before any new proposal.
-        pending: reruns Tune has not finished yet (resumed or retried trials count as running).
+        points: known configurations the study's first trials run (``config.recipe.start_points``): trial i of
+            the study takes point i (Optuna's ``enqueue_trial``), so a rebuilt study that has asked i trials goes
+            on with point i and never runs one twice. A point may leave keys to the sampler.
     """
 
     def __init__(self, study: optuna.Study, params: Sequence[Param], sampler: SamplerFactory, seed: int,
-                 budget: int, mode: Mode, numbering: Numbering, reruns: Sequence[Rerun] = ()) -> None:
+                 budget: int, mode: Mode, numbering: Numbering, reruns: Sequence[Rerun] = (),
+                 points: Sequence[Dict[str, Any]] = ()) -> None:
         super().__init__()
+        by_key = {p.key: p for p in params}
+        self.points = [{k: by_key[k].to_optuna_value(v) for k, v in point.items()} for point in points]
         self.study = study
         self.params = tuple(params)
         self.sampler = sampler
@@ -144,7 +149,10 @@ class StudySearcher(Searcher):
         number = self.numbering.take()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            self.study.sampler = self.sampler(proposal_seed(self.seed, self.asked()))
+            index = self.asked()
+            self.study.sampler = self.sampler(proposal_seed(self.seed, index))
+            if index < len(self.points):  # waits in the study only until the ask below takes it
+                self.study.enqueue_trial(self.points[index], skip_if_exists=False)
             trial = self.study.ask()
         values = suggest(trial, self.params)
         self._trials[number] = trial

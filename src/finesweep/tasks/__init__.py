@@ -11,7 +11,7 @@ texts and text pairs (``text_classification.py``). Adding one is a module with a
 from finesweep.tasks.data import DataCache
 from finesweep.tasks.layers import LayerMap, transformer_layer_map
 from finesweep.tasks.registry import get, names, register
-from finesweep.tasks.task import Batch, PreparedData, Split, Task
+from finesweep.tasks.task import Batch, Inspection, PreparedData, Split, Task
 
-__all__ = ["Batch", "DataCache", "LayerMap", "PreparedData", "Split", "Task", "get", "names", "register",
+__all__ = ["Batch", "DataCache", "Inspection", "LayerMap", "PreparedData", "Split", "Task", "get", "names", "register",
            "transformer_layer_map"]

@@ -22,6 +22,7 @@ import pandas as pd
 
 from finesweep.config import DataConfig, ExperimentConfig
 from finesweep.errors import DataError, one_line
+from finesweep.tasks.folds import fold_data, pool_assignment
 from finesweep.tasks.task import PreparedData, Split, Task
 
 READERS = {".csv": "csv", ".tsv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
@@ -32,14 +33,34 @@ class DataCache:
     """Every prepared variant a sweep needs, keyed by the config values that shaped it."""
 
     variants: Dict[str, PreparedData]
+    folds: Dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    """Each variant's cross-validation fold of every train + validation row (``with_folds``); empty without."""
 
     def for_config(self, config: ExperimentConfig) -> PreparedData:
-        """The variant prepared for this trial's config."""
-        return self.variants[variant_key(config)]
+        """The variant prepared for this trial's config; with ``data.fold`` set, that fold of it validates.
+
+        Raises:
+            ValueError: ``data.fold`` is set on a cache without folds, or names a fold it does not have.
+        """
+        key = variant_key(config)
+        fold = config.data.fold
+        if fold is None:
+            return self.variants[key]
+        assignment = self.folds.get(key)
+        if assignment is None or fold > int(assignment.max()):
+            raise ValueError(f"data.fold={fold}: this data has {0 if assignment is None else assignment.max() + 1} "
+                             "cross-validation folds; model selection makes them (final.cv_folds)")
+        return fold_data(self.variants[key], assignment, fold)
 
     def without_test(self) -> DataCache:
         """What the search's trials get: every variant without its test split."""
-        return DataCache({key: value.without_test() for key, value in self.variants.items()})
+        return DataCache({key: value.without_test() for key, value in self.variants.items()}, self.folds)
+
+    def with_folds(self, folds: int, seed: int) -> DataCache:
+        """The same data with ``folds`` stratified cross-validation folds of each variant's train + validation rows
+        (seeded: the same rows give the same folds)."""
+        return DataCache(self.variants, {key: pool_assignment(value, folds, seed)
+                                         for key, value in self.variants.items()})
 
     @property
     def task(self) -> Task:
@@ -59,8 +80,8 @@ class DataCache:
 
 
 def variant_key(config: ExperimentConfig) -> str:
-    """Identity of everything that changes the prepared data (not the batch size)."""
-    return repr((config.model.name_or_path, dataclasses.replace(config.data, batch_size=1)))
+    """Identity of everything that changes the prepared data (not the batch size, not the cross-validation fold)."""
+    return repr((config.model.name_or_path, dataclasses.replace(config.data, batch_size=1, fold=None)))
 
 
 # --- helpers most tasks' prepare share ------------------------------------------------------------------

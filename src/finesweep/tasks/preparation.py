@@ -11,7 +11,7 @@ from finesweep.config.space import Distribution, Param, affects_tokenisation
 from finesweep.errors import ConfigError
 from finesweep.tasks.data import DataCache, variant_key
 from finesweep.tasks.registry import get, reporting
-from finesweep.tasks.task import PreparedData, Task
+from finesweep.tasks.task import Inspection, PreparedData, Task
 
 
 def prepare_all(config: ExperimentConfig, params: Sequence[Param]) -> DataCache:
@@ -29,18 +29,18 @@ def prepare_all(config: ExperimentConfig, params: Sequence[Param]) -> DataCache:
     return DataCache(variants)
 
 
-def inspect_all(config: ExperimentConfig, params: Sequence[Param]) -> Task:
+def inspect_all(config: ExperimentConfig, params: Sequence[Param]) -> Inspection:
     """Read and check the data file of every variant without preparing it; the objective must be a metric the
-    task reports. Returns the task of the (first) variant.
+    task reports. Returns what the (first) variant's inspection found.
 
     Raises:
         UserError: the data or the objective does not fit.
     """
     variants = [with_overrides(config, v).data for v in data_variants(params)]
-    tasks = [get(data.task).inspect(data) for data in variants]
-    for task in tasks:
-        check_objective(config.objective.metric, task)
-    return tasks[0]
+    found = [get(data.task).inspect(data) for data in variants]
+    for inspection in found:
+        check_objective(config.objective.metric, inspection.task)
+    return found[0]
 
 
 def data_variants(params: Sequence[Param]) -> List[Dict[str, object]]:

@@ -89,6 +89,20 @@ class PreparedData:
         return f"{len(self.train)}/{len(self.val)}/{len(self.test or ())} train/val/test rows"
 
 
+@dataclass(frozen=True)
+class Inspection:
+    """What reading a data file found, before anything is prepared: the task that fits it and each split's rows."""
+
+    task: Task
+    rows: Tuple[int, int, int]
+    """Rows of the train, validation and test splits."""
+
+    @property
+    def pool(self) -> int:
+        """Rows cross-validation folds are made of: train + validation (the test split never enters a fold)."""
+        return self.rows[0] + self.rows[1]
+
+
 class Task(abc.ABC):
     """One kind of fine-tuning (its subclasses are stateless: everything about the data is in ``PreparedData``).
 
@@ -97,21 +111,24 @@ class Task(abc.ABC):
         objective_metrics: what a trial of this task reports every epoch that a sweep may optimise.
         lora_task_type: peft's ``TaskType`` for LoRA on this task's models (``SEQ_CLS``, ``CAUSAL_LM`` ...).
         pip_requirements: what the served model needs installed.
+        points_metrics: objective metrics that are shares in [0, 1] (accuracy, F1): the terminal shows their
+            differences in points (x100), and one validation example moves them by about 100 / rows points.
     """
 
     name: ClassVar[str] = ""
     objective_metrics: ClassVar[Tuple[str, ...]] = ("train/loss", "val/loss")
+    points_metrics: ClassVar[Tuple[str, ...]] = ()
     lora_task_type: ClassVar[str] = "SEQ_CLS"
     pip_requirements: ClassVar[Tuple[str, ...]] = ("mlflow", "torch", "safetensors", "pandas", "numpy")
 
     # --- data: read, check and prepare once, on the driver ------------------------------------------
 
     @abc.abstractmethod
-    def inspect(self, data: DataConfig) -> Task:
+    def inspect(self, data: DataConfig) -> Inspection:
         """Read and check the data file (columns, labels, rows per split) without preparing it.
 
         Returns:
-            The task that fits the data (``data.task: auto`` picks one from the labels).
+            The task that fits the data (``data.task: auto`` picks one from the labels) and the split sizes.
 
         Raises:
             DataError: the file, a column, the labels or the split sizes are wrong (one line, with the fix).
@@ -123,6 +140,11 @@ class Task(abc.ABC):
 
         Called once per data variant, on the driver; trials only batch what it returns.
         """
+
+    def strata(self, labels: np.ndarray) -> np.ndarray:
+        """What splits and cross-validation folds are stratified by, one value per example; the default (one
+        stratum) splits by examples alone, as token and generative tasks do."""
+        return np.zeros(len(labels), dtype=np.int64)
 
     # --- the model --------------------------------------------------------------------------------
 

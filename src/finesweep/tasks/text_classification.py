@@ -24,7 +24,7 @@ import pandas as pd
 from finesweep.config import DataConfig, ExperimentConfig
 from finesweep.errors import ConfigError, DataError, one_line
 from finesweep.tasks.data import read_table, split_indices, subsample, take
-from finesweep.tasks.task import PreparedData, Task
+from finesweep.tasks.task import Inspection, PreparedData, Task
 
 if TYPE_CHECKING:
     import torch
@@ -50,6 +50,7 @@ class TextClassification(Task):
 
     name: ClassVar[str] = "classification"
     objective_metrics: ClassVar[Tuple[str, ...]] = ("train/loss", "val/loss", "val/accuracy", "val/f1_macro")
+    points_metrics: ClassVar[Tuple[str, ...]] = ("val/accuracy", "val/f1_macro")
     pip_requirements: ClassVar[Tuple[str, ...]] = ("mlflow", "torch", "transformers", "safetensors", "pandas", "numpy")
     regression: ClassVar[bool] = False
 
@@ -58,8 +59,10 @@ class TextClassification(Task):
 
     # --- data -------------------------------------------------------------------------------------
 
-    def inspect(self, data: DataConfig) -> Task:
-        return self._rows(data).task
+    def inspect(self, data: DataConfig) -> Inspection:
+        rows = self._rows(data)
+        train, val, test = (len(idx) for idx in rows.splits)
+        return Inspection(rows.task, (train, val, test))
 
     def prepare(self, config: ExperimentConfig) -> PreparedData:
         rows = self._rows(config.data)
@@ -213,6 +216,7 @@ class TextRegression(TextClassification):
 
     name: ClassVar[str] = "regression"
     objective_metrics: ClassVar[Tuple[str, ...]] = ("train/loss", "val/loss", "val/rmse", "val/pearson")
+    points_metrics: ClassVar[Tuple[str, ...]] = ()
     regression: ClassVar[bool] = True
 
     def strata(self, labels: np.ndarray) -> np.ndarray:
