@@ -15,6 +15,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import lcbench  # noqa: E402
 import search_efficiency as se  # noqa: E402
+import selection_noise  # noqa: E402
 
 # Trial 0 reports at epochs 4 and 12, trial 1 at 4, trial 0 again at 36.
 RESULTS = [(0, 4, 0.5), (0, 12, 0.6), (1, 4, 0.7), (0, 36, 0.65)]
@@ -30,6 +31,23 @@ def test_best_so_far_and_the_compute_to_reach_a_target() -> None:
     assert se.best_by(RESULTS, 12) == 0.6 and se.best_by(RESULTS, 40) == 0.7
     assert se.epochs_to_reach(RESULTS, 0.6) == 12 and se.epochs_to_reach(RESULTS, 0.7) == 16
     assert se.epochs_to_reach(RESULTS, 0.71) is None
+
+
+def test_the_simulated_true_score_is_the_expected_accuracy_and_cross_validation_picks_worse_less_often() -> None:
+    import numpy as np
+
+    setting = selection_noise.Setting()
+    task = selection_noise.Task(setting, np.random.default_rng(0))
+    rng = np.random.default_rng(1)  # Monte Carlo of the same expectation the quadrature computes
+    difficulty = rng.normal(0.0, 1.5, 400_000) - rng.normal(0.0, setting.seed_noise, 400_000)
+    for ability, true in zip(task.abilities[:3], task.true[:3], strict=True):
+        assert true == pytest.approx(float(selection_noise.sigmoid(ability - difficulty).mean()), abs=2e-3)
+    table = selection_noise.simulate(setting, tasks=300, seed=0)
+    assert table["one split"]["worse"] < table["one split, no recipe trial"]["worse"], "the recipe as trial 0"
+    assert table["K folds"]["worse"] < table["one split"]["worse"] / 2
+    assert table["K folds, recipe unless better"]["worse"] <= 0.01
+    # the top 3 and the recipe (3 finalists when the recipe is one of the top 3), 5 folds each, after 10 trials
+    assert setting.trials + 3 * setting.folds < table["K folds"]["runs"] <= setting.trials + 4 * setting.folds
 
 
 def test_regret_is_zero_at_the_optimum_and_one_at_a_typical_configuration() -> None:
