@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml .ci/constraints.txt | cksum | cut -d' ' -f1)
 
-PHONY_BENCH := bench bench-search bench-ties bench-throughput bench-scale bench-overhead
+PHONY_BENCH := bench bench-search bench-ties bench-throughput bench-scale bench-overhead bench-selection bench-small-data
 .PHONY: demo test test-fast lint $(PHONY_BENCH) install \
 	system-deps clean
 
@@ -44,10 +44,16 @@ test-fast: install  ## unit tests only
 	$(BIN)/python -m pytest -m "not slow"
 
 # Every benchmark prints a markdown table (the README's Performance section shows them); ~60 min in all on 2 cores.
-bench: bench-search bench-ties bench-throughput bench-scale bench-overhead
+bench: bench-search bench-ties bench-throughput bench-scale bench-overhead bench-selection bench-small-data
 
 bench-search: install  ## TPE+ASHA vs random, TPE, random+ASHA and hand-written Optuna+Hyperband on LCBench (~18 min)
 	$(BIN)/python benchmarks/search_efficiency.py
+
+bench-selection: install  ## how often each model-selection procedure picks worse than the recipe (simulated, ~5 s)
+	$(BIN)/python benchmarks/selection_noise.py
+
+bench-small-data: install  ## a real 400-tweet sweep: recipe as trial 0, 5-fold finalists, the verdict (~7 min)
+	$(BIN)/python benchmarks/small_data.py
 
 bench-ties: install  ## ASHA's ties broken by val/loss vs Ray's rule, on a real MiniLM sweep (~9 min)
 	$(BIN)/python benchmarks/asha_ties.py

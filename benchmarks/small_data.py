@@ -6,7 +6,7 @@ Runs ``finesweep run small_data`` (sweeps/small_data.yaml: MiniLM fully fine-tun
 the sweep's journal: the search's wall-clock, the cross-validation's (the extra ``final.cv_folds: 5`` costs),
 the verdict, the recipe's and the winner's scores.
 
-Usage: python benchmarks/small_data.py [OVERRIDE ...]   (prints a markdown table; ~15 minutes on 2 CPU cores)
+Usage: python benchmarks/small_data.py [OVERRIDE ...]   (prints a markdown table; ~7 minutes on 2 CPU cores)
 """
 
 from __future__ import annotations
