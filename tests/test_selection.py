@@ -12,7 +12,7 @@ import pytest
 from finesweep.config import ExperimentConfig, Mode
 from finesweep.config.compose import compose
 from finesweep.journal.records import TrialRecord, TrialStatus
-from finesweep.selection import candidates, leaderboard, regroup, seed_points, select
+from finesweep.selection import candidates, final_points, leaderboard, regroup, select
 from finesweep.tasks import PreparedData
 from finesweep.tasks.preparation import prepare_all
 
@@ -45,7 +45,7 @@ def test_candidates_are_distinct_top_k(config: ExperimentConfig) -> None:
                record(3, 0.3, [0.99], status=TrialStatus.failed)]
     top = candidates(records, config)
     assert [c.params for c in top] == [{"optim.lr": 0.1}, {"optim.lr": 0.2}]
-    assert seed_points(config, top) == [{"optim.lr": 0.1, "trainer.seed": s} for s in (1, 2, 3)] + \
+    assert final_points(config, top, folds=0) == [{"optim.lr": 0.1, "trainer.seed": s} for s in (1, 2, 3)] + \
         [{"optim.lr": 0.2, "trainer.seed": s} for s in (1, 2, 3)]
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from finesweep.config import ExperimentConfig, Mode
 from finesweep.config.compose import compose
-from finesweep.verdict import Verdict, paired_interval, resolution
+from finesweep.verdict import Verdict, mean_interval, resolution
 
 DIFFS = [0.02, 0.05, -0.01, 0.04, 0.03]
 T_4, T_2 = 2.776445, 4.302653
@@ -20,7 +20,7 @@ T_4, T_2 = 2.776445, 4.302653
 def test_the_paired_t_interval_matches_a_hand_computation() -> None:
     mean, spread = statistics.fmean(DIFFS), statistics.stdev(DIFFS)
     assert (mean, round(spread, 6)) == (pytest.approx(0.026), 0.023022)
-    low, high = paired_interval(DIFFS)  # type: ignore[misc]
+    low, high = mean_interval(DIFFS)  # type: ignore[misc]
     assert low == pytest.approx(mean - T_4 * spread / math.sqrt(5), abs=1e-6)
     assert high == pytest.approx(mean + T_4 * spread / math.sqrt(5), abs=1e-6)
     assert (round(low, 4), round(high, 4)) == (-0.0026, 0.0546)
@@ -29,13 +29,13 @@ def test_the_paired_t_interval_matches_a_hand_computation() -> None:
 def test_over_folds_the_interval_is_nadeau_bengio_corrected() -> None:
     """K-fold training sets overlap: the variance of the mean is (1/K + 1/(K-1)) s^2, not s^2/K."""
     mean, spread = statistics.fmean(DIFFS), statistics.stdev(DIFFS)
-    low, high = paired_interval(DIFFS, corrected=True)  # type: ignore[misc]
+    low, high = mean_interval(DIFFS, corrected=True)  # type: ignore[misc]
     half = T_4 * spread * math.sqrt(1 / 5 + 1 / 4)
     assert (low, high) == (pytest.approx(mean - half, abs=1e-6), pytest.approx(mean + half, abs=1e-6))
     three = [0.1, 0.0, 0.05]
-    low, high = paired_interval(three, corrected=True)  # type: ignore[misc]
+    low, high = mean_interval(three, corrected=True)  # type: ignore[misc]
     assert high - low == pytest.approx(2 * T_2 * statistics.stdev(three) * math.sqrt(1 / 3 + 1 / 2), abs=1e-6)
-    assert paired_interval([0.3]) is None and paired_interval([]) is None
+    assert mean_interval([0.3]) is None and mean_interval([]) is None
 
 
 @pytest.mark.parametrize("mode", [Mode.max, Mode.min])

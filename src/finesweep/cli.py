@@ -12,13 +12,14 @@ import argparse
 import io
 import os
 import sys
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 from rich.console import Console
 from rich.markup import escape
 
 import finesweep
 from finesweep import api, commands
+from finesweep.config import ExperimentConfig
 from finesweep.config.compose import display, location_overrides, locations
 from finesweep.errors import FinesweepError, SweepFailedError, SweepInterrupted, UserError
 
@@ -86,7 +87,7 @@ def cmd_show(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
-def _first_trials(config: Any) -> str:
+def _first_trials(config: ExperimentConfig) -> str:
     known = len(config.search.enqueue)
     first = (["the recipe (the config's own values)"] if config.search.start_from_config else []) + (
         [f"{known} enqueued configuration(s)"] if known else [])

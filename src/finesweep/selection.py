@@ -116,11 +116,6 @@ def final_points(config: ExperimentConfig, finalists: Sequence[Candidate], folds
     return [{**c.params, **seed, FOLD_KEY: fold} for fold in range(folds) for c in finalists for seed in seeds]
 
 
-def seed_points(config: ExperimentConfig, ranked_candidates: Sequence[Candidate]) -> List[Dict[str, Any]]:
-    """Each candidate's values once per fresh seed (seeds the search never used)."""
-    return final_points(config, ranked_candidates, 0)
-
-
 def with_recipe(ranked_candidates: Sequence[Candidate], recipe: Dict[str, Any],
                 records: Sequence[TrialRecord], mode: Mode) -> List[Candidate]:
     """The finalists: the search's top-k, and the recipe after them when it is not one of them."""

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Dict, Optional, Sequence, Tuple
 
 from finesweep.config import ExperimentConfig, Mode
+from finesweep.config.schema import AUTO_CV_BELOW, AUTO_CV_FOLDS
 
 LEVEL = 0.95
 """Confidence level of the interval."""
@@ -58,7 +59,7 @@ class Verdict:
     @property
     def interval(self) -> Optional[Tuple[float, float]]:
         """The 95% t-interval of the mean difference (corrected over folds); None with fewer than 2 units."""
-        return paired_interval(self.differences, corrected=self.unit == "folds")
+        return mean_interval(self.differences, corrected=self.unit == "folds")
 
     @property
     def outcome(self) -> str:
@@ -101,23 +102,23 @@ class Verdict:
         return f"{100 * value:+.1f} points" if self.points else f"{value:+.4g}"
 
 
-def paired_interval(differences: Sequence[float], corrected: bool = False,
-                    level: float = LEVEL) -> Optional[Tuple[float, float]]:
-    """The t-interval of the mean of paired differences; None with fewer than 2.
+def mean_interval(values: Sequence[float], corrected: bool = False,
+                  level: float = LEVEL) -> Optional[Tuple[float, float]]:
+    """The t-interval of the mean of some values (the verdict's: paired differences); None with fewer than 2.
 
     Args:
-        corrected: the differences come from K-fold cross-validation: Nadeau and Bengio's corrected variance
+        corrected: the values come from K-fold cross-validation: Nadeau and Bengio's corrected variance
             ``(1/K + n_test/n_train) s^2`` with ``n_test/n_train = 1/(K-1)``.
     """
-    n = len(differences)
+    n = len(values)
     if n < 2:
         return None
-    from scipy import stats
+    from scipy import stats  # ~0.3 s, only once a selection is judged
 
-    spread = statistics.stdev(differences)
+    spread = statistics.stdev(values)
     share = 1 / n + (1 / (n - 1) if corrected else 0.0)
     half = float(stats.t.ppf(0.5 + level / 2, n - 1)) * spread * math.sqrt(share)
-    mean = statistics.fmean(differences)
+    mean = statistics.fmean(values)
     return mean - half, mean + half
 
 
@@ -128,8 +129,6 @@ def resolution(config: ExperimentConfig, rows: Tuple[int, int, int], points: boo
         rows: train, validation and test rows.
         points: the objective is a share in [0, 1] (``Task.points_metrics``).
     """
-    from finesweep.config.schema import AUTO_CV_BELOW, AUTO_CV_FOLDS
-
     train, val, test = rows
     metric, folds = config.objective.metric, config.final.folds(val)
     moves = f"; one row moves {metric} by ~{100 / val:.3g} points" if points and val else ""

@@ -18,7 +18,7 @@ import plotly.graph_objects as go
 from finesweep.journal.records import TrialStatus, format_params
 from finesweep.report.facts import SweepFacts, TrialFacts, finished, slots, utilisation
 from finesweep.selection import FOLD_KEY, SEED_KEY
-from finesweep.verdict import paired_interval
+from finesweep.verdict import mean_interval
 
 log = logging.getLogger(__name__)
 
@@ -211,7 +211,7 @@ def finalists(facts: SweepFacts) -> Figure:
         figure.add_scatter(x=[label] * len(values), y=values, mode="markers", marker=dict(size=9, color=color,
                            opacity=0.6), name=f"{label}: {format_params(params) or '(defaults)'}",
                            text=[f"{'fold' if unit == FOLD_KEY else 'seed'} {u}" for u, _ in scores])
-        mean, interval = statistics.fmean(values), paired_interval(values)
+        mean, interval = statistics.fmean(values), mean_interval(values)
         low, high = interval if interval is not None else (mean, mean)
         figure.add_scatter(x=[label], y=[mean], mode="markers", showlegend=False, hoverinfo="y",
                            marker=dict(symbol="line-ew-open", size=34, line=dict(width=3, color=color)),
