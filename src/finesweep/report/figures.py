@@ -214,7 +214,7 @@ def finalists(facts: SweepFacts) -> Figure:
         mean, interval = statistics.fmean(values), mean_interval(values)
         low, high = interval if interval is not None else (mean, mean)
         figure.add_scatter(x=[label], y=[mean], mode="markers", showlegend=False, hoverinfo="y",
-                           marker=dict(symbol="line-ew-open", size=34, line=dict(width=3, color=color)),
+                           marker=dict(symbol="line-ew-open", size=34, color=color, line=dict(width=3, color=color)),
                            error_y=dict(type="data", symmetric=False, array=[high - mean], arrayminus=[mean - low],
                                         color=color, thickness=2, width=14))
     verdict = facts.selection.tags.get("finesweep.verdict", "") if facts.selection is not None else ""
