@@ -9,6 +9,7 @@ killed driver loses nothing a resume cannot continue, and a tracking outage lose
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import logging
 import time
@@ -74,9 +75,10 @@ class Session:
         """The sweep's config."""
         return self.sweep.config
 
-    @property
+    @functools.cached_property
     def recipe(self) -> Dict[str, Any]:
-        """The composed config's own values of the searched keys: the recipe, the search's first trial."""
+        """The composed config's own values of the searched keys: the recipe, the search's first trial (computed
+        once: the baseline compares it with every search trial)."""
         return recipe(self.config, self.sweep.params, strict=False)
 
 
