@@ -14,8 +14,10 @@ install: $(STAMP)
 $(STAMP): pyproject.toml .ci/constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	# torch first, alone: the CPU build on disk, before anything can ask for a CUDA one.
-	$(BIN)/pip install --quiet torch==2.13.0
+	# torch and torchvision first, alone, as a matching pair from this machine's disk (before anything can ask for
+	# another torch): PyPI's torchvision for the CPU-only torch 2.13.0 does not import ('torchvision::nms does not
+	# exist'), and timm needs torchvision.
+	$(BIN)/pip install --quiet torch==2.14.1 torchvision==0.29.1
 	$(BIN)/pip install --quiet -c .ci/constraints.txt -e ".[demo,test]"
 	rm -f $(VENV)/.installed-* && touch $@
 

@@ -6,7 +6,17 @@ own module: ``overrides`` (dotted keys), ``space`` (the sweep's ``space`` sectio
 sweep), ``compose`` (Hydra, the only module that touches its runtime), ``preflight`` (checks before Ray).
 """
 
-from finesweep.config.choices import Accelerator, Mode, Precision, Prefer, Sampler, Schedule, SchedulerKind, Strategy
+from finesweep.config.choices import (
+    Accelerator,
+    Augment,
+    Mode,
+    Precision,
+    Prefer,
+    Sampler,
+    Schedule,
+    SchedulerKind,
+    Strategy,
+)
 from finesweep.config.schema import (
     ClusterConfig,
     DataConfig,
@@ -23,7 +33,7 @@ from finesweep.config.schema import (
     TrainerConfig,
 )
 
-__all__ = ["Accelerator", "ClusterConfig", "DataConfig", "ExperimentConfig", "FinalConfig", "FinetuneConfig",
-           "LoraConfig", "Mode", "ModelConfig", "ObjectiveConfig", "OptimConfig", "Precision", "Prefer", "Sampler",
-           "Schedule", "SchedulerConfig", "SchedulerKind", "SearchConfig", "Strategy", "TrackingConfig",
-           "TrainerConfig"]
+__all__ = ["Accelerator", "Augment", "ClusterConfig", "DataConfig", "ExperimentConfig", "FinalConfig",
+           "FinetuneConfig", "LoraConfig", "Mode", "ModelConfig", "ObjectiveConfig", "OptimConfig", "Precision",
+           "Prefer", "Sampler", "Schedule", "SchedulerConfig", "SchedulerKind", "SearchConfig", "Strategy",
+           "TrackingConfig", "TrainerConfig"]

@@ -19,6 +19,18 @@ class Sampler(str, enum.Enum):
     tpe = "tpe"
 
 
+class Augment(str, enum.Enum):
+    """On-the-fly augmentation of training images (``data.augment``); validation and test images never are."""
+
+    none = "none"
+    flip = "flip"
+    """A horizontal flip, half the time."""
+    crop_flip = "crop_flip"
+    """A random resized crop (8-100% of the area, aspect 3/4-4/3) back to the input size, then the flip."""
+    trivial = "trivial"
+    """TrivialAugment (one random operation of random strength per image), then the crop and the flip."""
+
+
 class SchedulerKind(str, enum.Enum):
     """How Ray Tune decides which running trials to stop early."""
 

@@ -157,7 +157,7 @@ def check_model(config: ExperimentConfig, params: Sequence[Param]) -> None:
         for overrides in model_variants(probes(params, config.search.sampler is Sampler.grid)):
             variant = with_overrides(config, overrides)
             try:
-                check(variant, tasks.get(variant.data.task))
+                check(variant, tasks.get(variant.data.task, variant.data))
             except (OSError, ValueError) as exc:
                 raise ConfigError(f"model.name_or_path: cannot read the model config of "
                                   f"{variant.model.name_or_path!r} ({one_line(exc)}). Point it at a Hugging Face "

@@ -19,6 +19,7 @@ from omegaconf import MISSING
 
 from finesweep.config.choices import (
     Accelerator,
+    Augment,
     Mode,
     Precision,
     Prefer,
@@ -56,10 +57,26 @@ class DataConfig:
     """The labelled data set and how it is split and tokenised."""
 
     path: str = MISSING
-    """CSV, JSONL or Parquet file."""
+    """CSV, TSV, JSONL or Parquet file; a CoNLL file (token classification); a folder of images, one sub-folder
+    per class (image classification), or of train/val/test files or folders used as the splits."""
     text_column: str = "text"
     label_column: str = "label"
     text_pair_column: Optional[str] = None
+    image_column: str = "image"
+    """Image classification from a table: the column of image paths (relative to the table's folder)."""
+    image_size: Optional[int] = None
+    """Image classification: pixels per side images are prepared at; null = the model's own input size."""
+    augment: Augment = Augment.none
+    """Image classification: on-the-fly augmentation of training images (none, flip, crop_flip, trivial)."""
+    mixup: float = 0.0
+    """Image classification: mixup's Beta(alpha, alpha) on training batches; 0 = off."""
+    cutmix: float = 0.0
+    """Image classification: CutMix's Beta(alpha, alpha) on training batches; 0 = off (with mixup too, each
+    batch takes one of the two, at random)."""
+    tokens_column: str = "tokens"
+    """Token classification from JSONL / Parquet: the column holding each sentence's list of words."""
+    tags_column: str = "tags"
+    """Token classification from JSONL / Parquet: the column holding each sentence's list of tags."""
     val_fraction: float = 0.1
     test_fraction: float = 0.1
     seed: int = 0
@@ -93,6 +110,10 @@ class DataConfig:
             _check(self.max_samples is None or self.max_samples >= 10, "data.max_samples",
                    self.max_samples, "must be at least 10 or null", "Use null for every row."),
             _check(self.max_length >= 8, "data.max_length", self.max_length, "must be at least 8", "Use e.g. 128."),
+            _check(self.image_size is None or self.image_size >= 16, "data.image_size", self.image_size,
+                   "must be at least 16 or null", "Use e.g. 224, or null for the model's own input size."),
+            _check(self.mixup >= 0, "data.mixup", self.mixup, "must be >= 0", "Use e.g. 0.2, or 0 for off."),
+            _check(self.cutmix >= 0, "data.cutmix", self.cutmix, "must be >= 0", "Use e.g. 1.0, or 0 for off."),
             _check(self.batch_size >= 1, "data.batch_size", self.batch_size, "must be at least 1", "Use e.g. 32."),
             _check(_is_codec(self.encoding), "data.encoding", repr(self.encoding),
                    "must be a text encoding Python knows", "Use e.g. utf-8, latin-1 or cp1252."),

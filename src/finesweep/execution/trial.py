@@ -83,7 +83,9 @@ def fit(config: ExperimentConfig, cache: DataCache, report: Reporter, seed: Opti
                                             config.trainer.early_stopping_patience))
         trainer = _trainer(config, max_epochs=config.scheduler.max_epochs, callbacks=callbacks)
         # weights_only: a checkpoint is data; loading one never runs code
-        trainer.fit(module, datamodule=PreparedDataModule(data, config.data.batch_size, seed),
+        batches = PreparedDataModule(data, config.data.batch_size, seed,
+                                     transform=data.task.train_transform(config.data, data))
+        trainer.fit(module, datamodule=batches,
                     ckpt_path=str(training_state(str(resume))) if resume is not None else None, weights_only=True)
     finally:
         shutil.rmtree(best_dir, ignore_errors=True)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from finesweep.tasks import PreparedData, Split
+from finesweep.tasks import Batch, PreparedData, Split
 
 
 class PreparedDataModule(pl.LightningDataModule):
@@ -18,18 +18,21 @@ class PreparedDataModule(pl.LightningDataModule):
         data: the prepared splits (shared read-only with other trials).
         batch_size: examples per training batch.
         seed: seed of the training shuffle.
+        transform: applied to every training batch (``Task.train_transform``: augmentation); never to the others.
     """
 
-    def __init__(self, data: PreparedData, batch_size: int, seed: int) -> None:
+    def __init__(self, data: PreparedData, batch_size: int, seed: int,
+                 transform: Optional[Callable[[Batch], Batch]] = None) -> None:
         super().__init__()
         self.data = data
         self.batch_size = batch_size
         self.seed = seed
+        self.transform = transform
         self.test_loads = 0
         """How often the test split was served; model selection must touch it at most once."""
 
     def train_dataloader(self) -> DataLoader[Dict[str, Any]]:
-        return self._loader(self.data.train, EpochShuffle(len(self.data.train), self.seed))
+        return self._loader(self.data.train, EpochShuffle(len(self.data.train), self.seed), self.transform)
 
     def val_dataloader(self) -> DataLoader[Dict[str, Any]]:
         return self._loader(self.data.val)
@@ -40,10 +43,11 @@ class PreparedDataModule(pl.LightningDataModule):
         self.test_loads += 1
         return self._loader(self.data.test)
 
-    def _loader(self, split: Split, sampler: Optional[Sampler[int]] = None) -> DataLoader[Dict[str, Any]]:
+    def _loader(self, split: Split, sampler: Optional[Sampler[int]] = None,
+                transform: Optional[Callable[[Batch], Batch]] = None) -> DataLoader[Dict[str, Any]]:
         # DataLoader takes any sequence of indices; its stubs ask for a Dataset
         return DataLoader(range(len(split)), batch_size=self.batch_size, sampler=sampler,  # type: ignore[arg-type]
-                          collate_fn=_Collate(self.data, split))
+                          collate_fn=_Collate(self.data, split, transform))
 
 
 class EpochShuffle(Sampler[int]):
@@ -71,9 +75,11 @@ class EpochShuffle(Sampler[int]):
 class _Collate:
     """Index list -> the task's batch of tensors (picklable, for DataLoader workers)."""
 
-    def __init__(self, data: PreparedData, split: Split) -> None:
+    def __init__(self, data: PreparedData, split: Split, transform: Optional[Callable[[Batch], Batch]]) -> None:
         self.task = data.task
         self.split = split
+        self.transform = transform
 
     def __call__(self, indices: List[int]) -> Dict[str, Any]:
-        return self.task.collate(self.split, indices)
+        batch = self.task.collate(self.split, indices)
+        return batch if self.transform is None else self.transform(batch)

@@ -230,15 +230,17 @@ class Lora(FinetuneStrategy):
         # SEQ_CLS already keeps "classifier"/"score" trainable; naming the head's own top-level
         # modules also covers heads with more than one (DistilBERT's pre_classifier + classifier).
         head_modules = self.task.layer_map(model).head_modules()
-        config = PeftLoraConfig(task_type=TaskType[self.task.lora_task_type], r=self.lora.r, lora_alpha=self.lora.alpha,
+        task_type = TaskType[self.task.lora_task_type] if self.task.lora_task_type else None
+        config = PeftLoraConfig(task_type=task_type, r=self.lora.r, lora_alpha=self.lora.alpha,
                                 lora_dropout=self.lora.dropout, target_modules=list(self.lora.target_modules),
                                 modules_to_save=head_modules or None)
         try:
             return get_peft_model(model, config)
         except ValueError as exc:
-            raise ConfigError(f"finetune.lora.target_modules must name linear layers of the model, got "
-                              f"{list(self.lora.target_modules)} ({one_line(exc)}). "
-                              "Use e.g. [query, value] for BERT-like models.") from None
+            raise ConfigError(f"finetune.lora.target_modules must name linear or convolution layers of the model, "
+                              f"got {list(self.lora.target_modules)} ({one_line(exc)}). Use e.g. [query, value] "
+                              "for BERT-like models, [q_proj, v_proj] for ViT, [convolution] for a Hugging Face "
+                              "ResNet.") from None
 
     def export(self, model: nn.Module) -> nn.Module:
         # Merging a deep copy leaves the live model's adapters in place, so training can go on

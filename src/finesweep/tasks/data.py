@@ -15,12 +15,13 @@ import dataclasses
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 import pandas as pd
 
 from finesweep.config import DataConfig, ExperimentConfig
+from finesweep.config.space import NOT_TOKENISATION_KEYS
 from finesweep.errors import DataError, one_line
 from finesweep.tasks.folds import fold_data, pool_assignment
 from finesweep.tasks.task import PreparedData, Split, Task
@@ -80,8 +81,12 @@ class DataCache:
 
 
 def variant_key(config: ExperimentConfig) -> str:
-    """Identity of everything that changes the prepared data (not the batch size, not the cross-validation fold)."""
-    return repr((config.model.name_or_path, dataclasses.replace(config.data, batch_size=1, fold=None)))
+    """Identity of everything that changes the prepared data: not the batch size, the cross-validation fold or
+    the on-the-fly augmentation (``space.NOT_TOKENISATION_KEYS``: they are set to their defaults here)."""
+    defaults: Dict[str, Any] = {name: field.default for name, field in DataConfig.__dataclass_fields__.items()}
+    trial_side = {key.split(".", 1)[1] for key in NOT_TOKENISATION_KEYS}
+    same = dataclasses.replace(config.data, **{name: defaults[name] for name in trial_side})
+    return repr((config.model.name_or_path, same))
 
 
 # --- helpers most tasks' prepare share ------------------------------------------------------------------

@@ -15,8 +15,12 @@ from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Tuple
 if TYPE_CHECKING:
     from torch import nn
 
-LAYER_LISTS = ("encoder.layer", "transformer.layer", "encoder.layers", "layers")
-"""Where BERT-like base models keep their encoder layers (BERT/RoBERTa/MiniLM, DistilBERT, others)."""
+LAYER_LISTS = ("encoder.layer", "transformer.layer", "encoder.layers", "layers", "encoder.stages", "encoder.blocks")
+"""Where base models keep their ordered blocks: BERT/RoBERTa/MiniLM, ViT/DeiT/DINOv2 (encoder.layer), DistilBERT,
+Swin (encoder.layers), ResNet/ConvNeXt (encoder.stages), EfficientNet (encoder.blocks)."""
+
+EMBEDDINGS = ("embeddings", "embedder")
+"""The base model's input module: a transformer's embeddings, a CNN's stem (ResNet's ``embedder``)."""
 
 LAYER_NAME = re.compile(r"(?:^|\.)layers?\.(\d+)\.")
 """Fallback when no layer list is found: ``...layer.3.output.dense.weight`` belongs to layer 3."""
@@ -61,7 +65,7 @@ def transformer_layer_map(model: nn.Module) -> LayerMap:
     base = getattr(model, "base_model", model)
     in_base = {id(param) for param in base.parameters()}
     layers = _layer_names(base, names)
-    embedding_module = getattr(base, "embeddings", None)
+    embedding_module = next((getattr(base, name) for name in EMBEDDINGS if hasattr(base, name)), None)
     in_layers = {name for layer in layers for name in layer}
     if isinstance(embedding_module, nn.Module):
         embeddings = tuple(names[id(p)] for p in embedding_module.parameters())

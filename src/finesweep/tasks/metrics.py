@@ -18,3 +18,4 @@ class Pearson(PearsonCorrCoef):
         if bool((self.var_x == 0).any() or (self.var_y == 0).any()):
             return torch.zeros((), device=self.var_x.device)
         return super().compute()
+

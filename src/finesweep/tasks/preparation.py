@@ -25,7 +25,7 @@ def prepare_all(config: ExperimentConfig, params: Sequence[Param]) -> DataCache:
         variant = with_overrides(config, override)
         key = variant_key(variant)
         if key not in variants:
-            variants[key] = get(variant.data.task).prepare(variant)
+            variants[key] = get(variant.data.task, variant.data).prepare(variant)
     return DataCache(variants)
 
 
@@ -37,7 +37,7 @@ def inspect_all(config: ExperimentConfig, params: Sequence[Param]) -> Inspection
         UserError: the data or the objective does not fit.
     """
     variants = [with_overrides(config, v).data for v in data_variants(params)]
-    found = [get(data.task).inspect(data) for data in variants]
+    found = [get(data.task, data).inspect(data) for data in variants]
     for inspection in found:
         check_objective(config.objective.metric, inspection.task)
     return found[0]

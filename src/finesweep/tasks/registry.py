@@ -1,15 +1,20 @@
 """The tasks finesweep knows, by the name ``data.task`` gives them.
 
 A task module defines one ``Task`` subclass; one line registers it: ``register(MyTask)`` (here for the
-built-in ones, in your own module for yours). ``data.task: auto`` is the text tasks' detection: regression
-when the labels are non-integer numbers, classification otherwise.
+built-in ones, in your own module for yours). ``data.task: auto`` reads the task off the data (``detect``): a
+folder of images or a table with an image column but no text column is image classification; a CoNLL file, or a
+table with word-list and tag-list columns, token classification; any other table text classification, which
+is regression when the labels are non-integer numbers.
 """
 
 from __future__ import annotations
 
-from typing import Dict, List, Tuple, Type
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple, Type
 
+from finesweep.config import DataConfig
 from finesweep.errors import ConfigError
+from finesweep.tasks.image_classification import ImageClassification
 from finesweep.tasks.task import Task
 from finesweep.tasks.text_classification import TextClassification, TextRegression
 
@@ -17,6 +22,9 @@ AUTO = "auto"
 """``data.task: auto``: the task is read from the data (the text tasks decide between them)."""
 
 _TASKS: Dict[str, Type[Task]] = {}
+
+TOKENS = "token_classification"
+"""The name of the token classification task (``token_classification.py``)."""
 
 
 def register(task: Type[Task]) -> Type[Task]:
@@ -35,18 +43,59 @@ def register(task: Type[Task]) -> Type[Task]:
     return task
 
 
-def get(name: str) -> Task:
-    """The task ``data.task`` names (``auto``: text classification, which reads regression off the labels).
+CONLL_SUFFIXES = (".conll", ".iob", ".bio", ".txt")
+"""Files read as CoNLL-style tagged text (one word per line, the tag last)."""
+
+
+def get(name: str, data: Optional[DataConfig] = None) -> Task:
+    """The task ``data.task`` names; ``auto`` is the one ``detect`` reads off ``data`` (without data: text
+    classification, which reads regression off the labels).
 
     Raises:
         ConfigError: no task has that name.
     """
+    if name == AUTO and data is not None:
+        name = detect(data)
     if name == AUTO:
         return TextClassification(detect=True)
     if name not in _TASKS:
         raise ConfigError(f"data.task must name a task finesweep knows ({', '.join(names())}), got {name!r}. "
                           "Use one of those, or register yours with finesweep.tasks.register.")
     return _TASKS[name]()
+
+
+def detect(data: DataConfig) -> str:
+    """The task ``data.task: auto`` means for this data: a task's name, or ``auto`` for the text tasks (their own
+    detection tells classification from regression). Reads at most a table's first rows."""
+    path = Path(data.path)
+    if path.is_dir():
+        files = [p for p in path.iterdir() if p.is_file()]
+        return TOKENS if any(p.suffix.lower() in CONLL_SUFFIXES for p in files) else ImageClassification.name
+    if path.suffix.lower() in CONLL_SUFFIXES:
+        return TOKENS
+    columns = _columns(path)
+    if data.image_column in columns and data.text_column not in columns:
+        return ImageClassification.name
+    if data.tokens_column in columns and data.tags_column in columns and data.text_column not in columns:
+        return TOKENS
+    return AUTO
+
+
+def _columns(path: Path) -> List[str]:
+    """A table's column names (empty when it cannot be read: reading it for real says why)."""
+    import pandas as pd
+
+    try:
+        suffix = path.suffix.lower()
+        if suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            return list(pq.read_schema(path).names)
+        if suffix in (".jsonl", ".json"):
+            return list(pd.read_json(path, lines=suffix == ".jsonl", nrows=5 if suffix == ".jsonl" else None).columns)
+        return list(pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", nrows=5).columns)
+    except Exception:  # noqa: BLE001 - detection only: the task that reads the file reports what is wrong
+        return []
 
 
 def names() -> List[str]:
@@ -66,3 +115,4 @@ def reporting(metric: str) -> List[str]:
 
 register(TextClassification)
 register(TextRegression)
+register(ImageClassification)

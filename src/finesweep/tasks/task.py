@@ -24,7 +24,7 @@ import abc
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Dict, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -109,7 +109,9 @@ class Task(abc.ABC):
     Attributes:
         name: what ``data.task`` calls it; the registry's key.
         objective_metrics: what a trial of this task reports every epoch that a sweep may optimise.
-        lora_task_type: peft's ``TaskType`` for LoRA on this task's models (``SEQ_CLS``, ``CAUSAL_LM`` ...).
+        lora_task_type: peft's ``TaskType`` for LoRA on this task's models (``SEQ_CLS``, ``TOKEN_CLS`` ...); None
+            for models peft has no task type for (image classifiers): a plain ``PeftModel``.
+        breakdown_name: what ``breakdown``'s table is called (``per_class``, ``per_entity``).
         pip_requirements: what the served model needs installed.
         points_metrics: objective metrics that are shares in [0, 1] (accuracy, F1): the terminal shows their
             differences in points (x100), and one validation example moves them by about 100 / rows points.
@@ -118,7 +120,8 @@ class Task(abc.ABC):
     name: ClassVar[str] = ""
     objective_metrics: ClassVar[Tuple[str, ...]] = ("train/loss", "val/loss")
     points_metrics: ClassVar[Tuple[str, ...]] = ()
-    lora_task_type: ClassVar[str] = "SEQ_CLS"
+    lora_task_type: ClassVar[Optional[str]] = "SEQ_CLS"
+    breakdown_name: ClassVar[str] = "per_class"
     pip_requirements: ClassVar[Tuple[str, ...]] = ("mlflow", "torch", "safetensors", "pandas", "numpy")
 
     # --- data: read, check and prepare once, on the driver ------------------------------------------
@@ -185,6 +188,11 @@ class Task(abc.ABC):
         features = {name: torch.from_numpy(_cut(array[idx], width)) for name, array in split.features.items()}
         return {"features": features, "labels": torch.from_numpy(split.labels[idx])}
 
+    def train_transform(self, data: DataConfig, prepared: PreparedData) -> Optional[Callable[[Batch], Batch]]:
+        """What a trial does to each training batch before the model sees it (image augmentation, MixUp); None =
+        nothing. Built in the trial from its own config; validation and test batches never pass through it."""
+        return None
+
     def forward(self, model: nn.Module, features: Dict[str, torch.Tensor]) -> torch.Tensor:
         """The model's outputs for a batch's features (what ``loss`` and ``predictions`` read)."""
         logits: torch.Tensor = model(**features).logits
@@ -205,6 +213,16 @@ class Task(abc.ABC):
     def num_outputs(self, data: PreparedData) -> int:
         """Outputs of the model's head: the number of classes."""
         return len(data.label_names)
+
+    def breakdown(self, batches: Sequence[Tuple[np.ndarray, np.ndarray]], data: PreparedData) -> List[Dict[str, Any]]:
+        """The registered model's scores per class (or entity type) on the test split, one row each, logged on the
+        parent run as ``final/<breakdown_name>.csv``; empty = none for this task.
+
+        Args:
+            batches: ``(predictions, labels)`` of every test batch, as ``predictions`` and the labels give them.
+            data: the prepared data (its label names).
+        """
+        return []
 
     # --- serving ----------------------------------------------------------------------------------
 

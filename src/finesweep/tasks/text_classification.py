@@ -16,13 +16,14 @@ import json
 import shutil
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Dict, List, Mapping, Optional, Tuple, cast
+from typing import TYPE_CHECKING, Any, ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple, cast
 
 import numpy as np
 import pandas as pd
 
 from finesweep.config import DataConfig, ExperimentConfig
 from finesweep.errors import ConfigError, DataError, one_line
+from finesweep.tasks.breakdown import class_breakdown
 from finesweep.tasks.data import read_table, split_indices, subsample, take
 from finesweep.tasks.task import Inspection, PreparedData, Task
 
@@ -171,6 +172,10 @@ class TextClassification(Task):
         return MetricCollection({"accuracy": MulticlassAccuracy(classes, average="micro"),
                                  "f1_macro": MulticlassF1Score(classes, average="macro")}, prefix=prefix)
 
+    def breakdown(self, batches: Sequence[Tuple[np.ndarray, np.ndarray]], data: PreparedData) -> List[Dict[str, Any]]:
+        """Accuracy, precision, F1 and support of each class."""
+        return class_breakdown(batches, data.label_names)
+
     # --- serving ----------------------------------------------------------------------------------
 
     def serving_meta(self, config: ExperimentConfig, data: PreparedData) -> Dict[str, Any]:
@@ -234,6 +239,9 @@ class TextRegression(TextClassification):
 
     def predictions(self, outputs: torch.Tensor) -> torch.Tensor:
         return outputs.float().squeeze(-1)
+
+    def breakdown(self, batches: Sequence[Tuple[np.ndarray, np.ndarray]], data: PreparedData) -> List[Dict[str, Any]]:
+        return []  # no classes
 
     def metrics(self, data: PreparedData, prefix: str) -> MetricCollection:
         from torchmetrics import MeanSquaredError, MetricCollection
