@@ -17,6 +17,7 @@ from finesweep.errors import ConfigError
 from finesweep.tasks.image_classification import ImageClassification
 from finesweep.tasks.task import Task
 from finesweep.tasks.text_classification import TextClassification, TextRegression
+from finesweep.tasks.token_classification import TokenClassification
 
 AUTO = "auto"
 """``data.task: auto``: the task is read from the data (the text tasks decide between them)."""
@@ -115,4 +116,5 @@ def reporting(metric: str) -> List[str]:
 
 register(TextClassification)
 register(TextRegression)
+register(TokenClassification)
 register(ImageClassification)
