@@ -94,7 +94,8 @@ CASES = [
     ("lora-target-not-in-the-model", space("finetune.strategy: {distribution: categorical, choices: [lora, full]}",
                                            "finetune.lora.target_modules: {distribution: categorical, "
                                            "choices: [[query], [attention_q]], when: {finetune.strategy: lora}}"), [],
-     r"bad\.yaml: finetune\.lora\.target_modules must name linear layers of the model, got \['attention_q'\]"),
+     r"bad\.yaml: finetune\.lora\.target_modules must name linear or convolution layers of the model, got "
+     r"\['attention_q'\]"),
     ("loguniform-from-zero", space("optim.lr: {distribution: loguniform, low: 0, high: 0.1}"), [],
      r"bad\.yaml: space\.optim\.lr: loguniform needs low > 0, got low=0\. Use a positive bound such as 1e-6\.$"),
     ("typo-in-space-key", space("optim.weight_decy: {distribution: uniform, low: 0, high: 0.1}"), [],
@@ -133,7 +134,7 @@ CASES = [
     ("unreported-objective", space(LR.strip()), ["objective.metric=val/auroc"],
      r"objective\.metric must be a metric every trial reports .*, got 'val/auroc'\. Pick one of those\.$"),
     ("unknown-group-option", space(LR.strip()), ["model=gpt5"],
-     r"Could not find 'model/gpt5'\. Available options in 'model': hub, minilm\.$"),
+     r"Could not find 'model/gpt5'\. Available options in 'model': hub, minilm, vit\.$"),
     # --- the sweep file itself --------------------------------------------------------------------------------
     ("not-yaml", "objective: {metric: val/accuracy\nspace: [", [],
      r"^bad\.yaml: not a readable YAML file: .*\. Fix the syntax \(a sweep file is UTF-8 YAML\)\.$"),
@@ -173,6 +174,21 @@ CASES = [
      r"cv_folds=100000\. Use at most \d+ folds \(5 is usual\)\.$"),
     ("too-few-samples", space(LR.strip()), ["data.max_samples=5"],
      r"data\.max_samples must be at least 10 or null, got 5\. Use null for every row\.$"),
+    # --- images (the model is a tiny ViT) -------------------------------------------------------------------------
+    ("truncated-image", space(LR.strip()), ["data.path={files}/truncated", "model.name_or_path={files}/vit"],
+     r"bad\.yaml: data\.path: image .*/truncated/square/000\.jpg is truncated \(its JPEG data ends early\)\. "
+     r"Replace or remove the file\(s\)\.$"),
+    ("empty-class-folder", space(LR.strip()), ["data.path={files}/empty_class", "model.name_or_path={files}/vit"],
+     r"data\.path: class folder .*/empty_class/zebra holds no images \(\.jpg, .*\), got an empty folder\. Add "
+     r"images to it or remove it\.$"),
+    ("class-missing-from-val", space(LR.strip()), ["data.path={files}/no_val_stripes",
+                                                   "model.name_or_path={files}/vit"],
+     r"data\.path: class 'stripes' has no images in val/ of .*, got classes disc, square there\. Add images of "
+     r"every class to every split folder\.$"),
+    ("image-path-outside", space(LR.strip()), ["data.path={files}/outside/labels.csv",
+                                               "model.name_or_path={files}/vit"],
+     r"data\.image_column: data row 0 of column 'image' points outside the data folder .*, got '\.\./escape\.png'\. "
+     r"Keep the images in the table's folder"),
     ("model-without-tokenizer", space(LR.strip()), ["model.name_or_path={files}"],
      r"model\.name_or_path: cannot read the model config of '.*' \(.*\)\. Point it at a Hugging Face model folder"),
 ]
@@ -180,9 +196,26 @@ CASES = [
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import pandas as pd
+
+    from vision import build_tiny_vit, image_folder, image_table, split_folders
+
     folder = tmp_path_factory.mktemp("bad-files")
     for name, content in FILES.items():
         (folder / name).write_bytes(content)
+    build_tiny_vit(folder / "vit")
+    victim = image_folder(folder / "truncated", per_class=5) / "square" / "000.jpg"
+    victim.write_bytes(victim.read_bytes()[:-40])
+    (image_folder(folder / "empty_class", per_class=5) / "zebra").mkdir()
+    split_folders(folder / "no_val_stripes", {"train": 5, "val": 2})
+    for image in (folder / "no_val_stripes" / "val" / "stripes").iterdir():
+        image.unlink()
+    (folder / "no_val_stripes" / "val" / "stripes").rmdir()
+    table = image_table(folder / "outside", per_class=5)
+    (folder / "escape.png").write_bytes((folder / "outside" / "images" / "disc-0.png").read_bytes())
+    frame = pd.read_csv(table)
+    frame.loc[0, "image"] = "../escape.png"
+    frame.to_csv(table, index=False)
     return folder
 
 

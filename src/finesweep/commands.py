@@ -144,17 +144,18 @@ def serve(where: Locations, model: Optional[str], host: str, port: int, expose: 
     ``runs:/...``); the server reads it from the store the command resolved (``MLFLOW_TRACKING_URI`` when
     ``tracking.uri`` is not given).
     """
-    from finesweep.tracking import resolve_model
+    from finesweep.tracking import request_example, resolve_model
 
     check_host(host, expose, console)
     uri, columns = resolve_model(where.tracking_uri, model)
+    request = request_example(where.tracking_uri, uri) or {
+        "dataframe_records": [{c: text for c in columns} for text in ("what a great day", "awful service")]}
     os.environ["MLFLOW_TRACKING_URI"] = where.tracking_uri  # the model server reads the same store
     command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", uri, "--env-manager", "local",
                "--host", host, "--port", str(port), "--workers", "1"]
     url = f"http://{host}:{port}/invocations"
-    examples = [{c: text for c in columns} for text in ("what a great day", "awful service")]
     console.print(f"serving {uri} from {where.tracking_uri} at {url}  (Ctrl-C stops it). Try:\n  curl -s {url} -H "
-                  f"'Content-Type: application/json' -d '{json.dumps({'dataframe_records': examples})}'",
+                  f"'Content-Type: application/json' -d '{json.dumps(request)}'",
                   markup=False, soft_wrap=True)
     sys.stdout.flush()
     # MLflow starts `uvicorn` by name: this Python's scripts first, even in a venv that is not activated.

@@ -29,7 +29,7 @@ from finesweep.execution.checkpoints import CheckpointKeeper, disk_use
 from finesweep.execution.cluster import ray_session
 from finesweep.execution.failures import KINDS
 from finesweep.execution.trial import run_trial
-from finesweep.finetune.layout import drop_training_state
+from finesweep.finetune.layout import best_weights, drop_training_state
 from finesweep.journal.continuation import rebuilt_study, retraining, settle_search
 from finesweep.journal.events import (
     BaselineScored,
@@ -336,6 +336,17 @@ def _evaluate(config: ExperimentConfig, data: PreparedData, weights: Path, split
     return evaluate(config, data, weights, split)
 
 
+def _breakdown(config: ExperimentConfig, data: PreparedData, weights: Path) -> List[Dict[str, Any]]:
+    """The registered model's per-class table on the test split (one more pass over it, no choice made on it)."""
+    from finesweep.execution.trial import breakdown
+
+    try:
+        return breakdown(config, data, weights)
+    except Exception as exc:  # noqa: BLE001 - the table is extra: the selection and registration stand without it
+        logger.warning("the per-class table of the registered model failed: %s", one_line(exc), exc_info=True)
+        return []
+
+
 def _record_selection(session: Session, chosen: Selection, cache: DataCache, console: Console) -> None:
     """Log the selection and the registration (MLflow gives the version when the projector sends it)."""
     import pandas as pd
@@ -360,10 +371,14 @@ def _record_selection(session: Session, chosen: Selection, cache: DataCache, con
         metrics.update(chosen.verdict.metrics())
         tags["finesweep.verdict"] = chosen.verdict.line()
     board = pd.DataFrame(leaderboard(chosen, metric))
-    journal.record(SelectionMade(round=round_, metrics=metrics, tags=tags, leaderboard_csv=board.to_csv(index=False),
-                                 leaderboard_md=_markdown(board), recipe=chosen.recipe))
     registered_config = with_overrides(config, registered.params)
     data = cache.for_config(registered_config)
+    table = pd.DataFrame(_breakdown(registered_config, data, best_weights(str(chosen.chosen.checkpoint))))
+    journal.record(SelectionMade(round=round_, metrics=metrics, tags=tags, leaderboard_csv=board.to_csv(index=False),
+                                 leaderboard_md=_markdown(board), recipe=chosen.recipe,
+                                 breakdown_name=data.task.breakdown_name if len(table) else "",
+                                 breakdown_csv=table.to_csv(index=False) if len(table) else "",
+                                 breakdown_md=_markdown(table) if len(table) else ""))
     journal.record(RegisterRequested(round=round_, name=config.registered_model_name,
                                      checkpoint=chosen.chosen.checkpoint,
                                      preprocessor=registered_config.model.name_or_path,

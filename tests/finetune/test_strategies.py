@@ -230,8 +230,8 @@ def test_lora_trains_few_parameters_and_saves_a_merged_plain_model(make_config: 
 
 def test_lora_on_missing_modules_is_a_clear_error(make_config: MakeConfig) -> None:
     config = make_config("finetune.strategy=lora", "finetune.lora.target_modules=[nonexistent]")
-    with pytest.raises(ConfigError, match=r"finetune.lora.target_modules must name linear layers of the model, "
-                                          r"got \['nonexistent'\] .*Use e.g. \[query, value\]"):
+    with pytest.raises(ConfigError, match=r"finetune.lora.target_modules must name linear or convolution layers of "
+                                          r"the model, got \['nonexistent'\] .*Use e.g. \[query, value\]"):
         module_for(config)
 
 
@@ -240,7 +240,7 @@ def test_lora_on_missing_modules_is_a_clear_error(make_config: MakeConfig) -> No
     (["finetune.strategy=freeze", "finetune.freeze_layers=3"],
      "finetune.freeze_layers must be <= the model's 2 encoder layers, got 3. Lower it."),
     (["finetune.strategy=lora", "finetune.lora.target_modules=[nonexistent]"],
-     "finetune.lora.target_modules must name linear layers of the model, got ['nonexistent']"),
+     "finetune.lora.target_modules must name linear or convolution layers of the model, got ['nonexistent']"),
 ], ids=["freeze-too-deep", "lora-missing-target"])
 def test_check_finds_strategy_errors_without_loading_weights(make_config: MakeConfig, overrides: List[str],
                                                              message: str, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -31,11 +31,11 @@ from finesweep.config import (
     TrackingConfig,
 )
 from finesweep.errors import DataError
-from finesweep.tasks import image_classification, registry
+from finesweep.tasks import registry
 from finesweep.tasks.image_classification import ImageClassification
 from finesweep.tasks.images import Resize, find
 from finesweep.tasks.mapped import MappedArray
-from tests.vision import (
+from vision import (
     CLASSES,
     MORE_CLASSES,
     build_tiny_resnet,
@@ -155,7 +155,7 @@ def test_a_class_missing_from_a_given_split_is_refused(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("value, message", [
-    ("../outside.png", r"row \d+ of column 'image' points outside the data folder .* got '\.\./outside\.png'"),
+    ("../outside.png", r"data row 0 of column 'image' points outside the data folder .* got '\.\./outside\.png'"),
     ("images/missing.png", r"image file not found, got .*images/missing\.png"),
 ], ids=["outside", "missing"])
 def test_bad_paths_in_a_table_are_refused(tmp_path: Path, value: str, message: str) -> None:
@@ -180,11 +180,9 @@ def test_resize_squashes_or_crops_the_centre_as_the_processor_says() -> None:
 
 
 def test_large_data_is_memory_mapped_once_and_pickles_as_its_path(folder: Path, models: Dict[str, Path],
-                                                                  tmp_path: Path,
-                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    in_memory = TASK.prepare(config(folder, models["vit"], tmp_path))
-    monkeypatch.setattr(image_classification, "MAP_ABOVE_BYTES", 0)
-    mapped = TASK.prepare(config(folder, models["vit"], tmp_path))
+                                                                  tmp_path: Path) -> None:
+    in_memory = TASK.prepare(config(folder, models["vit"], tmp_path, map_above_mb=0.2))  # 60 images: 0.18 MiB
+    mapped = TASK.prepare(config(folder, models["vit"], tmp_path, map_above_mb=0.1))
     pixels = mapped.train.features["pixel_values"]
     assert isinstance(pixels, MappedArray) and Path(str(pixels.file)).is_relative_to(tmp_path / "store")
     assert np.array_equal(pixels, in_memory.train.features["pixel_values"])
@@ -192,7 +190,7 @@ def test_large_data_is_memory_mapped_once_and_pickles_as_its_path(folder: Path, 
     assert np.array_equal(pickle.loads(pickle.dumps(pixels)), pixels)
     assert len(pickle.dumps(pixels[[0, 1]])) > 2 * 3 * 32 * 32  # a batch is data, not the file
     stamp = Path(str(pixels.file)).stat().st_mtime_ns
-    again = TASK.prepare(config(folder, models["vit"], tmp_path))  # a resumed sweep decodes nothing again
+    again = TASK.prepare(config(folder, models["vit"], tmp_path, map_above_mb=0.1))  # a resume decodes nothing
     assert Path(str(again.train.features["pixel_values"].file)).stat().st_mtime_ns == stamp
     assert "memory-mapped" in mapped.describe() and "in the object store" in in_memory.describe()
 

@@ -66,6 +66,10 @@ class DataConfig:
     """Image classification from a table: the column of image paths (relative to the table's folder)."""
     image_size: Optional[int] = None
     """Image classification: pixels per side images are prepared at; null = the model's own input size."""
+    map_above_mb: float = 1024.0
+    """Image classification: prepared images above this many MiB are memory-mapped files under
+    ``cluster.storage_path`` that every trial reads without a copy, instead of arrays in Ray's object store
+    (0 = always)."""
     augment: Augment = Augment.none
     """Image classification: on-the-fly augmentation of training images (none, flip, crop_flip, trivial)."""
     mixup: float = 0.0
@@ -113,6 +117,8 @@ class DataConfig:
             _check(self.image_size is None or self.image_size >= 16, "data.image_size", self.image_size,
                    "must be at least 16 or null", "Use e.g. 224, or null for the model's own input size."),
             _check(self.mixup >= 0, "data.mixup", self.mixup, "must be >= 0", "Use e.g. 0.2, or 0 for off."),
+            _check(self.map_above_mb >= 0, "data.map_above_mb", self.map_above_mb, "must be >= 0",
+                   "Use e.g. 1024, or 0 to always memory-map."),
             _check(self.cutmix >= 0, "data.cutmix", self.cutmix, "must be >= 0", "Use e.g. 1.0, or 0 for off."),
             _check(self.batch_size >= 1, "data.batch_size", self.batch_size, "must be at least 1", "Use e.g. 32."),
             _check(_is_codec(self.encoding), "data.encoding", repr(self.encoding),

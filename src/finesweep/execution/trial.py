@@ -140,6 +140,26 @@ def evaluate(config: ExperimentConfig, data: PreparedData, weights_dir: Path, sp
     return {name: float(value) for name, value in results[0].items()}
 
 
+def breakdown(config: ExperimentConfig, data: PreparedData, weights_dir: Path) -> List[Dict[str, Any]]:
+    """Saved weights' scores per class (or entity type) on the test split: the task's ``breakdown`` table.
+
+    Raises:
+        ValueError: ``data`` has no test split.
+    """
+    from finesweep.finetune.datamodule import PreparedDataModule
+    from finesweep.finetune.module import FinetuneModule
+
+    if data.test is None:
+        raise ValueError("breakdown: needs data with its test split, got data.test=None. Pass the driver's data.")
+    _quiet()
+    module = FinetuneModule.for_evaluation(config, data, weights_dir)
+    module.kept = []
+    trainer = _trainer(config, max_epochs=1, callbacks=[], precision=_serving_precision(config))
+    trainer.test(module, datamodule=PreparedDataModule(data, config.data.batch_size, config.trainer.seed),
+                 verbose=False)
+    return data.task.breakdown(module.kept, data)
+
+
 def _serving_precision(config: ExperimentConfig) -> str:
     # Mixed precision keeps 32-bit weights, and the served model computes in 32 bits: score it that way,
     # so the test score is the served model's. Weights trained in half precision (*-true) stay as trained.

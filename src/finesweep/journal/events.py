@@ -201,6 +201,10 @@ class SelectionMade(Event):
     leaderboard_md: str
     recipe: Dict[str, Any] = field(default_factory=dict)
     """The recipe's values of the searched keys (the configuration the verdict compares the winner with)."""
+    breakdown_name: str = ""
+    """What the registered model's per-class (per-entity-type) test table is called; empty = none."""
+    breakdown_csv: str = ""
+    breakdown_md: str = ""
 
 
 @dataclass(frozen=True, kw_only=True)

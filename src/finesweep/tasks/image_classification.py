@@ -1,11 +1,12 @@
 """Image classification: a folder of labelled images (or a table of image paths) and an ImageNet-style model.
 
 The images are found and checked (``images.py``), then decoded and resized once, on the driver, to the model's
-input size (``data.image_size`` overrides it) as uint8 arrays ``(N, 3, S, S)``. Up to ``MAP_ABOVE_BYTES`` they
+input size (``data.image_size`` overrides it) as uint8 arrays ``(N, 3, S, S)``. Up to ``data.map_above_mb`` they
 travel to the trials through Ray's object store like tokenised text; above it they are written once to
 memory-mapped files under ``cluster.storage_path`` that every trial reads without a copy (``mapped.py``); a
-resumed sweep finds them there and decodes nothing again. Normalisation with the model's own mean and std, and
-augmentation (``augment.py``), happen in the trial. Models: Hugging Face or timm (``vision_models.py``).
+resumed sweep finds them there and decodes nothing again. ``data.map_above_mb`` sets the threshold. Normalisation
+with the model's own mean and std, and augmentation (``augment.py``), happen in the trial. Models: Hugging Face or
+timm (``vision_models.py``).
 
 Reports ``val/accuracy``, ``val/f1_macro`` (macro over classes, as scikit-learn), ``val/top5_accuracy`` with
 more than 5 classes, and ``val/loss``; the registered model's per-class table goes on the parent run.
@@ -38,11 +39,10 @@ if TYPE_CHECKING:
 
     from finesweep.tasks.layers import LayerMap
 
-MAP_ABOVE_BYTES = 1 << 30
-"""Prepared images above 1 GiB (about 7,100 images at 224 px) are memory-mapped files instead of object-store
-arrays. 50,000 images at 224 px are 7.5 GB: in the object store that is 7.5 GB of shared memory on every node
-that runs a trial (plus the driver's copy while it is put there); memory-mapped it is 7.5 GB of disk under
-cluster.storage_path and only the page cache's share of memory, one copy per node for every trial."""
+# data.map_above_mb's default, 1 GiB, is about 7,100 images at 224 px. 50,000 images at 224 px are 7.5 GB: in the
+# object store that is 7.5 GB of shared memory on every node that runs a trial (plus the driver's copy while it is
+# put there); memory-mapped it is 7.5 GB of disk under cluster.storage_path and only the page cache's share of
+# memory, one copy per node for every trial.
 
 META_FILE = "finesweep.json"
 """The serving metadata beside the weights (``image_predictor.py`` reads it)."""
@@ -83,7 +83,7 @@ class ImageClassification(Task):
         rows = images.find(config.data)
         spec = vision_models.preprocessing(config.model.name_or_path, config.data.image_size)
         total = len(rows.paths) * 3 * spec.resize.size ** 2
-        folder = _mapped_folder(config, rows, spec.resize) if total > MAP_ABOVE_BYTES else None
+        folder = _mapped_folder(config, rows, spec.resize) if total > config.data.map_above_mb * 2 ** 20 else None
         splits = [_split(rows, index, spec.resize, folder, name)
                   for name, index in zip(("train", "val", "test"), rows.splits, strict=True)]
         task = ImageClassification(spec.mean, spec.std, spec.resize.size)
@@ -191,6 +191,10 @@ class ImageClassification(Task):
             written.write_text(json.dumps(dict(meta), indent=2))
             (folder / META_FILE).unlink(missing_ok=True)  # never written through: it may be a checkpoint's link
             shutil.move(str(written), folder / META_FILE)
+
+    def request_example(self, meta: Mapping[str, Any]) -> Dict[str, Any]:
+        return {"dataframe_records": [{"image": "/abs/path/to/image.jpg"}, {"image": "<the file's bytes in base64>"}],
+                "params": {"top_k": 3}}
 
     def predictor_source(self) -> Path:
         spec = importlib.util.find_spec("finesweep.tasks.image_predictor")

@@ -204,10 +204,12 @@ def _from_table(table: Path, data: DataConfig) -> ImageRows:
         raise DataError(f"data.label_column: image classification needs at least 2 classes, got {list(names)} in "
                         f"column {data.label_column!r}. Point data.label_column at the label column.")
     lookup = {name: i for i, name in enumerate(names)}
-    frame = frame.assign(_label=raw.map(lookup).to_numpy(dtype=np.int64))
-    frame = subsample(frame, frame["_label"].to_numpy(), data)
     root = table.parent.resolve()
-    paths = [_inside(root, str(value), data.image_column, row) for row, value in enumerate(frame[data.image_column])]
+    frame = frame.assign(_label=raw.map(lookup).to_numpy(dtype=np.int64),  # rows as numbered in the file
+                         _path=[_inside(root, str(value), data.image_column, row)
+                                for row, value in zip(frame.index, frame[data.image_column], strict=True)])
+    frame = subsample(frame, frame["_label"].to_numpy(), data)
+    paths = list(frame["_path"])
     _check_files(paths)
     labels = frame["_label"].to_numpy(dtype=np.int64)
     return ImageRows(tuple(paths), labels, names, split_indices(labels, data), given=False)
@@ -216,7 +218,7 @@ def _from_table(table: Path, data: DataConfig) -> ImageRows:
 def _inside(root: Path, value: str, column: str, row: int) -> Path:
     path = (root / value).resolve()
     if not path.is_relative_to(root):
-        raise DataError(f"data.image_column: row {row} of column {column!r} points outside the data folder "
+        raise DataError(f"data.image_column: data row {row} of column {column!r} points outside the data folder "
                         f"{root}, got {value!r}. Keep the images in the table's folder and give paths relative "
                         "to it.")
     return path

@@ -240,6 +240,11 @@ class Task(abc.ABC):
         of the model it was fine-tuned from (``preprocessor``), and ``meta``. Never write through a file that
         is already there: it may be a link into a checkpoint."""
 
+    def request_example(self, meta: Dict[str, Any]) -> Dict[str, Any]:
+        """A JSON body for the served model's REST endpoint (``finesweep serve`` prints it as a curl line); empty =
+        one made from the signature's input columns."""
+        return {}
+
     @abc.abstractmethod
     def predictor_source(self) -> Path:
         """The file MLflow logs the model "from code" with: it must import nothing from finesweep (it runs

@@ -204,6 +204,12 @@ class TextClassification(Task):
                 (folder / item.name).unlink(missing_ok=True)
                 shutil.move(str(item), folder / item.name)
 
+    def request_example(self, meta: Mapping[str, Any]) -> Dict[str, Any]:
+        pair = meta.get("text_pair_column")
+        rows = [{meta["text_column"]: text, **({pair: "I felt it too"} if pair else {})}
+                for text in ("what a great day", "awful service")]
+        return {"dataframe_records": rows}
+
     def predictor_source(self) -> Path:
         spec = importlib.util.find_spec("finesweep.tasks.text_predictor")
         if spec is None or spec.origin is None:

@@ -21,8 +21,8 @@ names what finesweep writes there.
 
 from finesweep.tracking.cursor import Cursor, parent_run
 from finesweep.tracking.projector import Projector, artifact_root_of, sync_log, unsent
-from finesweep.tracking.store import SweepRow, list_sweeps, resolve_model
+from finesweep.tracking.store import SweepRow, list_sweeps, request_example, resolve_model
 from finesweep.tracking.tags import UI_VIEW
 
 __all__ = ["UI_VIEW", "Cursor", "Projector", "SweepRow", "artifact_root_of", "list_sweeps", "parent_run",
-           "resolve_model", "sync_log", "unsent"]
+           "request_example", "resolve_model", "sync_log", "unsent"]

@@ -299,6 +299,9 @@ class Projector:
                               tags=[RunTag(k, str(v)) for k, v in event.tags.items()])
         self.client.log_text(self.parent_id, event.leaderboard_csv, "final/leaderboard.csv")
         self.client.log_text(self.parent_id, event.leaderboard_md, "final/leaderboard.md")
+        if event.breakdown_csv:
+            self.client.log_text(self.parent_id, event.breakdown_csv, f"final/{event.breakdown_name}.csv")
+            self.client.log_text(self.parent_id, event.breakdown_md, f"final/{event.breakdown_name}.md")
 
     def _on_best(self, event: BestChosen) -> None:
         now = int(event.time * 1000)

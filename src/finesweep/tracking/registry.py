@@ -19,6 +19,9 @@ from finesweep.tasks import registry as tasks
 
 logger = logging.getLogger("finesweep.tracking")
 
+REQUEST_KEY = "finesweep_request"
+"""The model's metadata entry holding an example REST request (its task's ``request_example``)."""
+
 ROUND_TAG = "finesweep.selection_round"
 """The model version's tag naming the selection round that registered it: a round registers once."""
 
@@ -42,7 +45,8 @@ def register(client: MlflowClient, uri: str, parent_id: str, event: RegisterRequ
             info = mlflow.pyfunc.log_model(
                 name="model", python_model=str(task.predictor_source()), artifacts={"model": str(package)},
                 registered_model_name=event.name, signature=task.signature(event.meta),
-                pip_requirements=list(task.pip_requirements))
+                pip_requirements=list(task.pip_requirements),
+                metadata={REQUEST_KEY: task.request_example(event.meta)})
     if said.getvalue().strip():
         logger.info("MLflow: %s", " ".join(said.getvalue().split()))
     version = str(info.registered_model_version)

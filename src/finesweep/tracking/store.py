@@ -62,6 +62,18 @@ def _row(client: MlflowClient, experiment: str, run: Any) -> SweepRow:
                     run.data.tags.get("finesweep.registered_model", ""))
 
 
+def request_example(uri: str, target: str) -> Dict[str, Any]:
+    """The example REST request a finesweep model carries in its metadata (its task's); empty when it has none."""
+    from mlflow.models import get_model_info
+
+    from finesweep.tracking.registry import REQUEST_KEY
+
+    with mlflow_private.tracking_uri(uri):
+        metadata = get_model_info(target).metadata or {}
+    example = metadata.get(REQUEST_KEY)
+    return dict(example) if isinstance(example, dict) else {}
+
+
 def resolve_model(uri: str, model: Optional[str]) -> Tuple[str, List[str]]:
     """The model URI to serve and its input columns.
 
