@@ -5,7 +5,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml .ci/constraints.txt | cksum | cut -d' ' -f1)
 
-PHONY_BENCH := bench bench-search bench-ties bench-throughput bench-scale bench-overhead bench-selection bench-small-data
+PHONY_BENCH := bench bench-search bench-ties bench-throughput bench-scale bench-overhead bench-selection bench-small-data \
+	bench-images bench-recipes
 .PHONY: demo test test-fast lint $(PHONY_BENCH) install \
 	system-deps clean
 
@@ -46,7 +47,8 @@ test-fast: install  ## unit tests only
 	$(BIN)/python -m pytest -m "not slow"
 
 # Every benchmark prints a markdown table (the README's Performance section shows them); ~60 min in all on 2 cores.
-bench: bench-search bench-ties bench-throughput bench-scale bench-overhead bench-selection bench-small-data
+bench: bench-search bench-ties bench-throughput bench-scale bench-overhead bench-selection bench-small-data \
+	bench-images bench-recipes
 
 bench-search: install  ## TPE+ASHA vs random, TPE, random+ASHA and hand-written Optuna+Hyperband on LCBench (~18 min)
 	$(BIN)/python benchmarks/search_efficiency.py
@@ -56,6 +58,12 @@ bench-selection: install  ## how often each model-selection procedure picks wors
 
 bench-small-data: install  ## a real 400-tweet sweep: recipe as trial 0, 5-fold finalists, the verdict (~7 min)
 	$(BIN)/python benchmarks/small_data.py
+
+bench-images: install  ## images/s of an image trial vs a bare PyTorch loop over the same arrays (~3 min, 1 thread)
+	$(BIN)/python benchmarks/image_throughput.py --clock cpu --threads 1
+
+bench-recipes: install  ## the vision and NER recipes end to end on real digits / generated CoNLL (~25 min)
+	$(BIN)/python benchmarks/task_recipes.py --trials 8
 
 bench-ties: install  ## ASHA's ties broken by val/loss vs Ray's rule, on a real MiniLM sweep (~9 min)
 	$(BIN)/python benchmarks/asha_ties.py

@@ -95,6 +95,17 @@ def test_trial_throughput_quick_mode_prints_its_table(tmp_path: Path, tiny_model
     assert rows and all(float(line.split("|")[4].strip().rstrip("x")) > 0 for line in rows)
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_image_throughput_quick_mode_prints_its_table(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "image_throughput.py"), "--quick"],
+                            capture_output=True, text=True, timeout=280, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| tiny ViT")]
+    # images/s bare and finesweep, their ratio, then the same three for the whole trial
+    assert len(rows) == 1 and all(float(cell.strip().rstrip("x")) > 0 for cell in rows[0].split("|")[5:11])
+
+
 def test_the_real_trial_overhead_case_runs_the_same_sweep_on_both_sides(tmp_path: Path) -> None:
     """finesweep's side of overhead.py --real composes and validates, with the hand-written script's sizes."""
     import handwritten_finetune as hand

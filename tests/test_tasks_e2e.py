@@ -18,10 +18,10 @@ import pandas as pd
 import pytest
 
 from e2e import Driver, results
+from ner_data import build_tiny_ner_bert, make_sentences, write_conll
 from servers import free_port
 from test_results_e2e import Served
 from test_resume_e2e import assert_exactly_once, uri
-from ner_data import build_tiny_ner_bert, make_sentences, write_conll
 from vision import CLASSES, build_tiny_vit, image_folder
 
 pytestmark = pytest.mark.slow
@@ -150,12 +150,13 @@ def test_a_ner_sweep_resumes_reports_registers_and_serves(tmp_path: Path) -> Non
     assert micro["f1"] == pytest.approx(metrics["test/entity_f1"], abs=1e-6)
     assert {"test/entity_precision", "test/entity_recall", "test/token_accuracy"} <= set(metrics)
 
-    texts = ["mr anna smith lives in new york .", "the acme corp hired mr boris yesterday ."]
+    texts = ["mr anna smith lives in new york .", "the acme corp hired mr boris yesterday .",
+             "Anna Smith flew from Paris to New York for the Red Cross."]  # README's curl line
     port = free_port()
     served = Served(["serve", "--port", str(port)], tmp_path)
     try:
         served.wait_until_up(f"http://127.0.0.1:{port}/ping", timeout=180)
-        assert "serving models:/ner/1" in served.output()
+        assert "serving models:/ner/1" in served.output() and texts[-1] in served.output()
         answer = post(port, {"dataframe_records": [{"text": text} for text in texts]})
     finally:
         served.stop()

@@ -145,6 +145,15 @@ def test_bad_folders_are_refused_up_front(tmp_path: Path, how: str, message: str
         TASK.inspect(DataConfig(path=str(_broken(tmp_path, how))))
 
 
+def test_a_class_too_small_for_every_split_is_refused(tmp_path: Path) -> None:
+    root = image_folder(tmp_path / "d", per_class=10)
+    for image in sorted((root / "stripes").iterdir())[3:]:
+        image.unlink()  # 3 images: 10% of them rounds to no validation image
+    with pytest.raises(DataError, match=r"class 'stripes' has no images in the val split, got 3 image\(s\) of it in "
+                                        r"all, too few for data\.val_fraction=0\.1 and data\.test_fraction=0\.1\."):
+        TASK.inspect(DataConfig(path=str(root)))
+
+
 def test_a_class_missing_from_a_given_split_is_refused(tmp_path: Path) -> None:
     root = split_folders(tmp_path / "d", {"train": 4, "val": 2})
     for file in (root / "val" / "stripes").iterdir():

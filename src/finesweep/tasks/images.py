@@ -192,7 +192,7 @@ def _split_rows(items: List[Tuple[Path, int]], names: Tuple[str, ...], data: Dat
     labels = frame["label"].to_numpy(dtype=np.int64)
     paths = [Path(p) for p in frame["path"]]
     _check_files(paths)
-    return ImageRows(tuple(paths), labels, names, split_indices(labels, data), given=False)
+    return ImageRows(tuple(paths), labels, names, _every_class_in_every_split(labels, names, data), given=False)
 
 
 def _from_table(table: Path, data: DataConfig) -> ImageRows:
@@ -212,7 +212,23 @@ def _from_table(table: Path, data: DataConfig) -> ImageRows:
     paths = list(frame["_path"])
     _check_files(paths)
     labels = frame["_label"].to_numpy(dtype=np.int64)
-    return ImageRows(tuple(paths), labels, names, split_indices(labels, data), given=False)
+    return ImageRows(tuple(paths), labels, names, _every_class_in_every_split(labels, names, data), given=False)
+
+
+def _every_class_in_every_split(labels: np.ndarray, names: Tuple[str, ...], data: DataConfig
+                                ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The stratified split; a class the fractions leave without an image in a split is refused (its scores there
+    would be undefined, and a model never validated on it could win)."""
+    splits = split_indices(labels, data)
+    wanted = (("train", 1.0), ("val", data.val_fraction), ("test", data.test_fraction))
+    for (name, fraction), index in zip(wanted, splits, strict=True):
+        missing = sorted(set(range(len(names))) - set(labels[index].tolist())) if fraction > 0 else []
+        if missing:
+            count = int(np.sum(labels == missing[0]))
+            raise DataError(f"data: class {names[missing[0]]!r} has no images in the {name} split, got {count} "
+                            f"image(s) of it in all, too few for data.val_fraction={data.val_fraction} and "
+                            f"data.test_fraction={data.test_fraction}. Add images of it, or remove the class.")
+    return splits
 
 
 def _inside(root: Path, value: str, column: str, row: int) -> Path:

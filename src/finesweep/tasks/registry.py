@@ -18,14 +18,14 @@ from finesweep.tasks.image_classification import ImageClassification
 from finesweep.tasks.task import Task
 from finesweep.tasks.text_classification import TextClassification, TextRegression
 from finesweep.tasks.token_classification import TokenClassification
+from finesweep.tasks.token_data import CONLL_SUFFIXES
 
 AUTO = "auto"
 """``data.task: auto``: the task is read from the data (the text tasks decide between them)."""
 
 _TASKS: Dict[str, Type[Task]] = {}
 
-TOKENS = "token_classification"
-"""The name of the token classification task (``token_classification.py``)."""
+TOKENS = TokenClassification.name
 
 
 def register(task: Type[Task]) -> Type[Task]:
@@ -42,10 +42,6 @@ def register(task: Type[Task]) -> Type[Task]:
                          f"{task.__module__}.{task.__qualname__}. Give the new task another name.")
     _TASKS.setdefault(task.name, task)
     return task
-
-
-CONLL_SUFFIXES = (".conll", ".iob", ".bio", ".txt")
-"""Files read as CoNLL-style tagged text (one word per line, the tag last)."""
 
 
 def get(name: str, data: Optional[DataConfig] = None) -> Task:
