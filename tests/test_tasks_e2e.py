@@ -29,7 +29,7 @@ pytestmark = pytest.mark.slow
 VISION = """
 objective: {metric: val/accuracy, mode: max}
 search: {sampler: random, num_trials: 3, max_concurrent: 1, seed: 1}
-scheduler: {kind: asha, max_epochs: 3, grace_period: 1, reduction_factor: 2}
+scheduler: {kind: asha, max_epochs: 2, grace_period: 1, reduction_factor: 2}
 optim: {lr: 2.0e-3}          # the recipe: trial 0
 data: {batch_size: 16}
 finetune: {lora: {target_modules: [q_proj, v_proj]}}
@@ -41,8 +41,8 @@ space:
 
 NER = """
 objective: {metric: val/entity_f1, mode: max}
-search: {sampler: random, num_trials: 3, max_concurrent: 1, seed: 2}
-scheduler: {kind: asha, max_epochs: 3, grace_period: 1, reduction_factor: 2}
+search: {sampler: random, num_trials: 2, max_concurrent: 1, seed: 2}
+scheduler: {kind: asha, max_epochs: 2, grace_period: 1, reduction_factor: 2}
 optim: {lr: 3.0e-3}          # the recipe: trial 0
 data: {batch_size: 16, max_length: 16}    # long sentences are split into pieces at word boundaries
 space:
@@ -140,7 +140,7 @@ def test_a_ner_sweep_resumes_reports_registers_and_serves(tmp_path: Path) -> Non
     (tmp_path / "ner.yaml").write_text(NER)
     first, resumed = kill_and_resume(tmp_path, ["run", "ner.yaml", f"data.path={conll}",
                                                 f"model.name_or_path={model}"], kill_after=2)
-    assert_exactly_once(tmp_path, "ner", planned=3)
+    assert_exactly_once(tmp_path, "ner", planned=2)
     assert "IOB2 tags of 3 entity types (LOC, ORG, PER)" in first and "no word dropped" in first, first
     assert any(line.startswith("report: ") for line in resumed.splitlines())
 

@@ -329,7 +329,7 @@ def test_strategies_work_on_transformers_and_cnns(models: Dict[str, Path], folde
 
 # --- serving -----------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("kind", ["vit", "timm"])
+@pytest.mark.parametrize("kind", ["timm"])  # a Hugging Face ViT is served over REST in test_tasks_e2e.py
 def test_the_served_model_answers_like_the_trial(models: Dict[str, Path], folder: Path, tmp_path: Path,
                                                  kind: str) -> None:
     import mlflow
@@ -360,3 +360,22 @@ def test_the_served_model_answers_like_the_trial(models: Dict[str, Path], folder
     by_base64 = served.predict(pd.DataFrame({"image": [f"data:image;base64,{encoded[0]}", *encoded[1:]]}))
     by_bytes = served.predict(pd.DataFrame({"image_bytes": [p.read_bytes() for p in paths]}))
     assert by_base64["label"].tolist() == by_bytes["label"].tolist() == expected
+
+
+@pytest.mark.parametrize("processor, settings, expected", [
+    ("ViTImageProcessor", {"size": {"height": 64, "width": 64}}, Resize(64)),
+    ("ConvNextImageProcessor", {"size": {"shortest_edge": 224}, "crop_pct": 0.875}, Resize(224, 0.875)),
+    ("ConvNextImageProcessor", {"size": {"shortest_edge": 384}}, Resize(384, 1.0)),
+    ("BitImageProcessor", {"size": {"shortest_edge": 256}, "crop_size": {"height": 224, "width": 224}},
+     Resize(224, 0.875)),
+], ids=["vit-squash", "convnext-crop", "convnext-384-no-crop", "dinov2-resize-then-crop"])
+def test_the_resize_follows_the_models_own_processor(tmp_path: Path, processor: str, settings: Dict[str, Any],
+                                                     expected: Resize) -> None:
+    import transformers
+
+    from finesweep.tasks.vision_models import preprocessing
+
+    folder = build_tiny_vit(tmp_path / "model")
+    getattr(transformers, processor)(**settings).save_pretrained(folder)
+    assert preprocessing(str(folder), None).resize == expected
+    assert preprocessing(str(folder), 48).resize.size == 48  # data.image_size wins

@@ -171,13 +171,16 @@ def _hf_preprocessing(name_or_path: str, image_size: Optional[int]) -> Preproces
     except (OSError, ValueError):  # no preprocessor_config.json: the config's size, ImageNet statistics
         processor = None
     size_spec: Dict[str, int] = dict(getattr(processor, "size", None) or {})
+    crop_spec: Dict[str, int] = dict(getattr(processor, "crop_size", None) or {})
     crop_pct = getattr(processor, "crop_pct", None)
-    if "shortest_edge" in size_spec:
-        size = size_spec["shortest_edge"]
+    resized = size_spec.get("shortest_edge") or size_spec.get("height") or _config_size(config)
+    if getattr(processor, "do_center_crop", False) and crop_spec.get("height"):  # DeiT, BEiT, DINOv2: resize, crop
+        size, crop_pct = crop_spec["height"], crop_spec["height"] / resized
+    elif "shortest_edge" in size_spec:
+        size = resized
         crop_pct = crop_pct if crop_pct is not None and size < 384 else 1.0  # ConvNeXt's rule: no crop from 384
     else:
-        size = size_spec.get("height") or _config_size(config)
-        crop_pct = None
+        size, crop_pct = resized, None
     mean = tuple(getattr(processor, "image_mean", None) or IMAGENET_MEAN)
     std = tuple(getattr(processor, "image_std", None) or IMAGENET_STD)
     return Preprocessing(Resize(image_size or int(size), crop_pct), _three(mean), _three(std))
