@@ -115,10 +115,11 @@ def test_dependencies_point_one_way(part: str) -> None:
 
 
 def test_the_face_loads_nothing_heavy() -> None:
-    """``import finesweep`` (every Ray worker does) must not load Ray, MLflow, torch or Lightning."""
+    """``import finesweep`` (every Ray worker does) must not load Ray, MLflow, torch or Lightning; nor must the
+    tasks (the driver reads and checks the data with them before anything trains)."""
     import subprocess
 
-    probe = ("import sys, finesweep, finesweep.config; "
+    probe = ("import sys, finesweep, finesweep.config, finesweep.tasks; "
              "print(sorted(m for m in ('ray', 'mlflow', 'torch', 'lightning') if m in sys.modules))")
     shown = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert shown.stdout.strip() == "[]", shown.stdout + shown.stderr

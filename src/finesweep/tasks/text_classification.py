@@ -125,7 +125,7 @@ class TextClassification(Task):
 
         architecture = AutoConfig.from_pretrained(config.model.name_or_path)  # its own head size: no warnings
         if config.model.dropout is not None:
-            _set_dropout(architecture, config.model.dropout)
+            set_dropout(architecture, config.model.dropout)
         model: nn.Module = AutoModelForSequenceClassification.from_config(architecture)
         return model
 
@@ -150,7 +150,7 @@ class TextClassification(Task):
             architecture.id2label = dict(enumerate(data.label_names))
             architecture.label2id = {name: index for index, name in enumerate(data.label_names)}
         if dropout is not None:
-            _set_dropout(architecture, dropout)
+            set_dropout(architecture, dropout)
         return architecture
 
     # --- training ---------------------------------------------------------------------------------
@@ -291,7 +291,12 @@ def _tokenise(frame: pd.DataFrame, config: ExperimentConfig) -> Dict[str, np.nda
     return {name: np.ascontiguousarray(array, dtype=np.int32) for name, array in encoded.items()}
 
 
-def _set_dropout(architecture: PretrainedConfig, dropout: float) -> None:
+def set_dropout(architecture: PretrainedConfig, dropout: float) -> None:
+    """Set ``model.dropout`` on every dropout field of a transformers config that has one (``DROPOUT_FIELDS``).
+
+    Raises:
+        ConfigError: the config has none of them.
+    """
     fields = [name for name in DROPOUT_FIELDS if hasattr(architecture, name)]
     if not fields:
         raise ConfigError(f"model.dropout needs a model config with one of {', '.join(DROPOUT_FIELDS)}, "

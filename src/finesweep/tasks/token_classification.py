@@ -35,9 +35,8 @@ import numpy as np
 from finesweep.config import DataConfig, ExperimentConfig
 from finesweep.errors import ConfigError, one_line
 from finesweep.tasks.task import Batch, Inspection, PreparedData, Split, Task
-from finesweep.tasks.text_classification import META_FILE, _set_dropout
-from finesweep.tasks.token_data import OUTSIDE, Sentence, read_tagged
-from finesweep.tasks.token_metrics import IGNORED
+from finesweep.tasks.text_classification import META_FILE, set_dropout
+from finesweep.tasks.token_data import IGNORED, OUTSIDE, Sentence, read_tagged
 
 if TYPE_CHECKING:
     import torch
@@ -126,7 +125,7 @@ class TokenClassification(Task):
 
         architecture = AutoConfig.from_pretrained(config.model.name_or_path)
         if config.model.dropout is not None:
-            _set_dropout(architecture, config.model.dropout)
+            set_dropout(architecture, config.model.dropout)
         model: nn.Module = AutoModelForTokenClassification.from_config(architecture)
         return model
 
@@ -147,7 +146,7 @@ class TokenClassification(Task):
         architecture.id2label = dict(enumerate(data.label_names))
         architecture.label2id = {name: index for index, name in enumerate(data.label_names)}
         if dropout is not None:
-            _set_dropout(architecture, dropout)
+            set_dropout(architecture, dropout)
         return architecture
 
     # --- training ---------------------------------------------------------------------------------

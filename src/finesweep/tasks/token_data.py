@@ -43,6 +43,8 @@ SPLIT_FILES = {"train": ("train",), "val": ("val", "dev", "validation"), "test":
 """File stems a folder of splits may use, per split."""
 PREFIXES = ("B", "I", "E", "S")
 OUTSIDE = "O"
+IGNORED = -100
+"""The label of positions that are not scored: special tokens, padding, a word's later sub-tokens."""
 FORMATS = ("a CoNLL file (.conll, .txt, .iob, .bio), a JSONL, Parquet, CSV or TSV table, or a folder of "
            "train/val/test files")
 

@@ -20,8 +20,8 @@ from typing import Any, Dict, List, Sequence, Tuple
 import torch
 from torchmetrics import Metric
 
-IGNORED = -100
-"""The label of positions that are not scored: special tokens, padding, a word's later sub-tokens."""
+from finesweep.tasks.token_data import IGNORED
+
 CODES = {"O": 0, "B": 1, "I": 2, "E": 3, "S": 4}
 O, B, I, E, S = range(5)  # noqa: E741 - the scheme's own letters
 

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 from finesweep.errors import ConfigError, one_line
 from finesweep.tasks.images import Resize
 from finesweep.tasks.layers import LayerMap, transformer_layer_map
+from finesweep.tasks.text_classification import set_dropout
 
 if TYPE_CHECKING:
     from torch import nn
@@ -91,9 +92,7 @@ def architecture(name_or_path: str, dropout: Optional[float]) -> nn.Module:
 
     config = _load_hf_config(name_or_path)
     if dropout is not None:
-        from finesweep.tasks.text_classification import _set_dropout
-
-        _set_dropout(config, dropout)
+        set_dropout(config, dropout)
     model: nn.Module = AutoModelForImageClassification.from_config(config)
     return model
 
@@ -150,15 +149,13 @@ def _load_hf_config(name_or_path: str) -> Any:
 
 
 def _hf_config(name_or_path: str, label_names: Sequence[str], dropout: Optional[float]) -> Any:
-    from finesweep.tasks.text_classification import _set_dropout
-
     config = _load_hf_config(name_or_path)
     config.num_labels = len(label_names)
     config.id2label = dict(enumerate(label_names))
     config.label2id = {name: index for index, name in enumerate(label_names)}
     config.problem_type = "single_label_classification"
     if dropout is not None:
-        _set_dropout(config, dropout)
+        set_dropout(config, dropout)
     return config
 
 
