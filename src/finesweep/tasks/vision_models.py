@@ -165,7 +165,7 @@ def _hf_preprocessing(name_or_path: str, image_size: Optional[int]) -> Preproces
     config = _load_hf_config(name_or_path)
     try:
         processor = AutoImageProcessor.from_pretrained(name_or_path)
-    except (OSError, ValueError):  # no preprocessor_config.json: the config's size, ImageNet statistics
+    except (OSError, ValueError, ImportError):  # no preprocessor_config.json: the config's size, ImageNet statistics
         processor = None
     size_spec: Dict[str, int] = dict(getattr(processor, "size", None) or {})
     crop_spec: Dict[str, int] = dict(getattr(processor, "crop_size", None) or {})
