@@ -95,3 +95,11 @@ def test_resolution_says_how_coarse_the_validation_split_is_and_what_to_do(confi
     loss = dataclasses.replace(config, objective=dataclasses.replace(config.objective, metric="val/loss"))
     assert resolution(loss, (8000, 1000, 1000), points=False) == "validation split: 1000 rows (train 8000, test 1000)"
     assert auto.final.folds(199) == 5 and auto.final.folds(200) == 0
+
+
+def test_one_row_worth_one_point_is_said_in_the_singular() -> None:
+    from finesweep.config import Mode
+    from finesweep.verdict import Verdict
+
+    line = Verdict("val/accuracy", Mode.max, (0.05,), "split", True, 100, False).line()
+    assert "(100 rows; one row = 1 point)" in line

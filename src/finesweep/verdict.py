@@ -80,7 +80,8 @@ class Verdict:
         shown = f"{self._amount(self.mean)} {self.metric}"
         interval = self.interval
         if interval is None:
-            row = f"; one row = {100 / self.val_rows:.2g} points" if self.points and self.val_rows else ""
+            moved = f"{100 / self.val_rows:.2g}" if self.points and self.val_rows else ""
+            row = f"; one row = {moved} point{'' if moved == '1' else 's'}" if moved else ""
             return (f"winner vs recipe: {shown} on one validation split ({self.val_rows} rows{row}); no interval "
                     "from one score each: set final.cv_folds (or final.seeds) to judge it")
         low, high = interval
