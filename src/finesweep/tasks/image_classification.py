@@ -15,7 +15,6 @@ more than 5 classes, and ``val/loss``; the registered model's per-class table go
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import shutil
 import tempfile
@@ -59,6 +58,7 @@ class ImageClassification(Task):
     """
 
     name: ClassVar[str] = "image_classification"
+    predictor_module: ClassVar[str] = "finesweep.tasks.image_predictor"
     objective_metrics: ClassVar[Tuple[str, ...]] = ("train/loss", "val/loss", "val/accuracy", "val/f1_macro",
                                                     "val/top5_accuracy")
     points_metrics: ClassVar[Tuple[str, ...]] = ("val/accuracy", "val/f1_macro", "val/top5_accuracy")
@@ -195,12 +195,6 @@ class ImageClassification(Task):
     def request_example(self, meta: Mapping[str, Any]) -> Dict[str, Any]:
         return {"dataframe_records": [{"image": "/abs/path/to/image.jpg"}, {"image": "<the file's bytes in base64>"}],
                 "params": {"top_k": 3}}
-
-    def predictor_source(self) -> Path:
-        spec = importlib.util.find_spec("finesweep.tasks.image_predictor")
-        if spec is None or spec.origin is None:
-            raise FileNotFoundError("finesweep.tasks.image_predictor is not installed with finesweep")
-        return Path(spec.origin)
 
     # --- the terminal -----------------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Dict, List, Optional, Sequence, Tuple
@@ -112,6 +113,7 @@ class Task(abc.ABC):
         lora_task_type: peft's ``TaskType`` for LoRA on this task's models (``SEQ_CLS``, ``TOKEN_CLS`` ...); None
             for models peft has no task type for (image classifiers): a plain ``PeftModel``.
         breakdown_name: what ``breakdown``'s table is called (``per_class``, ``per_entity``).
+        predictor_module: the module whose file is the served model (``predictor_source``).
         pip_requirements: what the served model needs installed.
         points_metrics: objective metrics that are shares in [0, 1] (accuracy, F1): the terminal shows their
             differences in points (x100), and one validation example moves them by about 100 / rows points.
@@ -122,6 +124,7 @@ class Task(abc.ABC):
     points_metrics: ClassVar[Tuple[str, ...]] = ()
     lora_task_type: ClassVar[Optional[str]] = "SEQ_CLS"
     breakdown_name: ClassVar[str] = "per_class"
+    predictor_module: ClassVar[str] = ""
     pip_requirements: ClassVar[Tuple[str, ...]] = ("mlflow", "torch", "safetensors", "pandas", "numpy")
 
     # --- data: read, check and prepare once, on the driver ------------------------------------------
@@ -245,10 +248,19 @@ class Task(abc.ABC):
         one made from the signature's input columns."""
         return {}
 
-    @abc.abstractmethod
     def predictor_source(self) -> Path:
         """The file MLflow logs the model "from code" with: it must import nothing from finesweep (it runs
-        wherever the model is loaded) and call ``mlflow.models.set_model``."""
+        wherever the model is loaded) and call ``mlflow.models.set_model``. The default is the file of the module
+        ``predictor_module`` names.
+
+        Raises:
+            FileNotFoundError: no such module is installed.
+        """
+        spec = importlib.util.find_spec(self.predictor_module) if self.predictor_module else None
+        if spec is None or spec.origin is None:
+            raise FileNotFoundError(f"{self.predictor_module or 'predictor_module'} is not installed with "
+                                    f"{type(self).__name__}: set predictor_module or override predictor_source")
+        return Path(spec.origin)
 
     # --- the terminal -----------------------------------------------------------------------------
 

@@ -11,7 +11,6 @@ regression when the labels are non-integer numbers.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import shutil
 import tempfile
@@ -50,6 +49,7 @@ class TextClassification(Task):
     """
 
     name: ClassVar[str] = "classification"
+    predictor_module: ClassVar[str] = "finesweep.tasks.text_predictor"
     objective_metrics: ClassVar[Tuple[str, ...]] = ("train/loss", "val/loss", "val/accuracy", "val/f1_macro")
     points_metrics: ClassVar[Tuple[str, ...]] = ("val/accuracy", "val/f1_macro")
     pip_requirements: ClassVar[Tuple[str, ...]] = ("mlflow", "torch", "transformers", "safetensors", "pandas", "numpy")
@@ -209,12 +209,6 @@ class TextClassification(Task):
         rows = [{meta["text_column"]: text, **({pair: "I felt it too"} if pair else {})}
                 for text in ("what a great day", "awful service")]
         return {"dataframe_records": rows}
-
-    def predictor_source(self) -> Path:
-        spec = importlib.util.find_spec("finesweep.tasks.text_predictor")
-        if spec is None or spec.origin is None:
-            raise FileNotFoundError("finesweep.tasks.text_predictor is not installed with finesweep")
-        return Path(spec.origin)
 
     def describe(self, data: PreparedData) -> str:
         names = data.label_names

@@ -21,7 +21,6 @@ character offsets, as Hugging Face's token-classification pipeline does.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import tempfile
@@ -83,6 +82,7 @@ class TokenClassification(Task):
     """One tag per word (named entities in IOB2 or IOBES), predicted on the word's first sub-token."""
 
     name: ClassVar[str] = "token_classification"
+    predictor_module: ClassVar[str] = "finesweep.tasks.token_predictor"
     objective_metrics: ClassVar[Tuple[str, ...]] = ("train/loss", "val/loss", "val/entity_f1", "val/entity_precision",
                                                     "val/entity_recall", "val/token_accuracy")
     points_metrics: ClassVar[Tuple[str, ...]] = ("val/entity_f1", "val/entity_precision", "val/entity_recall",
@@ -216,12 +216,6 @@ class TokenClassification(Task):
 
     def request_example(self, meta: Mapping[str, Any]) -> Dict[str, Any]:
         return {"dataframe_records": [{"text": "Anna Smith flew from Paris to New York for the Red Cross."}]}
-
-    def predictor_source(self) -> Path:
-        spec = importlib.util.find_spec("finesweep.tasks.token_predictor")
-        if spec is None or spec.origin is None:
-            raise FileNotFoundError("finesweep.tasks.token_predictor is not installed with finesweep")
-        return Path(spec.origin)
 
     def describe(self, data: PreparedData) -> str:
         types = sorted({name[2:] for name in data.label_names if name != OUTSIDE})
