@@ -15,7 +15,7 @@ import json
 import shutil
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple, cast
+from typing import TYPE_CHECKING, Any, ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
@@ -24,24 +24,20 @@ from finesweep.config import DataConfig, ExperimentConfig
 from finesweep.errors import ConfigError, DataError, one_line
 from finesweep.tasks.breakdown import class_breakdown
 from finesweep.tasks.data import read_table, split_indices, subsample, take
-from finesweep.tasks.task import Inspection, PreparedData, Task
+from finesweep.tasks.task import Inspection, PreparedData
+from finesweep.tasks.transformers_head import TransformersHeadTask
 
 if TYPE_CHECKING:
     import torch
     from mlflow.models import ModelSignature
-    from torch import nn
     from torchmetrics import MetricCollection
     from transformers import PretrainedConfig
-
-DROPOUT_FIELDS = ("hidden_dropout_prob", "classifier_dropout", "dropout", "seq_classif_dropout", "hidden_dropout")
-"""Config fields ``model.dropout`` sets where a model has them (BERT/RoBERTa/MiniLM: the first two,
-DistilBERT: dropout + seq_classif_dropout). Attention dropout keeps the pretrained value."""
 
 META_FILE = "finesweep.json"
 """The serving metadata beside the weights (``text_predictor.py`` reads it)."""
 
 
-class TextClassification(Task):
+class TextClassification(TransformersHeadTask):
     """Sequence classification of a text (or a text pair): one label per row.
 
     Args:
@@ -49,6 +45,7 @@ class TextClassification(Task):
     """
 
     name: ClassVar[str] = "classification"
+    auto_class: ClassVar[str] = "AutoModelForSequenceClassification"
     predictor_module: ClassVar[str] = "finesweep.tasks.text_predictor"
     objective_metrics: ClassVar[Tuple[str, ...]] = ("train/loss", "val/loss", "val/accuracy", "val/f1_macro")
     points_metrics: ClassVar[Tuple[str, ...]] = ("val/accuracy", "val/f1_macro")
@@ -110,48 +107,8 @@ class TextClassification(Task):
 
     # --- the model --------------------------------------------------------------------------------
 
-    def build_model(self, config: ExperimentConfig, data: PreparedData) -> nn.Module:
-        from transformers import AutoModelForSequenceClassification
-
-        path = config.model.name_or_path
-        architecture = self._model_config(path, data, config.model.dropout)
-        # A pretrained checkpoint may carry a head for other labels (a fine-tuned model); it is replaced.
-        model: nn.Module = AutoModelForSequenceClassification.from_pretrained(path, config=architecture,
-                                                                              ignore_mismatched_sizes=True)
-        return model
-
-    def architecture(self, config: ExperimentConfig) -> nn.Module:
-        from transformers import AutoConfig, AutoModelForSequenceClassification
-
-        architecture = AutoConfig.from_pretrained(config.model.name_or_path)  # its own head size: no warnings
-        if config.model.dropout is not None:
-            set_dropout(architecture, config.model.dropout)
-        model: nn.Module = AutoModelForSequenceClassification.from_config(architecture)
-        return model
-
-    def save_trained(self, model: nn.Module, folder: Path) -> None:
-        # safe_serialization: safetensors on transformers 4.x too (5.x writes nothing else)
-        cast(Any, model).save_pretrained(folder, safe_serialization=True)  # a transformers PreTrainedModel
-
-    def load_trained(self, folder: Path, data: PreparedData) -> nn.Module:
-        from transformers import AutoModelForSequenceClassification
-
-        architecture = self._model_config(str(folder), data, None)
-        model: nn.Module = AutoModelForSequenceClassification.from_pretrained(folder, config=architecture)
-        return model
-
-    def _model_config(self, path: str, data: PreparedData, dropout: Optional[float]) -> PretrainedConfig:
-        """The model's config with this data's head size, problem type, class names and dropout."""
-        from transformers import AutoConfig
-
-        architecture: PretrainedConfig = AutoConfig.from_pretrained(path, num_labels=self.num_outputs(data))
+    def head_config(self, architecture: PretrainedConfig) -> None:
         architecture.problem_type = "regression" if self.regression else "single_label_classification"
-        if data.label_names:
-            architecture.id2label = dict(enumerate(data.label_names))
-            architecture.label2id = {name: index for index, name in enumerate(data.label_names)}
-        if dropout is not None:
-            set_dropout(architecture, dropout)
-        return architecture
 
     # --- training ---------------------------------------------------------------------------------
 
@@ -284,16 +241,3 @@ def _tokenise(frame: pd.DataFrame, config: ExperimentConfig) -> Dict[str, np.nda
         texts, pairs, truncation=True, max_length=data.max_length, padding="max_length", return_tensors="np")
     return {name: np.ascontiguousarray(array, dtype=np.int32) for name, array in encoded.items()}
 
-
-def set_dropout(architecture: PretrainedConfig, dropout: float) -> None:
-    """Set ``model.dropout`` on every dropout field of a transformers config that has one (``DROPOUT_FIELDS``).
-
-    Raises:
-        ConfigError: the config has none of them.
-    """
-    fields = [name for name in DROPOUT_FIELDS if hasattr(architecture, name)]
-    if not fields:
-        raise ConfigError(f"model.dropout needs a model config with one of {', '.join(DROPOUT_FIELDS)}, "
-                          f"got {type(architecture).__name__} with none of them. Use model.dropout=null.")
-    for name in fields:
-        setattr(architecture, name, dropout)

@@ -27,22 +27,22 @@ import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple, cast
+from typing import TYPE_CHECKING, Any, ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
 from finesweep.config import DataConfig, ExperimentConfig
 from finesweep.errors import ConfigError, one_line
-from finesweep.tasks.task import Batch, Inspection, PreparedData, Split, Task
-from finesweep.tasks.text_classification import META_FILE, set_dropout
+from finesweep.tasks.task import Batch, Inspection, PreparedData, Split
+from finesweep.tasks.text_classification import META_FILE
 from finesweep.tasks.token_data import IGNORED, OUTSIDE, Sentence, read_tagged
+from finesweep.tasks.transformers_head import TransformersHeadTask
 
 if TYPE_CHECKING:
     import torch
     from mlflow.models import ModelSignature
-    from torch import nn
     from torchmetrics import MetricCollection
-    from transformers import PretrainedConfig, PreTrainedTokenizerBase
+    from transformers import PreTrainedTokenizerBase
 
 ENTITY_FIELDS = (("entity_group", "string"), ("word", "string"), ("start", "long"), ("end", "long"),
                  ("score", "double"))
@@ -78,10 +78,11 @@ class TokenData(PreparedData):
     notes: Optional[TokenNotes] = None
 
 
-class TokenClassification(Task):
+class TokenClassification(TransformersHeadTask):
     """One tag per word (named entities in IOB2 or IOBES), predicted on the word's first sub-token."""
 
     name: ClassVar[str] = "token_classification"
+    auto_class: ClassVar[str] = "AutoModelForTokenClassification"
     predictor_module: ClassVar[str] = "finesweep.tasks.token_predictor"
     objective_metrics: ClassVar[Tuple[str, ...]] = ("train/loss", "val/loss", "val/entity_f1", "val/entity_precision",
                                                     "val/entity_recall", "val/token_accuracy")
@@ -109,45 +110,6 @@ class TokenClassification(Task):
         return TokenData(train=train, val=val, test=test, task=self, label_names=tagged.tag_names, notes=notes)
 
     # --- the model --------------------------------------------------------------------------------
-
-    def build_model(self, config: ExperimentConfig, data: PreparedData) -> nn.Module:
-        from transformers import AutoModelForTokenClassification
-
-        path = config.model.name_or_path
-        architecture = self._model_config(path, data, config.model.dropout)
-        # A pretrained checkpoint may carry a head for other tags (a fine-tuned model); it is replaced.
-        model: nn.Module = AutoModelForTokenClassification.from_pretrained(path, config=architecture,
-                                                                           ignore_mismatched_sizes=True)
-        return model
-
-    def architecture(self, config: ExperimentConfig) -> nn.Module:
-        from transformers import AutoConfig, AutoModelForTokenClassification
-
-        architecture = AutoConfig.from_pretrained(config.model.name_or_path)
-        if config.model.dropout is not None:
-            set_dropout(architecture, config.model.dropout)
-        model: nn.Module = AutoModelForTokenClassification.from_config(architecture)
-        return model
-
-    def save_trained(self, model: nn.Module, folder: Path) -> None:
-        cast(Any, model).save_pretrained(folder, safe_serialization=True)  # a transformers PreTrainedModel
-
-    def load_trained(self, folder: Path, data: PreparedData) -> nn.Module:
-        from transformers import AutoModelForTokenClassification
-
-        architecture = self._model_config(str(folder), data, None)
-        model: nn.Module = AutoModelForTokenClassification.from_pretrained(folder, config=architecture)
-        return model
-
-    def _model_config(self, path: str, data: PreparedData, dropout: Optional[float]) -> PretrainedConfig:
-        from transformers import AutoConfig
-
-        architecture: PretrainedConfig = AutoConfig.from_pretrained(path, num_labels=len(data.label_names))
-        architecture.id2label = dict(enumerate(data.label_names))
-        architecture.label2id = {name: index for index, name in enumerate(data.label_names)}
-        if dropout is not None:
-            set_dropout(architecture, dropout)
-        return architecture
 
     # --- training ---------------------------------------------------------------------------------
 

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 from finesweep.errors import ConfigError, one_line
 from finesweep.tasks.images import Resize
 from finesweep.tasks.layers import LayerMap, transformer_layer_map
-from finesweep.tasks.text_classification import set_dropout
+from finesweep.tasks.transformers_head import set_dropout
 
 if TYPE_CHECKING:
     from torch import nn
