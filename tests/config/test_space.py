@@ -47,7 +47,7 @@ def test_parses_each_distribution(base: ExperimentConfig, space: Dict[str, Any],
 BAD = [
     ("unknown-key", {"optim.learning_rate": {"distribution": "uniform", "low": 0, "high": 1}},
      r"space\.optim\.learning_rate: unknown config key 'optim\.learning_rate'\. Keys under optim: lr, weight_decay, "
-     r"warmup_ratio, schedule, min_lr_ratio, num_cycles, decay_ratio\."),
+     r"warmup_ratio, schedule, min_lr_ratio, num_cycles, decay_ratio, l1\."),
     ("typo-key", {"optim.weight_decy": {"distribution": "uniform", "low": 0, "high": 1}},
      r"unknown config key 'optim\.weight_decy'\. Did you mean optim\.weight_decay\?"),
     ("sweep-section-key", {"scheduler.max_epochs": {"distribution": "int", "low": 1, "high": 4}},

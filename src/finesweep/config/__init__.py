@@ -16,6 +16,9 @@ from finesweep.config.choices import (
     Schedule,
     SchedulerKind,
     Strategy,
+    TextMetric,
+    Unit,
+    progress_of,
 )
 from finesweep.config.schema import (
     ClusterConfig,
@@ -27,6 +30,7 @@ from finesweep.config.schema import (
     ModelConfig,
     ObjectiveConfig,
     OptimConfig,
+    ProbeConfig,
     SchedulerConfig,
     SearchConfig,
     TrackingConfig,
@@ -35,5 +39,5 @@ from finesweep.config.schema import (
 
 __all__ = ["Accelerator", "Augment", "ClusterConfig", "DataConfig", "ExperimentConfig", "FinalConfig",
            "FinetuneConfig", "LoraConfig", "Mode", "ModelConfig", "ObjectiveConfig", "OptimConfig", "Precision",
-           "Prefer", "Sampler", "Schedule", "SchedulerConfig", "SchedulerKind", "SearchConfig", "Strategy",
-           "TrackingConfig", "TrainerConfig"]
+           "Prefer", "ProbeConfig", "Sampler", "Schedule", "SchedulerConfig", "SchedulerKind", "SearchConfig",
+           "Strategy", "TextMetric", "TrackingConfig", "TrainerConfig", "Unit", "progress_of"]

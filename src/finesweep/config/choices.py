@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 import math
-from typing import Iterable, Literal, Optional
+from typing import Any, Iterable, Literal, Mapping, Optional
 
 
 class Sampler(str, enum.Enum):
@@ -29,6 +29,32 @@ class Augment(str, enum.Enum):
     """A random resized crop (8-100% of the area, aspect 3/4-4/3) back to the input size, then the flip."""
     trivial = "trivial"
     """TrivialAugment (one random operation of random strength per image), then the crop and the flip."""
+
+
+class Unit(str, enum.Enum):
+    """What a trial's budget, its reports and ASHA's rungs count: epochs, or optimiser steps."""
+
+    epochs = "epochs"
+    steps = "steps"
+
+    @property
+    def key(self) -> str:
+        """The key of a trial's reports that holds its progress in this unit: ``epoch`` or ``step``."""
+        return "epoch" if self is Unit.epochs else "step"
+
+
+def progress_of(metrics: Mapping[str, Any], default: int = 0) -> int:
+    """A report's progress in its sweep's unit: its ``step`` when it has one (a step-wise sweep), else its
+    ``epoch``; ``default`` when it has neither."""
+    value = metrics.get("step", metrics.get("epoch"))
+    return default if value is None else int(value)
+
+
+class TextMetric(str, enum.Enum):
+    """What generated text is scored by besides ROUGE-1/2/L and exact match (``data.metric``)."""
+
+    rouge = "rouge"
+    bleu = "bleu"
 
 
 class SchedulerKind(str, enum.Enum):

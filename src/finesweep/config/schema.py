@@ -27,6 +27,8 @@ from finesweep.config.choices import (
     Schedule,
     SchedulerKind,
     Strategy,
+    TextMetric,
+    Unit,
 )
 from finesweep.errors import ConfigError
 
@@ -39,6 +41,10 @@ class ModelConfig:
     """A local Hugging Face model folder or a hub id (hub ids need network access)."""
     dropout: Optional[float] = None
     """Hidden and classifier dropout; null keeps the pretrained model's own."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass instead of keeping them: less memory, ~30% more time."""
+    load_in_4bit: bool = False
+    """QLoRA: the frozen base weights in 4-bit NF4 (bitsandbytes, CUDA only), LoRA adapters in 16/32 bits."""
 
     def __post_init__(self) -> None:
         if _incomplete(self):
@@ -81,6 +87,29 @@ class DataConfig:
     """Token classification from JSONL / Parquet: the column holding each sentence's list of words."""
     tags_column: str = "tags"
     """Token classification from JSONL / Parquet: the column holding each sentence's list of tags."""
+    prompt_column: str = "prompt"
+    """Causal LM, supervised fine-tuning: the prompt column (no loss on its tokens), with ``response_column``."""
+    response_column: str = "response"
+    """Causal LM, supervised fine-tuning: the response column (the loss is on its tokens only)."""
+    messages_column: str = "messages"
+    """Causal LM, chat: a column of turn lists (``[{role, content}, ...]``), rendered with the tokenizer's chat
+    template; the loss is on the assistant turns."""
+    source_column: str = "source"
+    """Seq2seq: the input text column."""
+    target_column: str = "target"
+    """Seq2seq: the output text column."""
+    max_target_length: int = 64
+    """Seq2seq: target tokens kept; both generative tasks: new tokens generated when scoring generated text."""
+    pack: bool = False
+    """Causal LM: concatenate short examples into ``max_length`` blocks (attention kept inside each example where
+    the model supports it)."""
+    metric: TextMetric = TextMetric.rouge
+    """Generated text is scored by ROUGE-1/2/L and exact match, plus BLEU with ``bleu``."""
+    generate_every_epoch: bool = False
+    """Causal LM: also score generated validation text at every report of every trial (not only the winner)."""
+    val_max_rows: Optional[int] = None
+    """Validation rows scored at each report of a trial (the first ones of the split); null = all. Model
+    selection always scores the whole split."""
     val_fraction: float = 0.1
     test_fraction: float = 0.1
     seed: int = 0
@@ -114,6 +143,10 @@ class DataConfig:
             _check(self.max_samples is None or self.max_samples >= 10, "data.max_samples",
                    self.max_samples, "must be at least 10 or null", "Use null for every row."),
             _check(self.max_length >= 8, "data.max_length", self.max_length, "must be at least 8", "Use e.g. 128."),
+            _check(self.max_target_length >= 1, "data.max_target_length", self.max_target_length,
+                   "must be at least 1", "Use e.g. 64."),
+            _check(self.val_max_rows is None or self.val_max_rows >= 1, "data.val_max_rows", self.val_max_rows,
+                   "must be at least 1 or null", "Use null to score the whole validation split at each report."),
             _check(self.image_size is None or self.image_size >= 16, "data.image_size", self.image_size,
                    "must be at least 16 or null", "Use e.g. 224, or null for the model's own input size."),
             _check(self.mixup >= 0, "data.mixup", self.mixup, "must be >= 0", "Use e.g. 0.2, or 0 for off."),
@@ -144,6 +177,8 @@ class OptimConfig:
     """cosine_with_restarts: cosine cycles (hard restarts) over the budget."""
     decay_ratio: float = 0.1
     """warmup_stable_decay: fraction of the budget spent decaying at the end."""
+    l1: float = 0.0
+    """L1 penalty on the trainable weights: l1 * sum |w| added to the training loss; 0 = off."""
 
     def __post_init__(self) -> None:
         if _incomplete(self):
@@ -157,6 +192,7 @@ class OptimConfig:
                    "must be in [0, 1)", "Use e.g. 0.1."),
             _check(0.0 <= self.min_lr_ratio < 1.0, "optim.min_lr_ratio", self.min_lr_ratio,
                    "must be in [0, 1)", "Use e.g. 0.1, or 0 to decay to zero."),
+            _check(self.l1 >= 0, "optim.l1", self.l1, "must be >= 0", "Use e.g. 1e-6, or 0 for off."),
             _check(self.num_cycles >= 1, "optim.num_cycles", self.num_cycles, "must be at least 1", "Use e.g. 2."),
             _check(0.0 < self.decay_ratio <= 1.0, "optim.decay_ratio", self.decay_ratio,
                    "must be in (0, 1]", "Use e.g. 0.1."),
@@ -183,7 +219,10 @@ class TrainerConfig:
     accumulate_grad_batches: int = 1
     """Batches per optimiser step."""
     early_stopping_patience: Optional[int] = None
-    """Stop a trial after this many epochs without improving the objective; null = off."""
+    """Stop a trial after this many reports (epochs, or ``scheduler.report_every`` steps) without improving the
+    objective; null = off."""
+    val_fraction_per_report: float = 1.0
+    """Share of the validation split (its first rows) scored at each report; model selection scores all of it."""
 
     def __post_init__(self) -> None:
         _raise_problems([
@@ -194,6 +233,8 @@ class TrainerConfig:
                    "must be in [0, 1)", "Use e.g. 0.1."),
             _check(self.accumulate_grad_batches >= 1, "trainer.accumulate_grad_batches",
                    self.accumulate_grad_batches, "must be at least 1", "Use 1 to step every batch."),
+            _check(0.0 < self.val_fraction_per_report <= 1.0, "trainer.val_fraction_per_report",
+                   self.val_fraction_per_report, "must be in (0, 1]", "Use e.g. 0.25, or 1.0 for the whole split."),
             _check(self.early_stopping_patience is None or self.early_stopping_patience >= 1,
                    "trainer.early_stopping_patience", self.early_stopping_patience, "must be >= 1 or null",
                    "Use null to turn early stopping off."),
@@ -208,7 +249,8 @@ class LoraConfig:
     alpha: int = 16
     dropout: float = 0.1
     target_modules: List[str] = field(default_factory=lambda: ["query", "value"])
-    """Names of the linear layers that get adapters (BERT: query, key, value, dense)."""
+    """Names of the linear layers that get adapters (BERT: query, key, value, dense); ``[auto]`` = peft's
+    defaults for the architecture (Llama, Qwen, Mistral: q_proj, v_proj; GPT-2: c_attn; T5: q, v ...)."""
 
     def __post_init__(self) -> None:
         _raise_problems([
@@ -234,6 +276,9 @@ class FinetuneConfig:
     """Layer-wise lr decay: encoder layer l of L trains at lr * llrd^(L - l); 1.0 = off."""
     head_lr_mult: float = 1.0
     """The classification head's lr is optim.lr * head_lr_mult."""
+    l2sp: float = 0.0
+    """L2-SP (Li et al., 2018): l2sp / 2 * ||w - w_pretrained||^2 over the trainable backbone weights (not the
+    head) added to the training loss, pulling towards what the model knew rather than towards zero; 0 = off."""
     lora: LoraConfig = field(default_factory=LoraConfig)
 
     def __post_init__(self) -> None:
@@ -244,6 +289,7 @@ class FinetuneConfig:
                    "must be at least 1", "Use e.g. 1."),
             _check(0.0 < self.llrd <= 1.0, "finetune.llrd", self.llrd, "must be in (0, 1]",
                    "Use e.g. 0.8, or 1.0 for off."),
+            _check(self.l2sp >= 0, "finetune.l2sp", self.l2sp, "must be >= 0", "Use e.g. 0.01, or 0 for off."),
             _check(self.head_lr_mult > 0, "finetune.head_lr_mult", self.head_lr_mult, "must be > 0",
                    "Use e.g. 1.0."),
         ])
@@ -271,6 +317,9 @@ class FinalConfig:
     """K: re-train the finalists and the recipe on K stratified folds of train + validation (test never enters)
     and rank them by their mean over folds; 0 = off; auto = 5 folds when the validation split has fewer than
     200 rows, else off."""
+    generate_samples: int = 8
+    """Generative tasks: validation prompts (a fixed, seeded sample) the winner generates for, scored and logged
+    as a table of prompt, reference and generation."""
     prefer: Prefer = Prefer.winner
     """winner: register the best-ranked configuration; recipe_unless_better: register the recipe unless the
     winner beats it beyond noise. The verdict is printed either way."""
@@ -280,6 +329,8 @@ class FinalConfig:
         whole = isinstance(self.cv_folds, int) and not isinstance(self.cv_folds, bool)
         _raise_problems([
             _check(self.top_k >= 1, "final.top_k", self.top_k, "must be at least 1", "Use e.g. 3."),
+            _check(self.generate_samples >= 0, "final.generate_samples", self.generate_samples, "must be >= 0",
+                   "Use e.g. 8, or 0 for none."),
             _check(self.seeds >= 0, "final.seeds", self.seeds, "must be >= 0", "Use 0 to skip re-training."),
             _check(auto or (whole and (self.cv_folds == 0 or self.cv_folds >= 2)), "final.cv_folds",
                    repr(self.cv_folds), "must be 0 (off), a number of folds >= 2, or auto", "Use e.g. 5 or auto."),
@@ -355,6 +406,25 @@ class ClusterConfig:
 
 
 @dataclass
+class ProbeConfig:
+    """Checks of what fine-tuning does to the pretrained model besides the task."""
+
+    forgetting: Optional[str] = None
+    """A plain-text file of general text: the base model's perplexity on it, and each trial's at its best
+    checkpoint (``probe/perplexity``, ``probe/perplexity_increase``); null = off."""
+    max_tokens: int = 8192
+    """Tokens of the probe file scored (its first ones): keeps the probe a few seconds per best checkpoint."""
+
+    def __post_init__(self) -> None:
+        if self.forgetting:
+            self.forgetting = str(Path(self.forgetting).expanduser().resolve())
+        _raise_problems([
+            _check(self.max_tokens >= 16, "probe.max_tokens", self.max_tokens, "must be at least 16",
+                   "Use e.g. 8192."),
+        ])
+
+
+@dataclass
 class ObjectiveConfig:
     """The metric the search optimises; declared only in the sweep file. Its name is checked against what the
     tasks report (``preflight.check_objective``): the schema does not know the tasks."""
@@ -394,25 +464,53 @@ class SearchConfig:
 
 @dataclass
 class SchedulerConfig:
-    """Early termination; its unit is epochs (every trial reports once per epoch)."""
+    """Early termination, in ``unit``: epochs (a trial reports once per epoch) or optimiser steps (a trial
+    validates and reports every ``report_every`` steps, mid-epoch too)."""
 
     kind: SchedulerKind = SchedulerKind.asha
+    unit: Unit = Unit.epochs
     max_epochs: int = 3
-    """Full budget of a trial in epochs; ASHA's max_t and the span of the warmup/decay schedule."""
+    """Full budget of a trial in epochs (``unit: epochs``); ASHA's max_t and the span of the lr schedule."""
+    max_steps: Optional[int] = None
+    """Full budget of a trial in optimiser steps (``unit: steps``, required there); ASHA's max_t and the span
+    of the lr schedule."""
+    report_every: Optional[int] = None
+    """``unit: steps``: optimiser steps between two validations and reports (required there); ``max_steps`` is
+    a multiple of it."""
     grace_period: int = 1
-    """Epochs every trial runs before ASHA may stop it."""
+    """Epochs (or steps) every trial runs before ASHA may stop it."""
     reduction_factor: float = 2.0
 
     def __post_init__(self) -> None:
+        steps = self.unit is Unit.steps
+        every = self.report_every or 0
+        budget = "max_steps" if steps else "max_epochs"
         _raise_problems([
             _check(self.max_epochs >= 1, "scheduler.max_epochs", self.max_epochs,
                    "must be at least 1", "Use e.g. 3."),
-            _check(1 <= self.grace_period <= self.max_epochs, "scheduler.grace_period",
-                   self.grace_period, f"must be between 1 and scheduler.max_epochs ({self.max_epochs})",
-                   "Lower grace_period or raise max_epochs."),
+            _check(not steps or (self.max_steps or 0) >= 1, "scheduler.max_steps", self.max_steps,
+                   "must be at least 1 with scheduler.unit=steps", "Set the trial's budget, e.g. 200."),
+            _check(not steps or every >= 1, "scheduler.report_every", self.report_every,
+                   "must be at least 1 with scheduler.unit=steps", "Set the steps between reports, e.g. 20."),
+            _check(not steps or every < 1 or (self.max_steps or 0) % every == 0, "scheduler.max_steps",
+                   self.max_steps, f"must be a multiple of scheduler.report_every ({self.report_every})",
+                   "Make the budget a whole number of reports."),
+            _check(1 <= self.grace_period <= self.budget, "scheduler.grace_period",
+                   self.grace_period, f"must be between 1 and scheduler.{budget} ({self.budget})",
+                   f"Lower grace_period or raise {budget}."),
             _check(self.reduction_factor >= 2, "scheduler.reduction_factor",
                    self.reduction_factor, "must be >= 2", "Use 2, 3 or 4."),
         ])
+
+    @property
+    def budget(self) -> int:
+        """A trial's full budget in ``unit``: ``max_steps`` or ``max_epochs``."""
+        return int(self.max_steps or 0) if self.unit is Unit.steps else self.max_epochs
+
+    @property
+    def time_attr(self) -> str:
+        """The key of a trial's reports ASHA counts: ``epoch`` or ``step``."""
+        return self.unit.key
 
 
 @dataclass
@@ -430,6 +528,7 @@ class ExperimentConfig:
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     final: FinalConfig = field(default_factory=FinalConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
     space: Dict[str, Any] = field(default_factory=dict)
     """Search space: dotted config key -> distribution (see config/space.py)."""
     name: str = ""
@@ -447,6 +546,15 @@ class ExperimentConfig:
             _check(not wants_gpu or self.cluster.gpus_per_trial > 0, "trainer.accelerator",
                    self.trainer.accelerator.value, "needs cluster.gpus_per_trial > 0 (Ray shows a trial only "
                    "the GPUs it reserved)", "Set cluster.gpus_per_trial=1, or trainer.accelerator=auto."),
+            # bitsandbytes' 4-bit kernels are CUDA's: a CPU trial would crash loading the model.
+            _check(not self.model.load_in_4bit or self.cluster.gpus_per_trial > 0, "model.load_in_4bit",
+                   self.model.load_in_4bit, "needs a CUDA GPU per trial (bitsandbytes' 4-bit weights), but "
+                   "cluster.gpus_per_trial=0", "Set cluster.gpus_per_trial=1 on a GPU machine, or "
+                   "model.load_in_4bit=false on CPU."),
+            _check(not self.model.load_in_4bit or self.finetune.strategy is Strategy.lora
+                   or "finetune.strategy" in self.space, "model.load_in_4bit", self.model.load_in_4bit,
+                   f"trains LoRA adapters over frozen 4-bit weights (QLoRA), but finetune.strategy="
+                   f"{self.finetune.strategy.value}", "Set finetune.strategy=lora."),
         ])
 
     @property

@@ -41,8 +41,9 @@ if TYPE_CHECKING:
 Batch = Dict[str, Any]
 """What a trial trains on: ``{"features": {name: tensor}, "labels": tensor}``."""
 
-REPORTED_PREFIXES = ("train/", "val/", "model/")
-"""What a trial reports each epoch of what its module logs: training and validation metrics, the model's size."""
+REPORTED_PREFIXES = ("train/", "val/", "model/", "probe/")
+"""What a trial reports each epoch of what its module logs: training and validation metrics, the model's size,
+the forgetting probe."""
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,16 @@ class PreparedData:
     def sizes(self) -> str:
         """``train/val/test`` row counts, as ``describe`` lines start."""
         return f"{len(self.train)}/{len(self.val)}/{len(self.test or ())} train/val/test rows"
+
+
+@dataclass(frozen=True)
+class Generated:
+    """Text a model generated for a fixed sample of a split's prompts, and how it scores against the references."""
+
+    metrics: Dict[str, float]
+    """Scores over the sample, unprefixed (``rouge1``, ``rouge2``, ``rougeL``, ``exact_match``, ``bleu``)."""
+    rows: List[Dict[str, str]]
+    """One per sampled example: ``prompt``, ``reference``, ``generation`` (the MLflow table)."""
 
 
 @dataclass(frozen=True)
@@ -190,6 +201,28 @@ class Task(abc.ABC):
             width = max(1, int(split.features["attention_mask"][idx].sum(axis=1).max()))
         features = {name: torch.from_numpy(_cut(array[idx], width)) for name, array in split.features.items()}
         return {"features": features, "labels": torch.from_numpy(split.labels[idx])}
+
+    def loss_weight(self, labels: torch.Tensor) -> int:
+        """What ``loss`` averages over in a batch, so a split's loss is the mean over all of them: its examples
+        (the default), or its target tokens (generative tasks: then ``val/loss`` is token-averaged)."""
+        return len(labels)
+
+    def generates_each_report(self, config: ExperimentConfig) -> bool:
+        """Whether every report of a trial also scores generated validation text (``generate``); the winner's is
+        scored after the search either way when the task generates."""
+        return False
+
+    def generate(self, model: nn.Module, split: Split, data: PreparedData, config: ExperimentConfig,
+                 rows: int) -> Optional[Generated]:
+        """Generate for a fixed sample (seeded by ``data.seed``) of ``rows`` examples of ``split`` and score the
+        text against the references; None = the task does not generate (the default)."""
+        return None
+
+    def probe_nll(self, model: nn.Module, input_ids: torch.Tensor) -> Optional[Tuple[torch.Tensor, int]]:
+        """The summed negative log-likelihood (natural log) of plain-text token blocks ``(B, L)`` under the
+        model's own language-model head, and how many tokens were scored: what the forgetting probe's perplexity
+        is made of. None = the task's model has no language-model head (the probe handles encoders itself)."""
+        return None
 
     def train_transform(self, data: DataConfig, prepared: PreparedData) -> Optional[Callable[[Batch], Batch]]:
         """What a trial does to each training batch before the model sees it (image augmentation, MixUp); None =
