@@ -132,6 +132,7 @@ class _Saves:
     def __init__(self) -> None:
         self.epoch = 0
         self.task = self
+        self.generated: List[Dict[str, str]] = []  # generated no text
 
     def export_model(self) -> "_Saves":
         return self

@@ -13,10 +13,11 @@ import os
 import shutil
 import tempfile
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 
-from finesweep.config import ExperimentConfig
+from finesweep.config import ExperimentConfig, Unit
 from finesweep.config.overrides import with_overrides
 from finesweep.finetune.layout import BEST, training_state
 from finesweep.search.searcher import marker_of, params_of
@@ -41,17 +42,21 @@ def run_trial(config: Dict[str, Any], *, base: ExperimentConfig, cache: DataCach
 
 
 def fit(config: ExperimentConfig, cache: DataCache, report: Reporter, seed: Optional[int] = None,
-        resume: Optional[Path] = None) -> FinetuneModule:
-    """Fine-tune the model of ``config`` for ``scheduler.max_epochs`` epochs (unless stopped).
+        resume: Optional[Path] = None, probe: Optional[Callable[[FinetuneModule], Dict[str, float]]] = None
+        ) -> FinetuneModule:
+    """Fine-tune the model of ``config`` for its budget (``scheduler.max_epochs`` epochs or ``max_steps`` steps),
+    unless stopped.
 
     Args:
         config: the trial's resolved config.
         cache: the tokenised data; the trial takes the variant prepared for ``config``.
-        report: receives every epoch's metrics and that epoch's checkpoint folder (execution/checkpoints.py).
+        report: receives every report's metrics and its checkpoint folder (execution/checkpoints.py).
         seed: weight-init and batch-order seed; None = ``trainer.seed`` (re-training with fresh seeds
             passes its own).
-        resume: a checkpoint folder this trial reported earlier: training continues after its epoch,
-            with its weights, optimiser, schedule, RNG and best weights, as if it had never stopped.
+        resume: a checkpoint folder this trial reported earlier: training continues after its report (mid-epoch
+            by steps: with the next batch of the same shuffle), with its weights, optimiser, schedule, RNG and best
+            weights, as if it had never stopped.
+        probe: measures the best weights each time they improve (the forgetting probe); None = nothing.
 
     Returns:
         The trained module, as it stands after the last epoch.
@@ -62,7 +67,7 @@ def fit(config: ExperimentConfig, cache: DataCache, report: Reporter, seed: Opti
     import lightning.pytorch as pl
     import torch
 
-    from finesweep.finetune.callbacks import EpochReport, FiniteLoss, early_stopping
+    from finesweep.finetune.callbacks import EpochReport, FiniteLoss, StepReport, early_stopping
     from finesweep.finetune.datamodule import PreparedDataModule
     from finesweep.finetune.module import FinetuneModule
 
@@ -71,35 +76,88 @@ def fit(config: ExperimentConfig, cache: DataCache, report: Reporter, seed: Opti
     torch.set_num_threads(max(1, int(config.cluster.cpus_per_trial)))
     pl.seed_everything(seed, verbose=False)
     data = cache.for_config(config)
-    module = FinetuneModule.for_trial(config, data, total_steps=optimiser_steps(config, len(data.train)))
+    plan = StepPlan.of(config, len(data.train))
+    module = FinetuneModule.for_trial(config, data, total_steps=plan.total_steps)
     best_dir = Path(tempfile.mkdtemp(prefix="finesweep-best-"))
     try:
         if resume is not None and (resume / BEST).is_dir():
             shutil.copytree(resume / BEST, best_dir, dirs_exist_ok=True)
-        callbacks: List[pl.Callback] = [EpochReport(config.objective.metric, config.objective.mode, report, best_dir),
-                                        FiniteLoss()]
+        stepwise = config.scheduler.unit is Unit.steps
+        reporting = (StepReport(config.objective.metric, config.objective.mode, report, best_dir, plan.steps_per_epoch,
+                                probe=probe)
+                     if stepwise else EpochReport(config.objective.metric, config.objective.mode, report, best_dir,
+                                                  probe=probe))
+        callbacks: List[pl.Callback] = [reporting, FiniteLoss()]
         if config.trainer.early_stopping_patience is not None:
             callbacks.append(early_stopping(config.objective.metric, config.objective.mode,
-                                            config.trainer.early_stopping_patience))
-        trainer = _trainer(config, max_epochs=config.scheduler.max_epochs, callbacks=callbacks)
-        # weights_only: a checkpoint is data; loading one never runs code
+                                            config.trainer.early_stopping_patience, each_epoch=not stepwise))
+        trainer = _trainer(config, max_epochs=config.scheduler.max_epochs, callbacks=callbacks, plan=plan)
         batches = PreparedDataModule(data, config.data.batch_size, seed,
-                                     transform=data.task.train_transform(config.data, data))
-        trainer.fit(module, datamodule=batches,
-                    ckpt_path=str(training_state(str(resume))) if resume is not None else None, weights_only=True)
+                                     transform=data.task.train_transform(config.data, data),
+                                     val_rows=report_val_rows(config, len(data.val)))
+        state = training_state(str(resume)) if resume is not None else None
+        if state is not None:
+            batches.resume_at(*position_in_epoch(state))
+        # weights_only: a checkpoint is data; loading one never runs code
+        trainer.fit(module, datamodule=batches, ckpt_path=str(state) if state is not None else None, weights_only=True)
     finally:
         shutil.rmtree(best_dir, ignore_errors=True)
     return module
 
 
-def optimiser_steps(config: ExperimentConfig, train_examples: int) -> int:
-    """AdamW steps in the trial's full budget: the span of the warmup/decay schedule.
+@dataclass(frozen=True)
+class StepPlan:
+    """How many optimiser steps a trial takes, and how the Trainer counts them.
 
-    Lightning steps once per ``accumulate_grad_batches`` batches, and once more for an epoch's
-    incomplete last group: 100 batches, accumulating 8 -> 13 steps per epoch.
+    Lightning steps once per ``accumulate_grad_batches`` batches, and once more for an epoch's incomplete last
+    group: 100 batches, accumulating 8 -> 13 steps per epoch. By steps (``scheduler.unit: steps``) an epoch is
+    cut to whole groups instead (``train_batches``: 96 of the 100; the shuffle differs each epoch, so no example
+    is always left out), which keeps a validation every ``report_every`` steps exactly
+    ``report_every * accumulate`` batches apart.
     """
-    batches = math.ceil(train_examples / config.data.batch_size)
-    return math.ceil(batches / config.trainer.accumulate_grad_batches) * config.scheduler.max_epochs
+
+    steps_per_epoch: int
+    total_steps: int
+    """Optimiser steps in the trial's full budget: the span of the warmup/decay schedule."""
+    train_batches: Optional[int] = None
+    """Batches per epoch the Trainer takes (``limit_train_batches``); None = all."""
+
+    @classmethod
+    def of(cls, config: ExperimentConfig, train_examples: int) -> StepPlan:
+        """The plan of a trial of ``config`` on ``train_examples`` training rows."""
+        batches = math.ceil(train_examples / config.data.batch_size)
+        accumulate = config.trainer.accumulate_grad_batches
+        if config.scheduler.unit is Unit.epochs:
+            per_epoch = math.ceil(batches / accumulate)
+            return cls(per_epoch, per_epoch * config.scheduler.max_epochs)
+        whole = max(1, batches // accumulate)
+        return cls(whole, config.scheduler.budget, whole * accumulate if whole * accumulate < batches else None)
+
+
+def optimiser_steps(config: ExperimentConfig, train_examples: int) -> int:
+    """AdamW steps in the trial's full budget: the span of the warmup/decay schedule (``StepPlan``)."""
+    return StepPlan.of(config, train_examples).total_steps
+
+
+def report_val_rows(config: ExperimentConfig, val_rows: int) -> Optional[int]:
+    """Validation rows scored at each report of a trial: the split's first ``trainer.val_fraction_per_report``,
+    at most ``data.val_max_rows``; None = all of them. Model selection (``evaluate``) always scores all."""
+    rows = val_rows if config.data.val_max_rows is None else min(val_rows, config.data.val_max_rows)
+    rows = max(1, math.ceil(rows * config.trainer.val_fraction_per_report))
+    return None if rows >= val_rows else rows
+
+
+def position_in_epoch(state: Path) -> Tuple[int, int]:
+    """Where a checkpoint of Lightning's training state stands: (its epoch, training batches already done in it).
+
+    A checkpoint taken at an epoch's end reads (next epoch, 0); one taken after a mid-epoch validation reads
+    (that epoch, the batches before it), which the resumed trial's shuffle skips.
+    """
+    import torch
+
+    checkpoint = torch.load(state, map_location="cpu", weights_only=True)
+    progress = checkpoint["loops"]["fit_loop"]["epoch_loop.batch_progress"]["current"]
+    return int(checkpoint["epoch"]), int(progress["completed"])
 
 
 def evaluate(config: ExperimentConfig, data: PreparedData, weights_dir: Path, split: str,
@@ -167,11 +225,18 @@ def _serving_precision(config: ExperimentConfig) -> str:
     return "32-true" if precision.endswith("-mixed") else precision
 
 
-def _trainer(config: ExperimentConfig, max_epochs: int, callbacks: List[Any], precision: Optional[str] = None) -> Any:
+def _trainer(config: ExperimentConfig, max_epochs: int, callbacks: List[Any], precision: Optional[str] = None,
+             plan: Optional[StepPlan] = None) -> Any:
     import lightning.pytorch as pl
 
+    stepwise: Dict[str, Any] = {}
+    if plan is not None and config.scheduler.unit is Unit.steps:
+        # validate every report_every optimiser steps, counted across epochs, and stop at the budget
+        every = int(config.scheduler.report_every or 1) * config.trainer.accumulate_grad_batches  # in batches
+        stepwise = {"max_epochs": -1, "max_steps": plan.total_steps, "check_val_every_n_epoch": None,
+                    "val_check_interval": every, "limit_train_batches": plan.train_batches or 1.0}
     return pl.Trainer(
-        max_epochs=max_epochs,
+        **({"max_epochs": max_epochs} | stepwise),
         accelerator=config.trainer.accelerator.value,
         devices=1,
         precision=precision or resolved_precision(config),  # type: ignore[arg-type]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import lightning.pytorch as pl
 import torch
@@ -19,23 +19,32 @@ class PreparedDataModule(pl.LightningDataModule):
         batch_size: examples per training batch.
         seed: seed of the training shuffle.
         transform: applied to every training batch (``Task.train_transform``: augmentation); never to the others.
+        val_rows: validation serves the split's first ``val_rows`` rows (a trial's cheap reports); None = all.
     """
 
     def __init__(self, data: PreparedData, batch_size: int, seed: int,
-                 transform: Optional[Callable[[Batch], Batch]] = None) -> None:
+                 transform: Optional[Callable[[Batch], Batch]] = None, val_rows: Optional[int] = None) -> None:
         super().__init__()
         self.data = data
+        self.val_rows = val_rows
         self.batch_size = batch_size
         self.seed = seed
         self.transform = transform
         self.test_loads = 0
         """How often the test split was served; model selection must touch it at most once."""
 
+        self.shuffle = EpochShuffle(len(self.data.train), self.seed)
+
+    def resume_at(self, epoch: int, batches_done: int) -> None:
+        """A resumed trial: the first epoch it trains is ``epoch``, of which ``batches_done`` batches were trained
+        before its checkpoint; they are skipped, so no example is seen twice and none is missed."""
+        self.shuffle.resume(epoch, batches_done * self.batch_size)
+
     def train_dataloader(self) -> DataLoader[Dict[str, Any]]:
-        return self._loader(self.data.train, EpochShuffle(len(self.data.train), self.seed), self.transform)
+        return self._loader(self.data.train, self.shuffle, self.transform)
 
     def val_dataloader(self) -> DataLoader[Dict[str, Any]]:
-        return self._loader(self.data.val)
+        return self._loader(self.data.val, rows=self.val_rows)
 
     def test_dataloader(self) -> DataLoader[Dict[str, Any]]:
         if self.data.test is None:
@@ -44,29 +53,46 @@ class PreparedDataModule(pl.LightningDataModule):
         return self._loader(self.data.test)
 
     def _loader(self, split: Split, sampler: Optional[Sampler[int]] = None,
-                transform: Optional[Callable[[Batch], Batch]] = None) -> DataLoader[Dict[str, Any]]:
+                transform: Optional[Callable[[Batch], Batch]] = None, rows: Optional[int] = None
+                ) -> DataLoader[Dict[str, Any]]:
+        size = len(split) if rows is None else min(rows, len(split))
+        # Its own generator: a loader draws a seed when each epoch's iterator starts, and drawing it from torch's
+        # global RNG would shift the dropout masks of a trial resumed mid-epoch (its iterator starts after the
+        # checkpoint's RNG is restored, an uninterrupted one's before).
+        generator = torch.Generator().manual_seed(self.seed)
         # DataLoader takes any sequence of indices; its stubs ask for a Dataset
-        return DataLoader(range(len(split)), batch_size=self.batch_size, sampler=sampler,  # type: ignore[arg-type]
+        return DataLoader(range(size), batch_size=self.batch_size, sampler=sampler,  # type: ignore[arg-type]
+                          generator=generator,
                           collate_fn=_Collate(self.data, split, transform))
 
 
 class EpochShuffle(Sampler[int]):
     """A shuffle that depends only on (seed, epoch): a trial resumed at epoch k sees the batches of epoch k.
 
-    Lightning calls ``set_epoch`` before every training epoch (as for a DistributedSampler).
+    Lightning calls ``set_epoch`` before every training epoch (as for a DistributedSampler). A trial resumed
+    mid-epoch (``resume``) skips, in that epoch only, the examples it trained on before its checkpoint; the length
+    stays the epoch's, which Lightning counts the resumed epoch's batches against.
     """
 
     def __init__(self, size: int, seed: int) -> None:
         self.size = size
         self.seed = seed
         self.epoch = 0
+        self._skip: Optional[Tuple[int, int]] = None  # (epoch, examples of it already trained on)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def resume(self, epoch: int, examples_done: int) -> None:
+        """Skip the first ``examples_done`` examples of ``epoch``'s order, once."""
+        self._skip = (epoch, examples_done) if examples_done else None
+
     def __iter__(self) -> Iterator[int]:
         generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        return iter(torch.randperm(self.size, generator=generator).tolist())
+        order = torch.randperm(self.size, generator=generator).tolist()
+        if self._skip is not None and self._skip[0] == self.epoch:
+            order, self._skip = order[self._skip[1]:], None
+        return iter(order)
 
     def __len__(self) -> int:
         return self.size

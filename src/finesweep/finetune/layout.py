@@ -1,11 +1,12 @@
 """What a trial's checkpoint folder holds, in one place (torch-free: the driver reads it too).
 
-Every epoch a trial reports a folder with::
+Every report of a trial (each epoch, or every ``scheduler.report_every`` steps) comes with a folder of::
 
     best/        the best epoch's weights so far, in the task's own format (a Hugging Face model: safetensors
                  and config.json), what model selection tests and registers
     state.ckpt   Lightning's full training state after this epoch (weights, optimiser, schedule, loops,
                  callbacks, RNG): what a resumed or retried trial continues from, loaded with weights_only
+    generations.json   generative tasks, when that report scored generated text: the samples' table
 
 ``EpochReport`` (``callbacks.py``) writes it; the driver's checkpoint keeper, model selection and the registry
 read it.
@@ -19,6 +20,9 @@ from typing import Optional
 
 BEST = "best"
 STATE = "state.ckpt"
+GENERATIONS = "generations.json"
+"""Beside them when the report's validation generated text (generative tasks): prompt, reference, generation
+rows, which the tracking projection logs to the trial's child run as a table."""
 
 
 def best_weights(checkpoint: str) -> Path:

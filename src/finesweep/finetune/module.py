@@ -15,7 +15,7 @@ from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 from torch import nn
 from torchmetrics import MetricCollection
 
-from finesweep.config import ExperimentConfig, FinetuneConfig, OptimConfig, Schedule
+from finesweep.config import ExperimentConfig, FinetuneConfig, OptimConfig, Schedule, Unit
 from finesweep.finetune.strategies import make_strategy, param_groups, unwrap
 from finesweep.tasks import PreparedData, Task
 
@@ -38,12 +38,20 @@ class FinetuneModule(pl.LightningModule):
             whether or not the scheduler stops the trial earlier.
         finetune: strategy and learning-rate layout; None = full fine-tuning at one lr.
         label_smoothing: label smoothing of the training loss.
+        config: the trial's config, for tasks that generate text at each report (``Task.generates_each_report``);
+            None = they do not.
+        windowed_loss: ``scheduler.unit: steps``: ``train/loss`` is the mean since the last report, which
+            ``StepReport`` takes (``take_window_loss``), not the epoch's, logged at its end.
     """
 
     def __init__(self, task: Task, model: nn.Module, data: PreparedData, optim: OptimConfig, total_steps: int, *,
-                 finetune: Optional[FinetuneConfig] = None, label_smoothing: float = 0.0) -> None:
+                 finetune: Optional[FinetuneConfig] = None, label_smoothing: float = 0.0,
+                 config: Optional[ExperimentConfig] = None, windowed_loss: bool = False) -> None:
         super().__init__()
         self.task = task
+        self.data = data
+        self.config = config
+        self.windowed_loss = windowed_loss
         self.finetune = finetune or FinetuneConfig()
         self.strategy = make_strategy(self.finetune, task)
         self.model = self.strategy.apply(model)
@@ -58,13 +66,16 @@ class FinetuneModule(pl.LightningModule):
         self._loss_count = 0
         self.kept: Optional[List[Tuple[Any, Any]]] = None
         """Set to a list to keep every test batch's (predictions, labels) as numpy arrays (``Task.breakdown``)."""
+        self.generated: List[Dict[str, str]] = []
+        """The rows (prompt, reference, generation) the last validation generated; empty when it generated none."""
 
     @classmethod
     def for_trial(cls, config: ExperimentConfig, data: PreparedData, total_steps: int) -> FinetuneModule:
         """The module a trial of ``config`` trains on ``data``: the pretrained model with a new head."""
         task = data.task
         return cls(task, task.build_model(config, data), data, config.optim, total_steps, finetune=config.finetune,
-                   label_smoothing=config.trainer.label_smoothing)
+                   label_smoothing=config.trainer.label_smoothing, config=config,
+                   windowed_loss=config.scheduler.unit is Unit.steps)
 
     @classmethod
     def for_evaluation(cls, config: ExperimentConfig, data: PreparedData, weights: Any) -> FinetuneModule:
@@ -95,6 +106,8 @@ class FinetuneModule(pl.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         # Runs after the callbacks' epoch start, so gradual unfreezing has already applied this epoch.
+        if self.windowed_loss:
+            return  # StepReport reports the weight counts and the loss windows between reports
         trainable, total = self.trainable_counts()
         # float64 because Lightning stores Python numbers as float32, exact only up to 2^24 (16.7M).
         self.log(MODEL_METRICS[0], torch.tensor(trainable, dtype=torch.float64))
@@ -110,9 +123,17 @@ class FinetuneModule(pl.LightningModule):
         weighted = loss.detach().float() * size
         self._loss_sum = weighted if self._loss_sum is None else self._loss_sum + weighted
         self._loss_count += size
-        if self._trainer is None or batch_idx + 1 >= self.trainer.num_training_batches:
+        if not self.windowed_loss and (self._trainer is None or batch_idx + 1 >= self.trainer.num_training_batches):
             self.log("train/loss", self._loss_sum / self._loss_count, on_step=False, on_epoch=True)
         return loss
+
+    def take_window_loss(self) -> Optional[float]:
+        """The mean training loss over the examples since the last call (``StepReport``'s window); None = none."""
+        if self._loss_sum is None or not self._loss_count:
+            return None
+        mean = float(self._loss_sum / self._loss_count)
+        self._loss_sum, self._loss_count = None, 0
+        return mean
 
     def validation_step(self, batch: Dict[str, Any], batch_idx: int) -> None:
         self._evaluation_step(batch, "val", self.val_metrics)
@@ -122,6 +143,14 @@ class FinetuneModule(pl.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         self._log_epoch_metrics(self.val_metrics)
+        self.generated = []
+        if self.config is not None and self.task.generates_each_report(self.config):
+            generated = self.task.generate(self.model, self.data.val, self.data, self.config,
+                                           self.config.final.generate_samples)
+            if generated is not None:
+                self.generated = generated.rows
+                for name, value in generated.metrics.items():
+                    self.log(f"val/{name}", float(value))
 
     def on_test_epoch_end(self) -> None:
         self._log_epoch_metrics(self.test_metrics)
@@ -135,8 +164,9 @@ class FinetuneModule(pl.LightningModule):
 
     def _evaluation_step(self, batch: Dict[str, Any], stage: str, metrics: MetricCollection) -> None:
         outputs, labels = self(batch["features"]), batch["labels"]
+        # weighted by what the task's loss averages over (examples, or target tokens): the split's exact mean
         self.log(f"{stage}/loss", self.task.loss(outputs, labels), on_step=False, on_epoch=True,
-                 batch_size=len(labels))
+                 batch_size=self.task.loss_weight(labels))
         predictions = self.task.predictions(outputs)
         metrics.update(predictions, labels)
         if stage == "test" and self.kept is not None:
