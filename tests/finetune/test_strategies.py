@@ -196,8 +196,8 @@ def wide_model(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Pa
 def test_lora_trains_few_parameters_and_saves_a_merged_plain_model(make_config: MakeConfig, wide_model: Path,
                                                                    tmp_path: Path) -> None:
     # 32-bit: the report and the re-scoring below then compute alike (bf16 autocast moves val/loss by ~1e-4)
-    config = make_config("finetune.strategy=lora", "scheduler.max_epochs=1", "optim.lr=1e-2", "trainer.precision=32-true",
-                         model=wide_model)
+    config = make_config("finetune.strategy=lora", "scheduler.max_epochs=1", "optim.lr=1e-2",
+                         "trainer.precision=32-true", model=wide_model)
     cache = prepare_all(config, ())
     saved = tmp_path / "saved"
     reports: Reports = []
