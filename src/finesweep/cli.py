@@ -80,7 +80,7 @@ def cmd_show(args: argparse.Namespace, console: Console) -> int:
     console.print(space_table(composed.params))
     console.print(f"{config.search.sampler.value} sampler, {composed.planned_trials} trials, "
                   f"{config.search.max_concurrent} at a time; {config.scheduler.kind.value} scheduler over "
-                  f"{config.scheduler.max_epochs} epochs; objective: {config.objective.mode.value} "
+                  f"{config.scheduler.budget} {config.scheduler.unit.value}; objective: {config.objective.mode.value} "
                   f"{config.objective.metric}; {_first_trials(config)}", markup=False)
     console.print(notes.export_text(), end="", markup=False)
     console.print("[green]valid[/green]: nothing was started.")

@@ -52,6 +52,7 @@ from finesweep.report.terminal import SweepView, results_table
 from finesweep.search.searcher import Numbering, Rerun
 from finesweep.selection import Selection, baseline_metrics, leaderboard, select, test_summary
 from finesweep.tasks import DataCache, PreparedData
+from finesweep.tasks.task import Generated
 from finesweep.tracking import UI_VIEW, Projector, sync_log
 
 Trainable = Callable[..., None]
@@ -347,6 +348,17 @@ def _breakdown(config: ExperimentConfig, data: PreparedData, weights: Path) -> L
         return []
 
 
+def _generations(config: ExperimentConfig, data: PreparedData, weights: Path) -> Optional[Generated]:
+    """The registered model's generated text for the fixed validation sample, scored (generative tasks only)."""
+    from finesweep.execution.trial import generations
+
+    try:
+        return generations(config, data, weights)
+    except Exception as exc:  # noqa: BLE001 - the samples are extra: the selection and registration stand without them
+        logger.warning("generating the registered model's samples failed: %s", one_line(exc), exc_info=True)
+        return None
+
+
 def _record_selection(session: Session, chosen: Selection, cache: DataCache, console: Console) -> None:
     """Log the selection and the registration (MLflow gives the version when the projector sends it)."""
     import pandas as pd
@@ -373,12 +385,18 @@ def _record_selection(session: Session, chosen: Selection, cache: DataCache, con
     board = pd.DataFrame(leaderboard(chosen, metric))
     registered_config = with_overrides(config, registered.params)
     data = cache.for_config(registered_config)
-    table = pd.DataFrame(_breakdown(registered_config, data, best_weights(str(chosen.chosen.checkpoint))))
+    weights = best_weights(str(chosen.chosen.checkpoint))
+    table = pd.DataFrame(_breakdown(registered_config, data, weights))
+    generated = _generations(registered_config, data, weights)
+    if generated is not None:
+        metrics.update({f"final/val/{name}": value for name, value in generated.metrics.items()})
     journal.record(SelectionMade(round=round_, metrics=metrics, tags=tags, leaderboard_csv=board.to_csv(index=False),
                                  leaderboard_md=_markdown(board), recipe=chosen.recipe,
                                  breakdown_name=data.task.breakdown_name if len(table) else "",
                                  breakdown_csv=table.to_csv(index=False) if len(table) else "",
-                                 breakdown_md=_markdown(table) if len(table) else ""))
+                                 breakdown_md=_markdown(table) if len(table) else "",
+                                 generations=generated.rows if generated is not None else [],
+                                 generated_by=chosen.chosen.number))
     journal.record(RegisterRequested(round=round_, name=config.registered_model_name,
                                      checkpoint=chosen.chosen.checkpoint,
                                      preprocessor=registered_config.model.name_or_path,

@@ -42,6 +42,8 @@ def example(cls: type) -> Event:
         target = args[0] if typing.get_origin(hint) is typing.Union else hint
         if typing.get_origin(target) is dict:
             values[f.name] = {"a.b": 1.5}
+        elif typing.get_origin(target) is list:
+            values[f.name] = [{"prompt": "p", "generation": "g"}]
         elif target is TrialStatus:
             values[f.name] = TrialStatus.early_stopped
         else:

@@ -41,9 +41,9 @@ def test_finished_trials_come_in_the_order_they_ended_and_failed_ones_are_left_o
     ("asha", 1, 2, 8, [1, 2, 4]), ("asha", 1, 3, 10, [1, 3, 9]), ("asha", 2, 2, 3, [2]), ("fifo", 1, 2, 8, [])])
 def test_rungs_are_where_asha_compares_trials(kind: str, grace: int, factor: float, epochs: int,
                                               rungs: List[int]) -> None:
-    from finesweep.config import SchedulerKind
+    from finesweep.config import SchedulerConfig, SchedulerKind
 
-    scheduler = SimpleNamespace(kind=SchedulerKind(kind), grace_period=grace, reduction_factor=factor,
+    scheduler = SchedulerConfig(kind=SchedulerKind(kind), grace_period=grace, reduction_factor=factor,
                                 max_epochs=epochs)
     facts: Any = SweepFacts.__new__(SweepFacts)
     facts.config = SimpleNamespace(scheduler=scheduler)

@@ -22,6 +22,7 @@ from finesweep.config.overrides import with_overrides
 from finesweep.finetune.layout import BEST, training_state
 from finesweep.search.searcher import marker_of, params_of
 from finesweep.tasks import DataCache, PreparedData
+from finesweep.tasks.task import Generated
 
 if TYPE_CHECKING:  # torch and Lightning load inside the worker, not when the driver imports this
     from finesweep.finetune.callbacks import Reporter
@@ -216,6 +217,16 @@ def breakdown(config: ExperimentConfig, data: PreparedData, weights_dir: Path) -
     trainer.test(module, datamodule=PreparedDataModule(data, config.data.batch_size, config.trainer.seed),
                  verbose=False)
     return data.task.breakdown(module.kept, data)
+
+
+def generations(config: ExperimentConfig, data: PreparedData, weights_dir: Path) -> Optional[Generated]:
+    """Saved weights' generated text for ``final.generate_samples`` validation examples, scored against their
+    references (``Task.generate``); None = the task does not generate, or no samples are asked for."""
+    if config.final.generate_samples < 1:
+        return None
+    _quiet()
+    model = data.task.load_trained(weights_dir, data).eval()
+    return data.task.generate(model, data.val, data, config, config.final.generate_samples)
 
 
 def _serving_precision(config: ExperimentConfig) -> str:

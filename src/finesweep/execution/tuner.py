@@ -19,7 +19,7 @@ from ray import tune
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
-from finesweep.config import ExperimentConfig, SchedulerKind
+from finesweep.config import ExperimentConfig, SchedulerKind, progress_of
 from finesweep.config.recipe import start_points
 from finesweep.config.space import Param, planned_trials
 from finesweep.execution.cluster import node_of
@@ -113,11 +113,12 @@ def run_plan(config: ExperimentConfig, plan: Plan, trainable: Callable[..., None
 
 
 def make_scheduler(config: ExperimentConfig) -> TrialScheduler:
-    """FIFO, or ASHA in epochs (ties at a rung broken by validation loss) that remembers which trials it stopped."""
+    """FIFO, or ASHA in epochs or steps (``scheduler.unit``; ties at a rung broken by validation loss) that remembers
+    which trials it stopped."""
     sched = config.scheduler
     if sched.kind is SchedulerKind.fifo:
         return FIFOScheduler()
-    asha = RecordingASHA(tie_break=asha_module.TIE_BREAK_METRIC, time_attr="epoch", max_t=sched.max_epochs,
+    asha = RecordingASHA(tie_break=asha_module.TIE_BREAK_METRIC, time_attr=sched.time_attr, max_t=sched.budget,
                          grace_period=sched.grace_period, reduction_factor=sched.reduction_factor)
     asha.set_search_properties(config.objective.metric, config.objective.mode.value)
     return asha
@@ -168,7 +169,7 @@ class _EventBridge(tune.Callback):
     def on_trial_result(self, iteration: int, trials: List[Trial], trial: Trial, result: Dict[str, Any],
                         **info: Any) -> None:
         metrics = {k: float(v) for k, v in result.items()
-                   if (k == "epoch" or k.startswith(REPORTED_PREFIXES)) and isinstance(v, (int, float))}
+                   if (k in ("epoch", "step") or k.startswith(REPORTED_PREFIXES)) and isinstance(v, (int, float))}
         record = self._by_id.get(trial.trial_id)
         if record is not None:
             record.node, record.device = node_of(result)
@@ -225,7 +226,7 @@ class _EventBridge(tune.Callback):
         record.add_result(metrics, self.config.objective.metric, self.config.objective.mode)
         value = metrics.get(self.config.objective.metric)
         if value is not None and not math.isnan(value):
-            self.plan.searcher.observe(record.number, record.optuna_number, int(metrics.get("epoch", 0)), value)
+            self.plan.searcher.observe(record.number, record.optuna_number, progress_of(metrics), value)
         for listener in self.listeners:
             listener.trial_result(record, metrics)
 

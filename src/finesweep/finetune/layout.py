@@ -14,9 +14,10 @@ read it.
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
-from typing import Optional
+from typing import Dict, List, Optional
 
 BEST = "best"
 STATE = "state.ckpt"
@@ -33,6 +34,15 @@ def best_weights(checkpoint: str) -> Path:
 def training_state(checkpoint: str) -> Path:
     """The resumable training state inside a trial's checkpoint folder."""
     return Path(checkpoint) / STATE
+
+
+def generations(checkpoint: str) -> List[Dict[str, str]]:
+    """The generated texts saved with a report (``GENERATIONS``); empty when it has none or they are gone."""
+    try:
+        rows = json.loads((Path(checkpoint) / GENERATIONS).read_text())
+    except (OSError, ValueError):
+        return []
+    return [dict(row) for row in rows] if isinstance(rows, list) else []
 
 
 def drop_training_state(checkpoint: Optional[str]) -> None:

@@ -14,7 +14,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import optuna
 from optuna.trial import TrialState
 
-from finesweep.config import ExperimentConfig
+from finesweep.config import ExperimentConfig, progress_of
 from finesweep.config.space import Param
 from finesweep.journal.records import TrialRecord, TrialStatus
 from finesweep.journal.replay import SweepState
@@ -42,8 +42,8 @@ def settle_search(state: SweepState, config: ExperimentConfig, scheduler: Any, b
             continue
         record = by_number[trial.number]
         epochs = trial.epochs
-        if epochs >= config.scheduler.max_epochs or decisions.get(trial.number) == "STOP":
-            stopped = epochs < config.scheduler.max_epochs
+        if epochs >= config.scheduler.budget or decisions.get(trial.number) == "STOP":
+            stopped = epochs < config.scheduler.budget
             record.status = TrialStatus.early_stopped if stopped else TrialStatus.completed
             end(record)
             continue
@@ -93,7 +93,7 @@ def _past_trial(record: TrialRecord, config: ExperimentConfig, stopped: Optional
     if state is TrialState.COMPLETE and record.best_value is None:
         state = TrialState.FAIL
     metric = config.objective.metric
-    intermediate = {int(m.get("epoch", i + 1)): m[metric] for i, m in enumerate(record.history)
+    intermediate = {progress_of(m, i + 1): m[metric] for i, m in enumerate(record.history)
                     if metric in m and not math.isnan(m[metric])}
     return PastTrial(int(record.optuna_number or 0), _searched(record.params, config), state, record.best_value,
                      intermediate)

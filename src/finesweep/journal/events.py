@@ -19,7 +19,7 @@ import json
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Dict, Mapping, Optional, Tuple, Type
+from typing import Any, ClassVar, Dict, List, Mapping, Optional, Tuple, Type
 
 import finesweep
 from finesweep.config.sweep import Sweep, git_state
@@ -205,6 +205,11 @@ class SelectionMade(Event):
     """What the registered model's per-class (per-entity-type) test table is called; empty = none."""
     breakdown_csv: str = ""
     breakdown_md: str = ""
+    generations: List[Dict[str, str]] = field(default_factory=list)
+    """Generative tasks: the registered model's generated text for ``final.generate_samples`` validation prompts
+    (prompt, reference, generation); empty = none."""
+    generated_by: Optional[int] = None
+    """The trial whose weights generated them (its child run gets the table too)."""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -10,7 +10,7 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Protocol, Sequence
 
-from finesweep.config import Mode
+from finesweep.config import Mode, progress_of
 
 
 class TrialStatus(str, enum.Enum):
@@ -55,8 +55,8 @@ class TrialRecord:
 
     @property
     def epochs_run(self) -> int:
-        """Epochs completed and reported."""
-        return len(self.history)
+        """Epochs (or steps, by ``scheduler.unit``) completed and reported: its last report's."""
+        return progress_of(self.history[-1], len(self.history)) if self.history else 0
 
     def add_result(self, metrics: Dict[str, float], metric: str, mode: Mode) -> None:
         """Record one epoch's metrics, tracking the best objective value (not the last)."""
@@ -64,7 +64,7 @@ class TrialRecord:
         value = metrics.get(metric)
         if value is not None and mode.better(value, self.best_value):
             self.best_value = value
-            self.best_epoch = int(metrics.get("epoch", len(self.history)))
+            self.best_epoch = progress_of(metrics, len(self.history))
 
 
 def ranked(records: Sequence[TrialRecord], mode: Mode) -> List[TrialRecord]:

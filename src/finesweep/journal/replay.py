@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Type
 
-from finesweep.config import Mode
+from finesweep.config import Mode, progress_of
 from finesweep.errors import UserError
 from finesweep.journal.events import (
     LOG_NAME,
@@ -80,8 +80,8 @@ class TrialHistory:
 
     @property
     def epochs(self) -> int:
-        """The epoch of its last result (0 before one)."""
-        return int(self.history[-1].get("epoch", 0)) if self.history else 0
+        """The progress of its last result in the sweep's unit: its epoch, or its step (0 before one)."""
+        return progress_of(self.history[-1]) if self.history else 0
 
     def resumable_checkpoint(self) -> Optional[str]:
         """The checkpoint of its last epoch, which a resumed trial continues from; None = start again."""
@@ -228,7 +228,7 @@ def _trial_result(state: SweepState, event: TrialResult) -> None:
     trial.seqs.append(event.seq)
     trial.seen.append(event.seen_at or event.time)
     if event.checkpoint:
-        trial.checkpoint, trial.checkpoint_epoch = event.checkpoint, int(event.metrics.get("epoch", 0))
+        trial.checkpoint, trial.checkpoint_epoch = event.checkpoint, progress_of(event.metrics)
 
 
 def _trial_ended(state: SweepState, event: TrialEnded) -> None:

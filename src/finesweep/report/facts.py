@@ -80,7 +80,7 @@ class SweepFacts:
         return [t for t in self.trials if t.record.phase == "search"]
 
     def rungs(self) -> List[int]:
-        """The epochs where ASHA compares trials (none without ASHA)."""
+        """The epochs (or steps) where ASHA compares trials (none without ASHA)."""
         return (fidelity_rungs(self.config) or [])[:-1]  # the last is the full budget, not a comparison
 
 

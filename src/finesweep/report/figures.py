@@ -15,6 +15,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import plotly.graph_objects as go
 
+from finesweep.config import progress_of
 from finesweep.journal.records import TrialStatus, format_params
 from finesweep.report.facts import SweepFacts, TrialFacts, finished, slots, utilisation
 from finesweep.selection import FOLD_KEY, SEED_KEY
@@ -82,10 +83,11 @@ def history(facts: SweepFacts) -> Figure:
 
 
 def curves(facts: SweepFacts) -> Figure:
-    """Every trial's objective by epoch, with ASHA's rungs."""
+    """Every trial's objective by epoch (or step: ``scheduler.unit``), with ASHA's rungs."""
     figure = go.Figure()
+    unit = facts.config.scheduler.unit.key
     for trial in facts.search():
-        points = [(m.get("epoch", i + 1), m[facts.metric]) for i, m in enumerate(trial.record.history)
+        points = [(progress_of(m, i + 1), m[facts.metric]) for i, m in enumerate(trial.record.history)
                   if facts.metric in m and not math.isnan(m[facts.metric])]
         if points:
             figure.add_scatter(x=[p[0] for p in points], y=[p[1] for p in points], mode="lines+markers",
@@ -94,9 +96,9 @@ def curves(facts: SweepFacts) -> Figure:
     for rung in facts.rungs():
         figure.add_vline(x=rung, line_dash="dash", line_color="#6c757d", annotation_text=f"rung {rung}")
     rungs = f"dashed lines are ASHA's rungs ({', '.join(map(str, facts.rungs()))}); " if facts.rungs() else ""
-    caption = (f"{facts.metric} of every search trial by epoch; {rungs}yellow curves were stopped early, red ones "
+    caption = (f"{facts.metric} of every search trial by {unit}; {rungs}yellow curves were stopped early, red ones "
                "failed. Curves that cross after a rung mean the scheduler judged too early.")
-    figure = _layout(figure, "epoch", facts.metric)
+    figure = _layout(figure, unit, facts.metric)
     figure.update_layout(showlegend=False)
     return Figure("learning_curves", "Learning curves", caption, figure)
 

@@ -146,10 +146,10 @@ def _summary(facts: SweepFacts, study: str) -> str:
     for trial in search:
         counts[trial.record.status.value] = counts.get(trial.record.status.value, 0) + 1
     epochs = sum(t.record.epochs_run for t in search)
-    full = len(search) * facts.config.scheduler.max_epochs
+    full = len(search) * facts.config.scheduler.budget
     saved = f" ({1 - epochs / full:.0%} fewer than running every trial to the end)" if full and epochs < full else ""
     rows = [["trials", ", ".join(f"{n} {s.replace('_', ' ')}" for s, n in sorted(counts.items())) or "none"],
-            ["epochs trained", f"{epochs} of {full}{saved}"],
+            [f"{facts.config.scheduler.unit.value} trained", f"{epochs} of {full}{saved}"],
             ["sampler / scheduler", f"{facts.config.search.sampler.value} / {facts.config.scheduler.kind.value}"]]
     if study:
         name, _, url = study.partition(" in ")

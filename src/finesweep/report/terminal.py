@@ -76,13 +76,14 @@ class SweepView:
         metric = self.config.objective.metric
         value = metrics.get(metric)
         shown = "-" if value is None else f"{value:.4f}"
-        self._line(f"trial {record.number} epoch {record.epochs_run}/{self.config.scheduler.max_epochs}: "
-                   f"{metric} {shown}")
+        sched = self.config.scheduler
+        self._line(f"trial {record.number} {sched.unit.key} {record.epochs_run}/{sched.budget}: {metric} {shown}")
 
     def trial_ended(self, record: TrialRecord) -> None:
         if record.phase == "search":
             self._done.add(record.number)
-        best = "" if record.best_value is None else f", best {record.best_value:.4f} at epoch {record.best_epoch}"
+        best = ("" if record.best_value is None
+                else f", best {record.best_value:.4f} at {self.config.scheduler.unit.key} {record.best_epoch}")
         why = f": {record.failure}: {record.error}" if record.status is TrialStatus.failed else ""
         where = self._counts() if record.phase == "search" else f"{record.phase} run"
         self._line(f"trial {record.number} {record.status.value.replace('_', ' ')}{best}{why}  ({where})")
@@ -114,11 +115,11 @@ class SweepView:
                                                f"{format_params(best.params)})" if best else "-"))
         running = [r for r in records if r.status is TrialStatus.running]
         table = Table(box=None, pad_edge=False, show_header=bool(running))
-        for column in ("trial", "epoch", metric, "params"):
+        for column in ("trial", self.config.scheduler.unit.key, metric, "params"):
             table.add_column(column)
         for record in running[-8:]:
             last = record.history[-1].get(metric) if record.history else None
-            table.add_row(str(record.number), f"{record.epochs_run}/{self.config.scheduler.max_epochs}",
+            table.add_row(str(record.number), f"{record.epochs_run}/{self.config.scheduler.budget}",
                           "-" if last is None else f"{last:.4f}", format_params(record.params))
         return Group(head, best_line, table)
 
@@ -131,7 +132,8 @@ def results_table(config: ExperimentConfig, records: Sequence[TrialRecord], widt
     best = ranked(records, config.objective.mode)[:top]
     keys = list(dict.fromkeys(k for r in records for k in r.params))
     table = Table(title=title)
-    for column in ("rank", "trial", metric, "best epoch", "epochs", "status", *keys):
+    unit = config.scheduler.unit
+    for column in ("rank", "trial", metric, f"best {unit.key}", unit.value, "status", *keys):
         table.add_column(column, no_wrap=True)
     for rank, record in enumerate(best, start=1):
         table.add_row(str(rank), str(record.number), f"{record.best_value:.4f}", str(record.best_epoch),
@@ -141,7 +143,7 @@ def results_table(config: ExperimentConfig, records: Sequence[TrialRecord], widt
         return table
     blocks: List[RenderableType] = [Text(title, style="bold")]
     for rank, record in enumerate(best, start=1):
-        blocks.append(Text(f"{rank}. trial {record.number}: {metric} {record.best_value:.4f} at epoch "
+        blocks.append(Text(f"{rank}. trial {record.number}: {metric} {record.best_value:.4f} at {unit.key} "
                            f"{record.best_epoch} of {record.epochs_run}, {record.status.value}"))
         blocks.extend(Text(f"     {k} = {short(record.params[k])}") for k in keys if k in record.params)
     return Group(*blocks)

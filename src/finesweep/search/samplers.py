@@ -36,7 +36,7 @@ def fidelity_rungs(config: ExperimentConfig) -> Optional[List[int]]:
     sched = config.scheduler
     if sched.kind is not SchedulerKind.asha:
         return None
-    return rungs(sched.grace_period, sched.reduction_factor, sched.max_epochs)
+    return rungs(sched.grace_period, sched.reduction_factor, sched.budget)
 
 
 def sampler_factory(config: ExperimentConfig, params: Sequence[Param]) -> Callable[[int], optuna.samplers.BaseSampler]:

@@ -15,12 +15,14 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Type
 
+import pandas as pd
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from finesweep.config import progress_of
 from finesweep.errors import ConfigError, one_line
-from finesweep.finetune.layout import best_weights
+from finesweep.finetune.layout import best_weights, generations
 from finesweep.journal.events import (
     LOG_NAME,
     BaselineScored,
@@ -258,11 +260,15 @@ class Projector:
             self.client.log_batch(run_id, params=[Param(k, _param_value(v)) for k, v in event.params.items()])
 
     def _on_trial_result(self, event: TrialResult) -> None:
-        step = int(event.metrics.get("epoch", 0))
-        metrics = [Metric(k, float(v), event.at, step) for k, v in event.metrics.items() if k != "epoch"]
+        step = progress_of(event.metrics)
+        metrics = [Metric(k, float(v), event.at, step) for k, v in event.metrics.items() if k not in ("epoch", "step")]
         placed = [RunTag(f"finesweep.{name}", value) for name, value in
                   (("node", event.node), ("device", event.device), ("precision", event.precision)) if value]
-        self.client.log_batch(self._run_of(event.number), metrics=metrics, tags=placed)
+        run_id = self._run_of(event.number)
+        self.client.log_batch(run_id, metrics=metrics, tags=placed)
+        rows = generations(event.checkpoint) if event.checkpoint else None
+        if rows:  # the texts this report generated: a table in the MLflow UI's artifact view
+            self.client.log_table(run_id, data=pd.DataFrame(rows), artifact_file=f"generations/{step:07d}.json")
 
     def _on_trial_retrying(self, event: TrialRetrying) -> None:
         self.client.log_batch(self._run_of(event.number), tags=[
@@ -302,6 +308,12 @@ class Projector:
         if event.breakdown_csv:
             self.client.log_text(self.parent_id, event.breakdown_csv, f"final/{event.breakdown_name}.csv")
             self.client.log_text(self.parent_id, event.breakdown_md, f"final/{event.breakdown_name}.md")
+        if event.generations:
+            table = pd.DataFrame(event.generations)
+            self.client.log_table(self.parent_id, data=table, artifact_file="final/generations.json")
+            trial_run = self.cursor.runs.get(f"trial/{event.generated_by}")
+            if trial_run:
+                self.client.log_table(trial_run, data=table, artifact_file="final/generations.json")
 
     def _on_best(self, event: BestChosen) -> None:
         now = int(event.time * 1000)
