@@ -48,3 +48,27 @@ def test_rungs_are_where_asha_compares_trials(kind: str, grace: int, factor: flo
     facts: Any = SweepFacts.__new__(SweepFacts)
     facts.config = SimpleNamespace(scheduler=scheduler)
     assert facts.rungs() == rungs
+
+
+def test_the_forgetting_figure_plots_each_trial_at_its_best_weights_by_lr_and_strategy() -> None:
+    from finesweep.config import ExperimentConfig, Mode
+    from finesweep.report.figures import PROBE_METRIC, forgetting
+
+    def probed(number: int, lr: float, strategy: str, increase: float, value: float) -> TrialFacts:
+        facts = trial(number, (0, number + 1), value=value)
+        facts.record.params = {"optim.lr": lr, "finetune.strategy": strategy}
+        facts.record.history = [{"val/loss": 1.0, PROBE_METRIC: 99.0}, {"val/loss": value, PROBE_METRIC: increase}]
+        return facts
+
+    facts: Any = SweepFacts.__new__(SweepFacts)
+    facts.config = ExperimentConfig()
+    facts.config.objective.metric, facts.config.objective.mode = "val/loss", Mode.min
+    facts.trials = [probed(0, 1e-5, "lora", 0.5, 0.9), probed(1, 1e-3, "full", 40.0, 0.7),
+                    trial(2, (0, 3), value=0.8)]  # one without the probe (an old trial): left out
+    drawn = forgetting(facts)
+    assert drawn.figure is not None
+    (scatter,) = drawn.figure.data
+    assert list(scatter.x) == [0.5, 40.0] and list(scatter.y) == [0.9, 0.7], "the last report's probe, best value"
+    assert list(scatter.marker.color) == pytest.approx([-5.0, -3.0])
+    assert list(scatter.marker.symbol) == ["diamond", "circle"], "full: circle, lora: diamond (sorted names)"
+    assert "full: circle, lora: diamond" in drawn.caption

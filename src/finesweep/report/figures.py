@@ -45,6 +45,8 @@ def every_figure(facts: SweepFacts, study: Any) -> List[Figure]:
         lambda: history(facts), lambda: curves(facts), lambda: importance(facts, study),
         lambda: slices(facts, study), lambda: parallel(facts, study), lambda: by_strategy(facts),
         lambda: per_parameter(facts), lambda: finalists(facts), lambda: schedule(facts)]
+    if any(PROBE_METRIC in m for t in facts.search() for m in t.record.history):
+        makers.insert(6, lambda: forgetting(facts))
     figures = []
     for make in makers:
         try:
@@ -185,6 +187,36 @@ def per_parameter(facts: SweepFacts) -> Figure:
                "points to the left reach their value with fewer trained weights (cheaper, smaller checkpoints).")
     return Figure("trainable_fraction", "What you gain per trained parameter", caption,
                   _layout(figure, "trainable fraction of weights", facts.metric))
+
+
+PROBE_METRIC = "probe/perplexity_increase"
+"""What the forgetting probe (``probe.forgetting``) reports at each trial's best weights."""
+
+
+def forgetting(facts: SweepFacts) -> Figure:
+    """The objective against how much each trial forgot (the forgetting probe), coloured by lr, shaped by strategy."""
+    title = "What each configuration forgot"
+    points = [(t.record.history[-1][PROBE_METRIC], t) for t in finished(facts.search())
+              if t.record.history and PROBE_METRIC in t.record.history[-1]]
+    if not points:
+        return Figure("forgetting", title, "No finished trial reported the forgetting probe.", None)
+    lrs = [float(t.record.params.get("optim.lr", facts.config.optim.lr)) for _, t in points]
+    strategies = [str(t.record.params.get("finetune.strategy", facts.config.finetune.strategy.value))
+                  for _, t in points]
+    shapes = {name: SYMBOLS[i % len(SYMBOLS)] for i, name in enumerate(sorted(set(strategies)))}
+    figure = go.Figure(go.Scatter(
+        x=[p for p, _ in points], y=[t.record.best_value for _, t in points], mode="markers",
+        marker=dict(size=11, color=[math.log10(lr) for lr in lrs], colorscale="Viridis", showscale=True,
+                    colorbar=dict(title="log10 lr"), symbol=[shapes[s] for s in strategies]),
+        text=[f"trial {t.number}: {s}, lr {lr:.2g}" for (_, t), s, lr in zip(points, strategies, lrs, strict=True)]))
+    legend = ", ".join(f"{name}: {symbol}" for name, symbol in shapes.items())
+    caption = (f"Best {facts.metric} against the rise of the perplexity of the probe text (probe.forgetting) from the "
+               f"pretrained model's, both at each trial's best weights; colour is the learning rate, shape the "
+               f"strategy ({legend}). Points to the left kept more of what the model knew.")
+    return Figure("forgetting", title, caption, _layout(figure, "probe perplexity increase", facts.metric))
+
+
+SYMBOLS = ("circle", "diamond", "square", "triangle-up", "cross", "x", "star")
 
 
 def finalists(facts: SweepFacts) -> Figure:
