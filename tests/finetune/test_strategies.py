@@ -131,6 +131,13 @@ def test_freeze_more_layers_than_the_model_has_is_a_clear_error(make_config: Mak
         module_for(config)
 
 
+@pytest.mark.parametrize("targets,adapted", [("[auto]", {"query", "value"}), ("[all-linear]",
+                                              {"query", "key", "value", "dense"}), ("[key]", {"key"})])
+def test_lora_targets_may_be_left_to_peft(make_config: MakeConfig, targets: str, adapted: set) -> None:
+    # auto: peft's table for BERT (query, value); all-linear: every linear layer of the encoder, not the head
+    module = module_for(make_config("finetune.strategy=lora", f"finetune.lora.target_modules={targets}"))
+    # ...attention.self.query.lora_A.default.weight
+    assert {name.split(".")[-4] for name, _ in module.model.named_parameters() if "lora_A" in name} == adapted
 @pytest.mark.parametrize("every,epochs,stages", [
     (1, 4, [0, 1, 2, 3]),
     (2, 4, [0, 0, 1, 1]),

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import copy
 import sys
-from typing import Any, Callable, Dict, Iterable, List, Tuple, cast
+from typing import Any, Callable, Dict, Iterable, List, Sequence, Tuple, cast
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import BaseFinetuning
@@ -228,11 +228,12 @@ class Lora(FinetuneStrategy):
         from peft import TaskType, get_peft_model
 
         # SEQ_CLS already keeps "classifier"/"score" trainable; naming the head's own top-level
-        # modules also covers heads with more than one (DistilBERT's pre_classifier + classifier).
-        head_modules = self.task.layer_map(model).head_modules()
+        # modules also covers heads with more than one (DistilBERT's pre_classifier + classifier). A pretrained
+        # head (a language model's, tied to its embeddings) stays frozen: LoRA alone adapts the model.
+        head_modules = self.task.layer_map(model).head_modules() if self.task.new_head else []
         task_type = TaskType[self.task.lora_task_type] if self.task.lora_task_type else None
         config = PeftLoraConfig(task_type=task_type, r=self.lora.r, lora_alpha=self.lora.alpha,
-                                lora_dropout=self.lora.dropout, target_modules=list(self.lora.target_modules),
+                                lora_dropout=self.lora.dropout, target_modules=peft_targets(self.lora.target_modules),
                                 modules_to_save=head_modules or None)
         try:
             return get_peft_model(model, config)
@@ -247,6 +248,23 @@ class Lora(FinetuneStrategy):
         # after a checkpoint; the copy costs one model's memory for the duration of the save.
         merged: nn.Module = cast(Any, copy.deepcopy(model)).merge_and_unload()  # a peft PeftModel
         return merged
+
+
+AUTO_TARGETS = "auto"
+"""``finetune.lora.target_modules: [auto]``: peft's own choice for the architecture (its per-model-type table:
+Llama, Qwen, Mistral: q_proj, v_proj; GPT-2: c_attn; T5: q, v; BERT: query, value ...)."""
+ALL_LINEAR = "all-linear"
+"""``[all-linear]``: every linear layer but the output head (QLoRA's recipe)."""
+
+
+def peft_targets(names: Sequence[str]) -> Any:
+    """What peft's ``target_modules`` takes for ``finetune.lora.target_modules``: None for ``[auto]`` (peft then
+    looks the architecture up), the string ``all-linear`` for ``[all-linear]``, else the list of names."""
+    if list(names) == [AUTO_TARGETS]:
+        return None
+    if list(names) == [ALL_LINEAR]:
+        return ALL_LINEAR
+    return list(names)
 
 
 def _require_head(parts: LayerMap, model: nn.Module, strategy: Strategy) -> LayerMap:
