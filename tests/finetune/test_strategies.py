@@ -133,7 +133,7 @@ def test_freeze_more_layers_than_the_model_has_is_a_clear_error(make_config: Mak
 
 @pytest.mark.parametrize("targets,adapted", [("[auto]", {"query", "value"}), ("[all-linear]",
                                               {"query", "key", "value", "dense"}), ("[key]", {"key"})])
-def test_lora_targets_may_be_left_to_peft(make_config: MakeConfig, targets: str, adapted: set) -> None:
+def test_lora_targets_may_be_left_to_peft(make_config: MakeConfig, targets: str, adapted: Set[str]) -> None:
     # auto: peft's table for BERT (query, value); all-linear: every linear layer of the encoder, not the head
     module = module_for(make_config("finetune.strategy=lora", f"finetune.lora.target_modules={targets}"))
     # ...attention.self.query.lora_A.default.weight
