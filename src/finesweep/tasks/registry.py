@@ -3,7 +3,8 @@
 A task module defines one ``Task`` subclass; one line registers it: ``register(MyTask)`` (here for the
 built-in ones, in your own module for yours). ``data.task: auto`` reads the task off the data (``detect``): a
 folder of images or a table with an image column but no text column is image classification; a CoNLL file, or a
-table with word-list and tag-list columns, token classification; any other table text classification, which
+table with word-list and tag-list columns, token classification; a table without a label column that has a chat
+column, or prompt and response columns, causal language modelling; any other table text classification, which
 is regression when the labels are non-integer numbers.
 """
 
@@ -14,6 +15,7 @@ from typing import Dict, List, Optional, Tuple, Type
 
 from finesweep.config import DataConfig
 from finesweep.errors import ConfigError
+from finesweep.tasks.causal_lm import CausalLM
 from finesweep.tasks.image_classification import ImageClassification
 from finesweep.tasks.task import Task
 from finesweep.tasks.text_classification import TextClassification, TextRegression
@@ -75,6 +77,9 @@ def detect(data: DataConfig) -> str:
         return ImageClassification.name
     if data.tokens_column in columns and data.tags_column in columns and data.text_column not in columns:
         return TOKENS
+    if data.label_column not in columns:  # generative layouts have no labels; with a label column it stays text
+        if data.messages_column in columns or (data.prompt_column in columns and data.response_column in columns):
+            return CausalLM.name
     return AUTO
 
 
@@ -114,3 +119,4 @@ register(TextClassification)
 register(TextRegression)
 register(TokenClassification)
 register(ImageClassification)
+register(CausalLM)
