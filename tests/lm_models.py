@@ -13,10 +13,11 @@ import importlib
 import json
 import random
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, List, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, NamedTuple, Sequence, Tuple
 
 if TYPE_CHECKING:
     from finesweep.config import ExperimentConfig
+    from finesweep.tasks import PreparedData, Task
 
 STDLIB_MODULES = ("textwrap", "json", "collections", "argparse", "pathlib", "functools", "itertools", "string",
                   "random", "statistics", "difflib", "heapq", "bisect", "csv", "logging", "unittest", "shutil")
@@ -218,3 +219,38 @@ def lm_config(model: Path, path: Path, task: str = "causal_lm", storage: Path = 
         search=SearchConfig(num_trials=1), tracking=TrackingConfig(uri=f"sqlite:///{storage / 'mlflow.db'}"),
         cluster=ClusterConfig(storage_path=str(storage / "runs"), log_dir=str(storage / "logs")))
     return with_overrides(base, dict(values))
+
+
+class Served(NamedTuple):
+    """A generative task's model as the registry logs it, loaded back with ``mlflow.pyfunc``."""
+
+    model: Any
+    meta: Dict[str, Any]
+    config: ExperimentConfig
+    data: PreparedData
+    package: Path
+    """What was logged: the weights, the tokenizer, finesweep.json."""
+
+
+def serve(task: Task, model_path: Path, path: Path, folder: Path, max_new_tokens: int = 5) -> Served:
+    """The pretrained model packaged (``save_trained`` + ``package``) and logged "from code" as the registry does,
+    into an MLflow store and artifact folder under ``folder``."""
+    import mlflow
+
+    config = lm_config(model_path, path, task.name, **{"data.max_target_length": max_new_tokens})
+    data = task.prepare(config)
+    package = folder / "package"
+    task.save_trained(task.build_model(config, data), package)
+    meta = task.serving_meta(config, data)
+    task.package(package, str(model_path), meta)
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(f"sqlite:///{folder / 'mlflow.db'}")
+    try:
+        experiment = mlflow.create_experiment("served", artifact_location=str(folder / "artifacts"))
+        with mlflow.start_run(experiment_id=experiment):
+            info = mlflow.pyfunc.log_model(name="model", python_model=str(task.predictor_source()),
+                                           artifacts={"model": str(package)}, signature=task.signature(meta),
+                                           pip_requirements=list(task.pip_requirements))
+        return Served(mlflow.pyfunc.load_model(info.model_uri), meta, config, data, package)
+    finally:
+        mlflow.set_tracking_uri(previous)

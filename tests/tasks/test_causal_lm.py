@@ -7,14 +7,13 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, Dict, List, NamedTuple
+from typing import Any, Dict, List
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from finesweep.config import ExperimentConfig
 from finesweep.errors import ConfigError, DataError
 from finesweep.tasks import get
 from finesweep.tasks.causal_lm import CausalLM, LMData, prompted
@@ -28,6 +27,7 @@ from lm_models import (
     conversations,
     lm_config,
     reverse_pairs,
+    serve,
     write_messages_jsonl,
     write_prompt_csv,
     write_text_csv,
@@ -469,42 +469,11 @@ def test_a_lora_fit_lowers_the_validation_loss(kind: str, data_file: str, reques
 # --- serving ----------------------------------------------------------------------------------------------------------
 
 
-class Served(NamedTuple):
-    model: Any
-    meta: Dict[str, Any]
-    config: ExperimentConfig
-    data: LMData
-    package: Path
-    """What was logged: the weights, the tokenizer, finesweep.json."""
-
-
-def serve(model_path: Path, path: Path, folder: Path) -> Served:
-    """The model packaged and logged as the registry does, loaded back with pyfunc."""
-    import mlflow
-
-    config = lm_config(model_path, path, **{"data.max_target_length": 5})
-    data = prepare(model_path, path, **{"data.max_target_length": 5})
-    package = folder / "package"
-    TASK.save_trained(TASK.build_model(config, data), package)
-    meta = TASK.serving_meta(config, data)
-    TASK.package(package, str(model_path), meta)
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(f"sqlite:///{folder / 'mlflow.db'}")
-    try:
-        with mlflow.start_run():
-            info = mlflow.pyfunc.log_model(name="model", python_model=str(TASK.predictor_source()),
-                                           artifacts={"model": str(package)}, signature=TASK.signature(meta),
-                                           pip_requirements=list(TASK.pip_requirements))
-        return Served(mlflow.pyfunc.load_model(info.model_uri), meta, config, data, package)
-    finally:
-        mlflow.set_tracking_uri(previous)
-
-
 def test_the_served_model_continues_a_prompt_greedily_or_by_sampling(gpt2: Path, pairs_csv: Path,
                                                                      tmp_path: Path) -> None:
     from finesweep.tasks.generation import generate_texts
 
-    served = serve(gpt2, pairs_csv, tmp_path)
+    served = serve(TASK, gpt2, pairs_csv, tmp_path)
     assert served.meta["chat"] is False and served.meta["max_new_tokens"] == 5
     prompts = ["reverse: red cat sun", "the"]
     answer = served.model.predict(pd.DataFrame({"prompt": prompts}), params={"max_new_tokens": 4})
@@ -523,7 +492,7 @@ def test_the_served_model_continues_a_prompt_greedily_or_by_sampling(gpt2: Path,
 def test_a_chat_model_is_served_chats_and_plain_prompts(llama: Path, chats: Path, tmp_path: Path) -> None:
     from mlflow.pyfunc.scoring_server import infer_and_parse_data
 
-    served = serve(llama, chats, tmp_path)
+    served = serve(TASK, llama, chats, tmp_path)
     assert served.meta["chat"] is True
     turns = [{"role": "user", "content": "reverse: red cat"}]
     as_list = served.model.predict(pd.DataFrame({"messages": [turns]}), params={"max_new_tokens": 3})

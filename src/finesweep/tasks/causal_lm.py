@@ -105,7 +105,7 @@ class CausalLM(GenerativeTask):
     def collate(self, split: Split, indices: Sequence[int]) -> Batch:
         """The base batch (features cut to the longest row), with the labels cut to the same width."""
         batch = super().collate(split, indices)
-        batch["labels"] = batch["labels"][:, :batch["features"]["input_ids"].shape[1]]
+        batch["labels"] = batch["labels"][:, :batch["features"]["input_ids"].shape[1]].contiguous()
         return batch
 
     def forward(self, model: nn.Module, features: Dict[str, torch.Tensor]) -> torch.Tensor:

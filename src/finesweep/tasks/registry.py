@@ -4,8 +4,8 @@ A task module defines one ``Task`` subclass; one line registers it: ``register(M
 built-in ones, in your own module for yours). ``data.task: auto`` reads the task off the data (``detect``): a
 folder of images or a table with an image column but no text column is image classification; a CoNLL file, or a
 table with word-list and tag-list columns, token classification; a table without a label column that has a chat
-column, or prompt and response columns, causal language modelling; any other table text classification, which
-is regression when the labels are non-integer numbers.
+column, or prompt and response columns, causal language modelling, and one with source and target columns,
+seq2seq; any other table text classification, which is regression when the labels are non-integer numbers.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from finesweep.config import DataConfig
 from finesweep.errors import ConfigError
 from finesweep.tasks.causal_lm import CausalLM
 from finesweep.tasks.image_classification import ImageClassification
+from finesweep.tasks.seq2seq import Seq2Seq
 from finesweep.tasks.task import Task
 from finesweep.tasks.text_classification import TextClassification, TextRegression
 from finesweep.tasks.token_classification import TokenClassification
@@ -80,6 +81,8 @@ def detect(data: DataConfig) -> str:
     if data.label_column not in columns:  # generative layouts have no labels; with a label column it stays text
         if data.messages_column in columns or (data.prompt_column in columns and data.response_column in columns):
             return CausalLM.name
+        if data.source_column in columns and data.target_column in columns:
+            return Seq2Seq.name
     return AUTO
 
 
@@ -120,3 +123,4 @@ register(TextRegression)
 register(TokenClassification)
 register(ImageClassification)
 register(CausalLM)
+register(Seq2Seq)
