@@ -362,6 +362,21 @@ def test_4bit_without_cuda_is_one_clear_config_error(llama: Path, pairs_csv: Pat
         TASK.build_model(config, TASK.prepare(config))
 
 
+def test_4bit_without_bitsandbytes_is_one_clear_config_error(llama: Path, pairs_csv: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("bitsandbytes") is not None:
+        pytest.skip("bitsandbytes is installed here")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    config = lm_config(llama, pairs_csv, **{"cluster.gpus_per_trial": 1.0, "finetune.strategy": "lora",
+                                            "model.load_in_4bit": True})
+    with pytest.raises(ConfigError, match=r"^model\.load_in_4bit needs the bitsandbytes package, got it not "
+                                          r"installed\. Install it \(pip install 'finesweep\[generative\]'\), or set "
+                                          r"model\.load_in_4bit=false\.$"):
+        TASK.build_model(config, TASK.prepare(config))
+
+
 def test_saved_weights_load_back_with_the_same_outputs(llama: Path, pairs_csv: Path, tmp_path: Path) -> None:
     config = lm_config(llama, pairs_csv)
     data = TASK.prepare(config)

@@ -10,8 +10,9 @@ finesweep, so the model loads wherever MLflow, torch and transformers are instal
     # "sun cat red"
 
 Input: a string column ``prompt``; a chat-tuned model also takes ``messages``, per row a list of ``{role,
-content}`` (a JSON string of one too), rendered with the tokenizer's chat template and its generation prompt; a
-chat model given a plain ``prompt`` reads it as one user turn. Output: a string column ``generation``, the new text
+content}`` objects (MLflow's ``Array(Object)``: pandas lists of dicts, or JSON arrays in a REST request), rendered
+with the tokenizer's chat template and its generation prompt; a row without messages uses its ``prompt``, which a
+chat model reads as one user turn. Output: a string column ``generation``, the new text
 without special tokens. Inference parameters: ``max_new_tokens`` (default: ``data.max_target_length``),
 ``temperature`` (0 = greedy, the default; above 0 samples) and ``top_p`` (nucleus sampling, when sampling).
 Prompts are tokenised as in fine-tuning, cut to ``max_length`` tokens (a causal model keeps their end, where it

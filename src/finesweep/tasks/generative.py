@@ -68,7 +68,6 @@ class GenerativeTask(Task):
                                                    "jinja2")
     breakdown_name: ClassVar[str] = ""
     new_head: ClassVar[bool] = False
-    """The head is the pretrained model's own output layer: LoRA does not train it in full."""
 
     # --- the model --------------------------------------------------------------------------------
 

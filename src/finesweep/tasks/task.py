@@ -124,6 +124,8 @@ class Task(abc.ABC):
         lora_task_type: peft's ``TaskType`` for LoRA on this task's models (``SEQ_CLS``, ``TOKEN_CLS`` ...); None
             for models peft has no task type for (image classifiers): a plain ``PeftModel``.
         breakdown_name: what ``breakdown``'s table is called (``per_class``, ``per_entity``).
+        new_head: whether the layer map's head is new (a classifier built for the data: LoRA trains it in full
+            beside the adapters) or the pretrained model's own (a language model's output layer: LoRA leaves it).
         predictor_module: the module whose file is the served model (``predictor_source``).
         pip_requirements: what the served model needs installed.
         points_metrics: objective metrics that are shares in [0, 1] (accuracy, F1): the terminal shows their
@@ -135,6 +137,7 @@ class Task(abc.ABC):
     points_metrics: ClassVar[Tuple[str, ...]] = ()
     lora_task_type: ClassVar[Optional[str]] = "SEQ_CLS"
     breakdown_name: ClassVar[str] = "per_class"
+    new_head: ClassVar[bool] = True
     predictor_module: ClassVar[str] = ""
     pip_requirements: ClassVar[Tuple[str, ...]] = ("mlflow", "torch", "safetensors", "pandas", "numpy")
 
