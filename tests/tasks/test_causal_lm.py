@@ -5,6 +5,7 @@ layer map with tied heads, LoRA [auto], real fits of GPT-2 and Llama, generation
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 from typing import Any, Dict, List
@@ -268,6 +269,20 @@ def test_packed_examples_attend_only_to_themselves(kind: str, request: pytest.Fi
     unpacked = prepare(model_path, pairs_csv, **{"data.max_length": 64})
     assert TASK.loss_weight(torch.from_numpy(data.val.labels)) == \
         TASK.loss_weight(torch.from_numpy(unpacked.val.labels)), "the same target tokens, packed or not"
+
+
+def test_which_models_keep_packed_examples_apart(caplog: pytest.LogCaptureFixture) -> None:
+    from finesweep.tasks.lm_data import warn_if_mixed
+
+    assert all(packs_separately(kind) for kind in ("gpt2", "llama", "mistral", "qwen2", "gpt-sw3", "gemma3_text"))
+    assert not any(packs_separately(kind) for kind in ("rwkv", "mamba", "xlnet", "no_such_model"))
+    assert warn_if_mixed("llama", pack=True) is None and warn_if_mixed("rwkv", pack=False) is None
+    with caplog.at_level(logging.WARNING, logger="finesweep.tasks"):
+        note = warn_if_mixed("rwkv", pack=True)
+    assert note == ("packed examples attend to each other within a block: transformers' rwkv model does not build "
+                    "its mask from restarting position ids (create_causal_mask); set data.pack=false to keep them "
+                    "apart")
+    assert [r.getMessage() for r in caplog.records] == [note]
 
 
 @pytest.mark.parametrize("layout", ["pairs", "text"])

@@ -27,10 +27,10 @@ is never a target: it would be predicted from the previous example.
 from __future__ import annotations
 
 import functools
-import importlib.util
 import json
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -270,15 +270,28 @@ def split_examples(split: Split) -> List[Example]:
     return found
 
 
+MASK_BUILDERS = ("create_causal_mask", "create_sliding_window_causal_mask")
+"""transformers' mask builders that read restarting position ids (without an attention mask) as packed sequences."""
+
+
 @functools.lru_cache(maxsize=None)
 def packs_separately(model_type: str) -> bool:
-    """Whether transformers' model of this type builds its causal mask with ``create_causal_mask``, which reads
-    restarting position ids as separate sequences (read from the modeling file's source: no torch import)."""
-    spec = importlib.util.find_spec(f"transformers.models.{model_type}.modeling_{model_type}")
-    if spec is None or spec.origin is None:
+    """Whether transformers' causal LM of this type builds its mask with ``MASK_BUILDERS``, read from the source of
+    the modeling file that defines its class (its own folder's, else any: GPT-SW3 is GPT-2's)."""
+    import transformers
+    from transformers.models.auto.configuration_auto import model_type_to_module_name
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    class_name = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(model_type)
+    if not class_name:
         return False
-    with open(spec.origin, encoding="utf-8") as handle:
-        return "create_causal_mask(" in handle.read()
+    models = Path(transformers.__file__).parent / "models"
+    own = sorted((models / model_type_to_module_name(model_type)).glob("modeling_*.py"))
+    for path in [*own, *sorted(models.glob("*/modeling_*.py"))]:
+        source = path.read_text(encoding="utf-8")
+        if f"class {class_name}(" in source:
+            return any(builder in source for builder in MASK_BUILDERS)
+    return False
 
 
 def warn_if_mixed(model_type: str, pack: bool) -> Optional[str]:
