@@ -24,7 +24,7 @@ from finesweep.config import DataConfig, ExperimentConfig
 from finesweep.config.space import NOT_TOKENISATION_KEYS
 from finesweep.errors import DataError, one_line
 from finesweep.tasks.folds import fold_data, pool_assignment
-from finesweep.tasks.task import PreparedData, Split, Task
+from finesweep.tasks.task import ModelProbe, PreparedData, Split, Task
 
 READERS = {".csv": "csv", ".tsv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
 
@@ -36,6 +36,9 @@ class DataCache:
     variants: Dict[str, PreparedData]
     folds: Dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
     """Each variant's cross-validation fold of every train + validation row (``with_folds``); empty without."""
+    probe: Optional[ModelProbe] = None
+    """What measures every trial's best weights besides the task (the forgetting probe), prepared once with the
+    data; None = nothing."""
 
     def for_config(self, config: ExperimentConfig) -> PreparedData:
         """The variant prepared for this trial's config; with ``data.fold`` set, that fold of it validates.
@@ -55,13 +58,13 @@ class DataCache:
 
     def without_test(self) -> DataCache:
         """What the search's trials get: every variant without its test split."""
-        return DataCache({key: value.without_test() for key, value in self.variants.items()}, self.folds)
+        return DataCache({key: value.without_test() for key, value in self.variants.items()}, self.folds, self.probe)
 
     def with_folds(self, folds: int, seed: int) -> DataCache:
         """The same data with ``folds`` stratified cross-validation folds of each variant's train + validation rows
         (seeded: the same rows give the same folds)."""
         return DataCache(self.variants, {key: pool_assignment(value, folds, seed)
-                                         for key, value in self.variants.items()})
+                                         for key, value in self.variants.items()}, self.probe)
 
     @property
     def task(self) -> Task:

@@ -25,7 +25,7 @@ import dataclasses
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Dict, List, Optional, Protocol, Sequence, Tuple
 
 import numpy as np
 
@@ -99,6 +99,14 @@ class Generated:
     """Scores over the sample, unprefixed (``rouge1``, ``rouge2``, ``rougeL``, ``exact_match``, ``bleu``)."""
     rows: List[Dict[str, str]]
     """One per sampled example: ``prompt``, ``reference``, ``generation`` (the MLflow table)."""
+
+
+class ModelProbe(Protocol):
+    """Measures a trial's model besides its task (the forgetting probe, ``finetune/forgetting.py``): prepared once
+    on the driver, picklable, called on each trial's best weights."""
+
+    def measure(self, task: Task, model: nn.Module) -> Dict[str, float]:
+        """Metrics of ``model`` (``probe/...``), computed without changing it."""
 
 
 @dataclass(frozen=True)
