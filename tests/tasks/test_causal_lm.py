@@ -480,7 +480,8 @@ def test_a_lora_fit_lowers_the_validation_loss(kind: str, data_file: str, reques
     model_path, path = request.getfixturevalue(kind), request.getfixturevalue(data_file)
     config = lm_config(model_path, path, storage=tmp_path, **{
         "finetune.strategy": "lora", "finetune.lora.target_modules": ["auto"], "finetune.lora.r": 8,
-        "optim.lr": 3e-2, "scheduler.max_epochs": 3, "data.batch_size": 16})
+        "optim.lr": 3e-2, "scheduler.max_epochs": 3, "data.batch_size": 16, "data.max_target_length": 6,
+        "data.generate_every_epoch": kind == "llama", "final.generate_samples": 3})
     cache = prepare_all(config, ())
     data = cache.for_config(config)
     untrained = TASK.build_model(config, data).eval()
@@ -492,6 +493,9 @@ def test_a_lora_fit_lowers_the_validation_loss(kind: str, data_file: str, reques
     losses = [m["val/loss"] for m in reports]
     assert len(losses) == 3 and losses == sorted(losses, reverse=True) and losses[-1] < before - 0.08, (before, losses)
     assert reports[-1]["val/perplexity"] == pytest.approx(math.exp(losses[-1]), rel=1e-4), "the split's token mean"
+    generated = {"val/rouge1", "val/rouge2", "val/rougeL", "val/exact_match"}
+    assert generated <= set(reports[0]) if kind == "llama" else not generated & set(reports[0]), \
+        "generated text is scored at each report only with data.generate_every_epoch"
     assert type(module.model).__name__ == "PeftModelForCausalLM"
     assert all(".lora_" in n for n, p in module.model.named_parameters() if p.requires_grad)
 

@@ -192,6 +192,8 @@ def test_a_t5_fit_lowers_the_validation_loss(t5: Path, pairs_csv: Path, tmp_path
     losses = [m["val/loss"] for m in reports]
     assert len(losses) == 3 and losses == sorted(losses, reverse=True) and losses[-1] < losses[0] - 0.5, losses
     assert reports[-1]["val/perplexity"] == pytest.approx(math.exp(losses[-1]), rel=1e-4)
+    assert set(TASK.objective_metrics) - {"val/bleu"} <= set(reports[0]), "generated text is scored every report"
+    assert "val/bleu" not in reports[0], "BLEU only with data.metric: bleu"
 
 
 def test_a_lora_fit_on_t5_adapts_q_and_v(t5: Path, pairs_csv: Path, tmp_path: Path) -> None:
