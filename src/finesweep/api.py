@@ -17,17 +17,18 @@ Heavy libraries (Ray, torch, Lightning) load only when a call needs them.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import logging
 import os
 import time
 import warnings
 from pathlib import Path
-from typing import Iterator, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Iterator, Optional, Sequence, Union
 
 from rich.console import Console
 
-from finesweep.config import preflight
+from finesweep.config import ExperimentConfig, preflight
 from finesweep.config.compose import blame, compose, location_overrides, locations, stored
 from finesweep.config.sweep import Sweep
 from finesweep.errors import ConfigError
@@ -35,6 +36,9 @@ from finesweep.journal.replay import find_sweeps, load_state, locate
 from finesweep.result import SweepResult, read_result
 from finesweep.tracking.cursor import parent_run
 from finesweep.verdict import resolution
+
+if TYPE_CHECKING:
+    from finesweep.tasks import DataCache
 
 SweepRef = Union[str, Path, None]
 """A sweep: its id, its parent run's id (or a unique prefix of either), its name (its latest run), or its folder;
@@ -86,6 +90,7 @@ def run(sweep: Union[str, Path], overrides: Sequence[str] = (), *, console: Opti
         with out.status("reading, splitting and tokenising the data once"):
             cache = prepare_all(composed.config, composed.params)
             check_objective(composed.config.objective.metric, cache.task)
+            cache = _with_probe(cache, composed.config)
         data = next(iter(cache.variants.values()))
         rows = (len(data.train), len(data.val), len(data.test or ()))
         preflight.check_folds(composed.config.final.folds(rows[1]), rows[0] + rows[1])
@@ -128,12 +133,21 @@ def resume(sweep: SweepRef = None, overrides: Sequence[str] = (), *,
                           f"num_trials={composed.config.search.num_trials}. A resume can extend a sweep, "
                           "not shrink it.")
     with out.status("reading, splitting and tokenising the data once"), blame(composed.sweep_file):
-        cache = prepare_all(composed.config, composed.params)
+        cache = _with_probe(prepare_all(composed.config, composed.params), composed.config)
     out.print(f"resuming {composed.config.name} ({folder.name}); MLflow store: "
               f"{_store(composed.config.tracking.uri)}", markup=False)
     with _logging_kept():
         runner.resume(composed, folder, cache, out, resume_overrides=location_overrides(overrides))
     return read_result(folder)
+
+
+def _with_probe(cache: DataCache, config: ExperimentConfig) -> DataCache:
+    """The data with the forgetting probe (``probe.forgetting``) prepared once, on the driver; unchanged without."""
+    if config.probe.forgetting is None:
+        return cache
+    from finesweep.finetune.forgetting import ForgettingProbe
+
+    return dataclasses.replace(cache, probe=ForgettingProbe.prepare(config, cache.task))
 
 
 def load(sweep: SweepRef = None, overrides: Sequence[str] = ()) -> SweepResult:

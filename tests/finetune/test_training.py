@@ -252,3 +252,19 @@ def test_parameter_counts_are_reported_exactly_above_float32_precision(make_conf
     _, reports = _reports(make_config("scheduler.max_epochs=1"))
     assert reports[0]["model/trainable_params"] == 16_777_217.0
     assert reports[0]["model/trainable_fraction"] == (2 ** 24 + 1) / 2 ** 25
+
+
+def test_the_training_loss_adds_l1_and_l2sp_but_train_loss_stays_the_tasks(make_config: MakeConfig) -> None:
+    from finesweep.finetune.regularisers import l1_penalty
+
+    plain = module_for(make_config())
+    assert plain.penalty() is None, "off by default: nothing is added"
+    module = module_for(make_config("optim.l1=1e-3", "finetune.l2sp=0.5"))
+    assert module.l2sp is not None and float(module.l2sp.penalty(module.model)) == 0.0, "at the pretrained weights"
+    expected = l1_penalty(module.model, 1e-3)
+    penalty = module.penalty()
+    assert penalty is not None and float(penalty) == pytest.approx(float(expected))
+    with torch.no_grad():
+        next(p for n, p in module.model.named_parameters() if "encoder.layer.0" in n and p.dim() == 2).add_(0.1)
+    moved = module.penalty()
+    assert moved is not None and float(moved) > float(l1_penalty(module.model, 1e-3)), "L2-SP now adds its part"

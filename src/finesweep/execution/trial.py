@@ -31,15 +31,18 @@ if TYPE_CHECKING:  # torch and Lightning load inside the worker, not when the dr
 
 
 def run_trial(config: Dict[str, Any], *, base: ExperimentConfig, cache: DataCache) -> None:
-    """Ray Tune trainable: fine-tune one configuration, reporting once per epoch.
+    """Ray Tune trainable: fine-tune one configuration, reporting once per epoch (or every ``report_every`` steps).
 
-    A trial that goes on (resumed, retried) carries the checkpoint to continue from in its marker.
+    A trial that goes on (resumed, retried) carries the checkpoint to continue from in its marker. The forgetting
+    probe, when the sweep has one, came prepared with the data (``DataCache.probe``).
     """
     checkpoint = marker_of(config).get("checkpoint")
     trial_config = with_overrides(base, params_of(config))
     placement = {"device": device_name(trial_config), "precision": resolved_precision(trial_config)}
+    probe = cache.probe
     fit(trial_config, cache, report=functools.partial(_tune_report, extra=placement),
-        resume=Path(checkpoint) if checkpoint else None)
+        resume=Path(checkpoint) if checkpoint else None,
+        probe=(lambda module: probe.measure(module.task, module.model)) if probe is not None else None)
 
 
 def fit(config: ExperimentConfig, cache: DataCache, report: Reporter, seed: Optional[int] = None,

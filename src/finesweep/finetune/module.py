@@ -16,6 +16,7 @@ from torch import nn
 from torchmetrics import MetricCollection
 
 from finesweep.config import ExperimentConfig, FinetuneConfig, OptimConfig, Schedule, Unit
+from finesweep.finetune.regularisers import L2SP, l1_penalty
 from finesweep.finetune.strategies import make_strategy, param_groups, unwrap
 from finesweep.tasks import PreparedData, Task
 
@@ -56,6 +57,9 @@ class FinetuneModule(pl.LightningModule):
         self.strategy = make_strategy(self.finetune, task)
         self.model = self.strategy.apply(model)
         self.model.train()  # from_pretrained returns eval mode, and Lightning keeps the mode it finds
+        # L2-SP snapshots the pretrained weights now, before any step or restored checkpoint (its contract)
+        self.l2sp = (L2SP(self.model, task.layer_map(unwrap(self.model)), self.finetune.l2sp, new_head=task.new_head)
+                     if self.finetune.l2sp > 0 else None)
         # torchmetrics accumulate over every batch of an epoch (a sub-module each, so they follow the device)
         self.val_metrics = task.metrics(data, prefix="val/")
         self.test_metrics = task.metrics(data, prefix="test/")
@@ -117,6 +121,7 @@ class FinetuneModule(pl.LightningModule):
 
     def training_step(self, batch: Dict[str, Any], batch_idx: int) -> torch.Tensor:
         loss = self.task.loss(self(batch["features"]), batch["labels"], self.label_smoothing)
+        penalty = self.penalty()
         # train/loss is the epoch's mean over examples, logged once on its last batch: a self.log per step costs
         # Lightning ~1 ms of bookkeeping, which is 15% of a small model's step (benchmarks/image_throughput.py).
         size = len(batch["labels"])
@@ -125,7 +130,15 @@ class FinetuneModule(pl.LightningModule):
         self._loss_count += size
         if not self.windowed_loss and (self._trainer is None or batch_idx + 1 >= self.trainer.num_training_batches):
             self.log("train/loss", self._loss_sum / self._loss_count, on_step=False, on_epoch=True)
-        return loss
+        return loss if penalty is None else loss + penalty  # train/loss stays the task's loss, comparable
+
+    def penalty(self) -> Optional[torch.Tensor]:
+        """The regularisers added to the training loss: ``finetune.l2sp`` (towards the pretrained weights) and
+        ``optim.l1``; None = neither is on."""
+        terms = [self.l2sp.penalty(self.model)] if self.l2sp is not None else []
+        if self.optim.l1 > 0:
+            terms.append(l1_penalty(self.model, self.optim.l1))
+        return torch.stack(terms).sum() if terms else None
 
     def take_window_loss(self) -> Optional[float]:
         """The mean training loss over the examples since the last call (``StepReport``'s window); None = none."""
