@@ -89,7 +89,7 @@ def run(sweep: Union[str, Path], overrides: Sequence[str] = (), *, console: Opti
         preflight.check_model(composed.config, composed.params)
         with out.status("reading, splitting and tokenising the data once"):
             cache = prepare_all(composed.config, composed.params)
-            check_objective(composed.config.objective.metric, cache.task)
+            check_objective(composed.config.objective.metric, cache.task, composed.config)
             cache = _with_probe(cache, composed.config)
         data = next(iter(cache.variants.values()))
         rows = (len(data.train), len(data.val), len(data.test or ()))

@@ -341,6 +341,8 @@ def _breakdown(config: ExperimentConfig, data: PreparedData, weights: Path) -> L
     """The registered model's per-class table on the test split (one more pass over it, no choice made on it)."""
     from finesweep.execution.trial import breakdown
 
+    if not data.task.breakdown_name:
+        return []  # the task has no per-class table (and its predictions may be whole logits: never kept)
     try:
         return breakdown(config, data, weights)
     except Exception as exc:  # noqa: BLE001 - the table is extra: the selection and registration stand without it

@@ -222,3 +222,27 @@ def test_the_served_model_maps_a_source_to_its_output(t5: Path, pairs_csv: Path,
     weights = TASK.load_trained(served.package, served.data)
     expected = generate_texts(weights, tokenizer, [tokenizer(s)["input_ids"] for s in sources], 3, 8, True)
     assert answer["generation"].tolist() == expected
+
+
+@pytest.mark.parametrize("task,metric,values,fix", [
+    ("seq2seq", "val/bleu", {}, "data.metric=bleu"),
+    ("causal_lm", "val/rougeL", {}, "data.generate_every_epoch=true"),
+    ("causal_lm", "val/exact_match", {}, "data.generate_every_epoch=true"),
+    ("seq2seq", "val/bleu", {"data.metric": "bleu"}, None),
+    ("seq2seq", "val/rougeL", {}, None),
+    ("causal_lm", "val/rougeL", {"data.generate_every_epoch": True}, None),
+    ("causal_lm", "val/perplexity", {}, None),
+])
+def test_an_objective_only_some_settings_report_is_refused_without_them(task: str, metric: str,
+                                                                        values: Dict[str, object], fix: str | None,
+                                                                        tmp_path: Path) -> None:
+    from finesweep.errors import ConfigError
+    from finesweep.tasks.preparation import check_objective
+
+    config = lm_config(tmp_path, tmp_path / "data.csv", task=task, **values)
+    if fix is None:
+        check_objective(metric, get(task), config)
+        return
+    with pytest.raises(ConfigError, match=rf"^objective\.metric: {metric} is reported by {task} trials only with "
+                                          rf"{fix}, got {metric} without it\. Set {fix}, or use one of "):
+        check_objective(metric, get(task), config)

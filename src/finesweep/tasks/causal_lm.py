@@ -121,6 +121,13 @@ class CausalLM(GenerativeTask):
     def generates_each_report(self, config: ExperimentConfig) -> bool:
         return config.data.generate_every_epoch
 
+    def reported_metrics(self, config: ExperimentConfig) -> Tuple[str, ...]:
+        """Scores of generated text only with ``data.generate_every_epoch`` (else the winner's alone, after the
+        search, as ``final/val/...``)."""
+        if config.data.generate_every_epoch:
+            return self.objective_metrics
+        return tuple(m for m in self.objective_metrics if m not in ("val/rougeL", "val/exact_match"))
+
     def generate(self, model: nn.Module, split: Split, data: PreparedData, config: ExperimentConfig,
                  rows: int) -> Optional[Generated]:
         """Greedy generations for ``rows`` examples of ``split`` (seeded by ``data.seed``), scored against what

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 from finesweep.config import ExperimentConfig
 from finesweep.config.overrides import with_overrides
@@ -39,7 +39,7 @@ def inspect_all(config: ExperimentConfig, params: Sequence[Param]) -> Inspection
     variants = [with_overrides(config, v).data for v in data_variants(params)]
     found = [get(data.task, data).inspect(data) for data in variants]
     for inspection in found:
-        check_objective(config.objective.metric, inspection.task)
+        check_objective(config.objective.metric, inspection.task, config)
     return found[0]
 
 
@@ -50,12 +50,17 @@ def data_variants(params: Sequence[Param]) -> List[Dict[str, object]]:
     return [dict(zip([p.key for p in keyed], combo, strict=True)) for combo in combos]
 
 
-def check_objective(metric: str, task: Task) -> None:
-    """The objective must be a metric trials of this task report.
+def check_objective(metric: str, task: Task, config: Optional[ExperimentConfig] = None) -> None:
+    """The objective must be a metric trials of this task report (with ``config``'s settings, when given).
 
     Raises:
-        ConfigError: e.g. val/accuracy on a regression data set.
+        ConfigError: e.g. val/accuracy on a regression data set, val/bleu without data.metric=bleu.
     """
+    if config is not None and metric in task.objective_metrics and metric not in task.reported_metrics(config):
+        setting = "data.metric=bleu" if metric == "val/bleu" else "data.generate_every_epoch=true"
+        raise ConfigError(f"objective.metric: {metric} is reported by {task.name} trials only with {setting}, "
+                          f"got {metric} without it. Set {setting}, or use one of "
+                          f"{', '.join(task.reported_metrics(config))}.")
     if metric in task.objective_metrics:
         return
     others = [name for name in reporting(metric) if name != task.name]

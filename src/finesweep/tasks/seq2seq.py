@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Dict, List, Optional, Sequence,
 import numpy as np
 import pandas as pd
 
-from finesweep.config import DataConfig, ExperimentConfig
+from finesweep.config import DataConfig, ExperimentConfig, TextMetric
 from finesweep.errors import ConfigError, DataError
 from finesweep.tasks.data import read_table, split_indices, subsample, take
 from finesweep.tasks.generation import Prompted, generate_and_score, sample
@@ -103,6 +103,12 @@ class Seq2Seq(GenerativeTask):
 
     def generates_each_report(self, config: ExperimentConfig) -> bool:
         return True
+
+    def reported_metrics(self, config: ExperimentConfig) -> Tuple[str, ...]:
+        """BLEU only with ``data.metric: bleu``."""
+        if config.data.metric is TextMetric.bleu:
+            return self.objective_metrics
+        return tuple(m for m in self.objective_metrics if m != "val/bleu")
 
     def generate(self, model: nn.Module, split: Split, data: PreparedData, config: ExperimentConfig,
                  rows: int) -> Optional[Generated]:

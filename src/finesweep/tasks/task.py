@@ -213,6 +213,11 @@ class Task(abc.ABC):
         features = {name: torch.from_numpy(_cut(array[idx], width)) for name, array in split.features.items()}
         return {"features": features, "labels": torch.from_numpy(split.labels[idx])}
 
+    def reported_metrics(self, config: ExperimentConfig) -> Tuple[str, ...]:
+        """The objective metrics a trial of ``config`` reports (some depend on settings: a generated-text score
+        only when text is generated at each report); the default is all of ``objective_metrics``."""
+        return self.objective_metrics
+
     def loss_weight(self, labels: torch.Tensor) -> int:
         """What ``loss`` averages over in a batch, so a split's loss is the mean over all of them: its examples
         (the default), or its target tokens (generative tasks: then ``val/loss`` is token-averaged)."""
