@@ -33,6 +33,7 @@ OFFLINE_ONLY = {
 @pytest.fixture(scope="module")
 def own_data(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, List[str]]:
     """Sweeps whose data (and hub model) is the user's: tiny local stand-ins, as a user's overrides give them."""
+    from lm_models import build_tiny_llama, build_tiny_t5, write_prompt_csv, write_source_target_csv
     from ner_data import build_tiny_ner_bert, make_sentences, write_conll
     from vision import build_tiny_vit, image_folder
 
@@ -40,7 +41,11 @@ def own_data(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, List[str]]:
     return {"vision": [f"data.path={image_folder(root / 'images', per_class=10)}",
                        f"model.name_or_path={build_tiny_vit(root / 'vit')}", "finetune.freeze_layers=1"],
             "ner": [f"data.path={write_conll(root / 'ner.conll', make_sentences(60, seed=0))}",
-                    f"model.name_or_path={build_tiny_ner_bert(root / 'bert')}"]}
+                    f"model.name_or_path={build_tiny_ner_bert(root / 'bert')}"],
+            "llm_lora": [f"data.path={write_prompt_csv(root / 'pairs.csv', rows=60)}",
+                         f"model.name_or_path={build_tiny_llama(root / 'llama')}"],
+            "summarise": [f"data.path={write_source_target_csv(root / 'sources.csv', rows=60)}",
+                          f"model.name_or_path={build_tiny_t5(root / 't5')}"]}
 
 
 @pytest.mark.parametrize("sweep", SWEEPS)
