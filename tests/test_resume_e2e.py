@@ -17,6 +17,7 @@ import optuna
 import pytest
 
 from e2e import Driver, events, metric_steps, run_cli, runs
+from finesweep.config import progress_of
 from finesweep.config.compose import compose
 from finesweep.config.recipe import recipe
 from finesweep.config.space import suggest
@@ -72,8 +73,8 @@ def assert_exactly_once(cwd: Path, experiment: str, planned: int) -> Dict[int, D
     trials = search_trials(events(cwd))
     assert sorted(trials) == list(range(planned))
     for number, trial in trials.items():
-        epochs = [int(m["epoch"]) for _, m in trial["results"]]
-        assert epochs == list(range(1, len(epochs) + 1)), f"trial {number} ran an epoch twice: {epochs}"
+        done = [progress_of(m) for _, m in trial["results"]]  # epochs 1, 2, ... or steps k, 2k, ...
+        assert done == [done[0] * (i + 1) for i in range(len(done))], f"trial {number} ran a report twice: {done}"
         assert trial["status"] in ("completed", "early_stopped")
     return trials
 
