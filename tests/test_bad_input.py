@@ -134,7 +134,7 @@ CASES = [
     ("unreported-objective", space(LR.strip()), ["objective.metric=val/auroc"],
      r"objective\.metric must be a metric every trial reports .*, got 'val/auroc'\. Pick one of those\.$"),
     ("unknown-group-option", space(LR.strip()), ["model=gpt5"],
-     r"Could not find 'model/gpt5'\. Available options in 'model': hub, minilm, vit\.$"),
+     r"Could not find 'model/gpt5'\. Available options in 'model': hub, llm, minilm, t5, vit\.$"),
     # --- the sweep file itself --------------------------------------------------------------------------------
     ("not-yaml", "objective: {metric: val/accuracy\nspace: [", [],
      r"^bad\.yaml: not a readable YAML file: .*\. Fix the syntax \(a sweep file is UTF-8 YAML\)\.$"),

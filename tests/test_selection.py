@@ -98,6 +98,34 @@ def test_without_reseeding_the_search_winner_is_evaluated_once(config: Experimen
     assert outcome.chosen is search[0] and outcome.latency_ms > 0 and outcome.device == "cpu"
 
 
+def test_reports_on_a_share_of_validation_are_scored_again_on_all_of_it_before_ranking(config: ExperimentConfig
+                                                                                      ) -> None:
+    # the search saw the first 5 validation rows only: lr 0.1 looked best there, lr 0.2 is best on the whole split
+    config = dataclasses.replace(config, final=dataclasses.replace(config.final, seeds=0),
+                                 data=dataclasses.replace(config.data, val_max_rows=5))
+    cache = prepare_all(config, ())
+    search = [record(0, 0.1, [0.9], checkpoint_of(config)), record(1, 0.2, [0.8], checkpoint_of(config)),
+              record(2, 0.3, [0.95])]  # no checkpoint left: nothing to score again, and it cannot win
+    whole = {0.1: 0.6, 0.2: 0.7}
+    calls: List[tuple] = []
+
+    def evaluate(cfg: ExperimentConfig, data: PreparedData, weights: Path, split: str) -> Dict[str, float]:
+        calls.append((cfg.optim.lr, split))
+        return {f"{split}/accuracy": whole[cfg.optim.lr] if split == "val" else 0.5}
+
+    outcome = select(config, search, cache, lambda p: pytest.fail("no re-training"), evaluate)
+    assert outcome is not None and outcome.winner.params == {"optim.lr": 0.2}
+    assert outcome.winner.mean == pytest.approx(0.7), "the whole split's score ranks"
+    assert sorted(calls) == [(0.1, "val"), (0.2, "test"), (0.2, "val")]
+    assert search[0].best_value == 0.9, "the journal's records are left as reported"
+
+    everything = dataclasses.replace(config, data=dataclasses.replace(config.data, val_max_rows=None))
+    calls.clear()
+    again = select(everything, search, cache, lambda p: pytest.fail("no re-training"), evaluate)
+    assert again is not None and again.winner.params == {"optim.lr": 0.3} or again.winner.params == {"optim.lr": 0.1}
+    assert [split for _, split in calls] == ["test"], "whole-split reports are not scored again"
+
+
 def test_test_split_is_served_once_through_the_data_module(config: ExperimentConfig,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """Real evaluation of real weights: count what the data module serves, not what is logged."""

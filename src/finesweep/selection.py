@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from finesweep.config import ExperimentConfig, Mode, Prefer
 from finesweep.config.overrides import with_overrides
+from finesweep.execution.trial import report_val_rows
 from finesweep.finetune.layout import best_weights
 from finesweep.journal.records import TrialRecord, ranked
 from finesweep.tasks import DataCache, PreparedData
@@ -173,13 +175,15 @@ def select(config: ExperimentConfig, records: Sequence[TrialRecord], cache: Data
         folds: cross-validation folds (``final.cv_folds``, resolved); 0 = none.
     """
     mode = config.objective.mode
+    records = on_whole_validation(config, records, cache, evaluate)
     ranked_candidates = candidates(records, config)
     if recipe is not None and ranked_candidates:
         ranked_candidates = with_recipe(ranked_candidates, recipe, records, mode)
     final_records: List[TrialRecord] = []
     fallback = ""
     if (config.final.seeds > 0 or folds) and ranked_candidates:
-        final_records = retrain(final_points(config, ranked_candidates, folds))
+        final_records = on_whole_validation(config, retrain(final_points(config, ranked_candidates, folds)), cache,
+                                            evaluate)
         regrouped = regroup(ranked_candidates, final_records, mode)
         if regrouped:
             ranked_candidates = regrouped
@@ -210,6 +214,35 @@ def select(config: ExperimentConfig, records: Sequence[TrialRecord], cache: Data
     latency, device = measure_latency(best_weights(str(chosen.checkpoint)), data, registered_config.data.batch_size)
     return Selection(ranked_candidates, registered, chosen, test_metrics, final_records, latency, device, verdict,
                      dict(recipe or {}), folds, fallback)
+
+
+def on_whole_validation(config: ExperimentConfig, records: Sequence[TrialRecord], cache: DataCache,
+                        evaluate: Callable[[ExperimentConfig, PreparedData, Path, str], Dict[str, float]]
+                        ) -> List[TrialRecord]:
+    """The records as model selection ranks them: a trial whose reports scored only the validation split's first
+    rows (``trainer.val_fraction_per_report``, ``data.val_max_rows``) has its best weights scored again on the whole
+    split, and that is its value; the others, and objectives ``evaluate`` does not compute (generated-text scores,
+    ``train/loss``), stay as reported."""
+    metric = config.objective.metric
+    found: List[TrialRecord] = []
+    for record in records:
+        run_config = with_overrides(config, record.params)
+        shared = run_config.trainer.val_fraction_per_report < 1 or run_config.data.val_max_rows is not None
+        if not (shared and record.checkpoint and record.best_value is not None
+                and best_weights(record.checkpoint).is_dir()):
+            found.append(record)
+            continue
+        try:
+            data = cache.for_config(run_config)
+        except ValueError:  # a cross-validation run, and this cache has no folds: its fold's value stands
+            found.append(record)
+            continue
+        if report_val_rows(run_config, len(data.val)) is not None:
+            value = evaluate(run_config, data, best_weights(record.checkpoint), "val").get(metric)
+            if value is not None:
+                record = dataclasses.replace(record, best_value=value)
+        found.append(record)
+    return found
 
 
 Evaluate = Callable[[ExperimentConfig, PreparedData, Path, str], Dict[str, float]]

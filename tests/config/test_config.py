@@ -73,7 +73,8 @@ def test_every_conf_option_composes(group: str, option: str, tiny_model: Path, t
                      "space:\n  optim.lr: {distribution: loguniform, low: 1.0e-5, high: 1.0e-3}\n")
     required = {("model", "hub"): [f"model.name_or_path={tiny_model}"],
                 ("data", "csv"): [f"data.path={tiny_csv}"], ("data", "conll"): [f"data.path={tiny_csv}"],
-                ("data", "images"): [f"data.path={tiny_csv}"]}
+                ("data", "images"): [f"data.path={tiny_csv}"], ("data", "sft"): [f"data.path={tiny_csv}"],
+                ("data", "summaries"): [f"data.path={tiny_csv}"]}
     composed = compose(str(sweep), [f"{group}={option}", *required.get((group, option), [])])
     section = yaml.safe_load((ROOT / "conf" / group / f"{option}.yaml").read_text()) or {}
     for key, value in section.items():
@@ -153,7 +154,7 @@ BAD: List[tuple] = [
     ("typo-sweep-key", ["search.num_trial=3"], r"search\.num_trial: not a config key\. Did you mean "
                                                r"search\.num_trials\?"),
     ("unknown-group-option", ["model=gpt5"],
-     r"In 'config': Could not find 'model/gpt5'\. Available options in 'model': hub, minilm, vit\."),
+     r"In 'config': Could not find 'model/gpt5'\. Available options in 'model': hub, llm, minilm, t5, vit\."),
     ("wrong-type", ["data.batch_size=big"],
      r"data\.batch_size: Value 'big' of type 'str' could not be converted to Integer\. Give a value of that type\."),
     ("bad-precision", ["trainer.precision=8-bit"],

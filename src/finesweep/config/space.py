@@ -30,8 +30,10 @@ from finesweep.errors import SearchSpaceError
 TOKENISATION_KEYS = ("model.name_or_path",)
 """Keys outside ``data.`` whose value changes the tokenised data."""
 
-NOT_TOKENISATION_KEYS = ("data.batch_size", "data.fold", "data.augment", "data.mixup", "data.cutmix")
-"""Keys inside ``data.`` that do not change the prepared data (a trial batches or augments it with them)."""
+NOT_TOKENISATION_KEYS = ("data.batch_size", "data.fold", "data.augment", "data.mixup", "data.cutmix",
+                         "data.val_max_rows", "data.generate_every_epoch", "data.metric")
+"""Keys inside ``data.`` that do not change the prepared data (a trial batches, augments, validates or scores
+generated text with them)."""
 
 NOT_SEARCHABLE = {"data.fold": "is set by model selection on its cross-validation runs (final.cv_folds)"}
 """Config keys a sweep may not search, and why."""

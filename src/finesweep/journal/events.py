@@ -375,6 +375,9 @@ def sweep_started(sweep: Sweep, data_fingerprint: str, sweep_id: str, folder: Pa
               "objective": objective, "search_space": json.dumps(sweep.space_description(), sort_keys=True),
               "num_trials": str(config.search.num_trials), "max_concurrent": str(config.search.max_concurrent),
               "seed": str(config.search.seed), "max_epochs": str(config.scheduler.max_epochs),
+              "unit": config.scheduler.unit.value, "budget": str(config.scheduler.budget),
+              **({"max_steps": str(config.scheduler.max_steps),
+                  "report_every": str(config.scheduler.report_every)} if config.scheduler.max_steps else {}),
               "grace_period": str(config.scheduler.grace_period),
               "reduction_factor": str(config.scheduler.reduction_factor),
               "model.name_or_path": config.model.name_or_path, "data.path": config.data.path}
