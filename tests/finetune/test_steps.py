@@ -90,7 +90,7 @@ def test_a_trial_resumed_mid_epoch_sees_each_batch_once_in_the_same_order(make_c
     seen.clear()
     # stopped at step 15: 3 batches into the second epoch
     first = _run(config, stop_at=15, keep=tmp_path / "ckpt")
-    assert position_in_epoch(tmp_path / "ckpt" / STATE) == (1, 3)
+    assert position_in_epoch(tmp_path / "ckpt" / STATE) == (1, 3 * 16), "3 batches of 16 into the second epoch"
     before = list(seen)
     seen.clear()
     rest = _run(config, resume=tmp_path / "ckpt")

@@ -152,16 +152,18 @@ def report_val_rows(config: ExperimentConfig, val_rows: int) -> Optional[int]:
 
 
 def position_in_epoch(state: Path) -> Tuple[int, int]:
-    """Where a checkpoint of Lightning's training state stands: (its epoch, training batches already done in it).
+    """Where a checkpoint of Lightning's training state stands: (its epoch, training examples already seen in it).
 
     A checkpoint taken at an epoch's end reads (next epoch, 0); one taken after a mid-epoch validation reads
-    (that epoch, the batches before it), which the resumed trial's shuffle skips.
+    (that epoch, the examples of the batches before it, at the batch size they had), which the resumed trial's
+    shuffle skips.
     """
     import torch
 
     checkpoint = torch.load(state, map_location="cpu", weights_only=True)
     progress = checkpoint["loops"]["fit_loop"]["epoch_loop.batch_progress"]["current"]
-    return int(checkpoint["epoch"]), int(progress["completed"])
+    batch_size = int(checkpoint.get("PreparedDataModule", {}).get("batch_size", 0))
+    return int(checkpoint["epoch"]), int(progress["completed"]) * batch_size
 
 
 def evaluate(config: ExperimentConfig, data: PreparedData, weights_dir: Path, split: str,

@@ -35,10 +35,15 @@ class PreparedDataModule(pl.LightningDataModule):
 
         self.shuffle = EpochShuffle(len(self.data.train), self.seed)
 
-    def resume_at(self, epoch: int, batches_done: int) -> None:
-        """A resumed trial: the first epoch it trains is ``epoch``, of which ``batches_done`` batches were trained
-        before its checkpoint; they are skipped, so no example is seen twice and none is missed."""
-        self.shuffle.resume(epoch, batches_done * self.batch_size)
+    def resume_at(self, epoch: int, examples_done: int) -> None:
+        """A resumed trial: the first epoch it trains is ``epoch``, of which ``examples_done`` examples were trained
+        on before its checkpoint; they are skipped, so no example is seen twice and none is missed."""
+        self.shuffle.resume(epoch, examples_done)
+
+    def state_dict(self) -> Dict[str, Any]:
+        # in Lightning's checkpoint: a retry after running out of memory halves the batch, and a mid-epoch
+        # resume must skip the examples the old batches held, not as many new batches
+        return {"batch_size": self.batch_size}
 
     def train_dataloader(self) -> DataLoader[Dict[str, Any]]:
         return self._loader(self.data.train, self.shuffle, self.transform)
