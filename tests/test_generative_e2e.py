@@ -43,7 +43,7 @@ space:
 """
 
 SUMMARISE = ["search.num_trials=2", "scheduler.kind=fifo", "scheduler.max_steps=20", "scheduler.report_every=10",
-             "scheduler.grace_period=10", "optim.lr=5e-3", "data.batch_size=16", "data.max_length=16",
+             "scheduler.grace_period=10", "data.batch_size=16", "data.max_length=16",
              "data.max_target_length=8", "data.val_max_rows=8", "data.metric=bleu", "final.generate_samples=4"]
 """The shipped sweeps/summarise.yaml (README's command), made tiny."""
 
