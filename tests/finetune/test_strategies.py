@@ -277,3 +277,21 @@ def test_lora_trains_under_5_percent_of_a_real_model(tiny_csv: Path) -> None:
     # r=8 on query and value of 6 layers: 6 x 2 x (384 x 8 x 2) = 73,728, plus the 384 x 3 + 3 head
     assert trainable == 6 * 2 * (384 * 8 * 2) + 384 * 3 + 3
     assert trainable / total < 0.05
+
+
+def test_weight_decay_spares_every_gain_and_bias_whatever_its_name(tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    from finesweep.config import FinetuneConfig, OptimConfig
+    from finesweep.finetune.strategies import param_groups
+    from finesweep.tasks import get
+    from lm_models import build_tiny_gpt2
+
+    model = AutoModelForCausalLM.from_pretrained(build_tiny_gpt2(tmp_path / "gpt2"))
+    groups = param_groups(model, get("causal_lm").layer_map(model), OptimConfig(weight_decay=0.1), FinetuneConfig())
+    decay = {id(p): g["weight_decay"] for g in groups for p in g["params"]}
+    names = dict(model.named_parameters())
+    spared = sorted(n for n, p in names.items() if decay[id(p)] == 0.0)
+    assert "transformer.h.0.ln_1.weight" in spared and "transformer.ln_f.weight" in spared, spared
+    assert all(names[n].dim() < 2 for n in spared), "matrices and embeddings decay"
+    assert decay[id(names["transformer.h.0.attn.c_attn.weight"])] == 0.1

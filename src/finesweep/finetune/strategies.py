@@ -26,7 +26,8 @@ from finesweep.errors import ConfigError, one_line
 from finesweep.tasks import LayerMap, Task
 
 NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
-"""Parameters AdamW does not decay: biases and normalisation gains, as in BERT's recipe."""
+"""Parameters AdamW does not decay: biases and normalisation gains, as in BERT's recipe; every parameter of
+fewer than 2 dimensions is one of them too (nanoGPT's rule: GPT-2 calls its gains ``ln_1.weight``)."""
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -86,7 +87,7 @@ def param_groups(model: nn.Module, parts: LayerMap, optim: OptimConfig, finetune
     multipliers = lr_multipliers(parts, finetune.llrd, finetune.head_lr_mult)
     groups: Dict[Tuple[float, float], List[nn.Parameter]] = {}
     for name, param in model.named_parameters():
-        decay = 0.0 if name.endswith(NO_DECAY) else optim.weight_decay
+        decay = 0.0 if param.dim() < 2 or name.endswith(NO_DECAY) else optim.weight_decay
         groups.setdefault((optim.lr * multipliers[name], decay), []).append(param)
     return [{"params": params, "lr": lr, "weight_decay": decay} for (lr, decay), params in groups.items()]
 
