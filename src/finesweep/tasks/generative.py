@@ -19,15 +19,13 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-import json
-import shutil
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Dict, Mapping, Optional, Tuple, cast
 
 from finesweep.config import ExperimentConfig, Strategy
 from finesweep.errors import ConfigError, one_line
 from finesweep.tasks.layers import LayerMap, generative_layer_map
+from finesweep.tasks.packaging import package_beside
 from finesweep.tasks.task import PreparedData, Task
 from finesweep.tasks.token_data import IGNORED
 
@@ -38,8 +36,6 @@ if TYPE_CHECKING:
     from torchmetrics import MetricCollection
     from transformers import PretrainedConfig, PreTrainedTokenizerBase
 
-META_FILE = "finesweep.json"
-"""The serving metadata beside the weights (``generation_predictor.py`` reads it)."""
 
 DROPOUT_FIELDS = ("resid_pdrop", "embd_pdrop", "dropout_rate", "dropout")
 """Config fields ``model.dropout`` sets on language models: GPT-2 (residual and embedding dropout), T5
@@ -205,12 +201,7 @@ class GenerativeTask(Task):
                               params=params)
 
     def package(self, folder: Path, preprocessor: str, meta: Mapping[str, Any]) -> None:
-        with tempfile.TemporaryDirectory(prefix="finesweep-tokenizer-") as side:
-            load_tokenizer(preprocessor).save_pretrained(side)
-            (Path(side) / META_FILE).write_text(json.dumps(dict(meta), indent=2))
-            for item in Path(side).iterdir():  # never written through a link: it would change the checkpoint
-                (folder / item.name).unlink(missing_ok=True)
-                shutil.move(str(item), folder / item.name)
+        package_beside(folder, meta, load_tokenizer(preprocessor))
 
     def request_example(self, meta: Mapping[str, Any]) -> Dict[str, Any]:
         row: Dict[str, Any] = {"prompt": "Summarise: the meeting moved to Friday because the room was booked."}

@@ -15,9 +15,6 @@ more than 5 classes, and ``val/loss``; the registered model's per-class table go
 from __future__ import annotations
 
 import hashlib
-import json
-import shutil
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -28,6 +25,7 @@ from finesweep.tasks import images, vision_models
 from finesweep.tasks.breakdown import class_breakdown
 from finesweep.tasks.images import ImageRows, Resize
 from finesweep.tasks.mapped import MappedArray, create_mapped, finish_mapped, open_mapped
+from finesweep.tasks.packaging import package_beside
 from finesweep.tasks.task import Batch, Inspection, PreparedData, Split, Task
 
 if TYPE_CHECKING:
@@ -43,8 +41,6 @@ if TYPE_CHECKING:
 # put there); memory-mapped it is 7.5 GB of disk under cluster.storage_path and only the page cache's share of
 # memory, one copy per node for every trial.
 
-META_FILE = "finesweep.json"
-"""The serving metadata beside the weights (``image_predictor.py`` reads it)."""
 
 TOP_K = 5
 
@@ -186,11 +182,7 @@ class ImageClassification(Task):
         return ModelSignature(inputs, outputs, params)
 
     def package(self, folder: Path, preprocessor: str, meta: Mapping[str, Any]) -> None:
-        with tempfile.TemporaryDirectory(prefix="finesweep-meta-") as side:
-            written = Path(side) / META_FILE
-            written.write_text(json.dumps(dict(meta), indent=2))
-            (folder / META_FILE).unlink(missing_ok=True)  # never written through: it may be a checkpoint's link
-            shutil.move(str(written), folder / META_FILE)
+        package_beside(folder, meta)
 
     def request_example(self, meta: Mapping[str, Any]) -> Dict[str, Any]:
         return {"dataframe_records": [{"image": "/abs/path/to/image.jpg"}, {"image": "<the file's bytes in base64>"}],

@@ -11,9 +11,6 @@ regression when the labels are non-integer numbers.
 from __future__ import annotations
 
 import dataclasses
-import json
-import shutil
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -24,6 +21,7 @@ from finesweep.config import DataConfig, ExperimentConfig
 from finesweep.errors import ConfigError, DataError, one_line
 from finesweep.tasks.breakdown import class_breakdown
 from finesweep.tasks.data import read_table, split_indices, subsample, take
+from finesweep.tasks.packaging import package_beside
 from finesweep.tasks.task import Inspection, PreparedData
 from finesweep.tasks.transformers_head import TransformersHeadTask
 
@@ -33,8 +31,6 @@ if TYPE_CHECKING:
     from torchmetrics import MetricCollection
     from transformers import PretrainedConfig
 
-META_FILE = "finesweep.json"
-"""The serving metadata beside the weights (``text_predictor.py`` reads it)."""
 
 
 class TextClassification(TransformersHeadTask):
@@ -154,12 +150,7 @@ class TextClassification(TransformersHeadTask):
     def package(self, folder: Path, preprocessor: str, meta: Mapping[str, Any]) -> None:
         from transformers import AutoTokenizer
 
-        with tempfile.TemporaryDirectory(prefix="finesweep-tokenizer-") as side:
-            AutoTokenizer.from_pretrained(preprocessor).save_pretrained(side)
-            (Path(side) / META_FILE).write_text(json.dumps(dict(meta), indent=2))
-            for item in Path(side).iterdir():  # never written through a link: it would change the checkpoint
-                (folder / item.name).unlink(missing_ok=True)
-                shutil.move(str(item), folder / item.name)
+        package_beside(folder, meta, AutoTokenizer.from_pretrained(preprocessor))
 
     def request_example(self, meta: Mapping[str, Any]) -> Dict[str, Any]:
         pair = meta.get("text_pair_column")

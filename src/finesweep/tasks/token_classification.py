@@ -21,9 +21,6 @@ character offsets, as Hugging Face's token-classification pipeline does.
 
 from __future__ import annotations
 
-import json
-import shutil
-import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,8 +30,8 @@ import numpy as np
 
 from finesweep.config import DataConfig, ExperimentConfig
 from finesweep.errors import ConfigError, one_line
+from finesweep.tasks.packaging import package_beside
 from finesweep.tasks.task import Batch, Inspection, PreparedData, Split
-from finesweep.tasks.text_classification import META_FILE
 from finesweep.tasks.token_data import IGNORED, OUTSIDE, Sentence, read_tagged
 from finesweep.tasks.transformers_head import TransformersHeadTask
 
@@ -169,12 +166,7 @@ class TokenClassification(TransformersHeadTask):
         return ModelSignature(Schema([ColSpec("string", "text")]), Schema([ColSpec(Array(entity), "entities")]))
 
     def package(self, folder: Path, preprocessor: str, meta: Mapping[str, Any]) -> None:
-        with tempfile.TemporaryDirectory(prefix="finesweep-tokenizer-") as side:
-            load_tokenizer(preprocessor).save_pretrained(side)
-            (Path(side) / META_FILE).write_text(json.dumps(dict(meta), indent=2))
-            for item in Path(side).iterdir():  # never written through a link: it would change the checkpoint
-                (folder / item.name).unlink(missing_ok=True)
-                shutil.move(str(item), folder / item.name)
+        package_beside(folder, meta, load_tokenizer(preprocessor))
 
     def request_example(self, meta: Mapping[str, Any]) -> Dict[str, Any]:
         return {"dataframe_records": [{"text": "Anna Smith flew from Paris to New York for the Red Cross."}]}
