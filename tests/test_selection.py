@@ -255,6 +255,15 @@ def test_a_cautious_user_gets_the_recipe_unless_the_winner_is_better_beyond_nois
     assert outcome.registered is outcome.winner and outcome.registered.params == {"optim.lr": 0.2}
 
 
+def test_a_tie_with_the_recipe_goes_to_the_recipe(config: ExperimentConfig, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    search = [record(0, 0.2, [0.95], "s0"), record(1, 5e-5, [0.80], "s1"), record(2, 0.1, [0.90], "s2")]
+    tied = {**FOLD_SCORES, 5e-5: [0.82, 0.80, 0.84]}  # the same mean as lr 0.2, which the search ranked first
+    outcome, _, _ = cv_select(config, tmp_path, monkeypatch, tied, search)
+    assert outcome.winner.params == RECIPE and outcome.winner.mean == pytest.approx(0.82)
+    assert outcome.verdict is not None and "the winner is the recipe" in outcome.verdict.line()
+
+
 def test_without_re_training_the_verdict_compares_one_score_each(config: ExperimentConfig, tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     import finesweep.selection as selection

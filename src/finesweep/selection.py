@@ -196,6 +196,8 @@ def select(config: ExperimentConfig, records: Sequence[TrialRecord], cache: Data
     ranked_candidates = [c for c in ranked_candidates if any(r.checkpoint for r in c.runs)]
     if not ranked_candidates:
         return None
+    # A tie is no evidence of a gain: a searched configuration displaces the recipe only by ranking above it.
+    ranked_candidates.sort(key=lambda c: (mode.rank_key(c.mean), c.params != recipe))
     winner = ranked_candidates[0]
     own_recipe = next((c for c in ranked_candidates if c.params == recipe), None)
     data = cache.for_config(with_overrides(config, winner.params))
