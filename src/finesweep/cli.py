@@ -82,9 +82,26 @@ def cmd_show(args: argparse.Namespace, console: Console) -> int:
                   f"{config.search.max_concurrent} at a time; {config.scheduler.kind.value} scheduler over "
                   f"{config.scheduler.budget} {config.scheduler.unit.value}; objective: {config.objective.mode.value} "
                   f"{config.objective.metric}; {_first_trials(config)}", markup=False)
+    console.print(trial_shape(config, [p.key for p in composed.params]), markup=False)
     console.print(notes.export_text(), end="", markup=False)
     console.print("[green]valid[/green]: nothing was started.")
     return 0
+
+
+def trial_shape(config: ExperimentConfig, searched: Sequence[str]) -> str:
+    """What one trial runs on, and the examples of one optimiser step (searched factors named, not valued)."""
+    cluster = config.cluster
+    workers = (f"{cluster.workers_per_trial} workers ({cluster.strategy.value}, {cluster.placement.value}), each "
+               f"{cluster.worker_cpus:g} CPU(s) and {cluster.worker_gpus:g} GPU(s)" if cluster.distributed else
+               f"1 process, {cluster.cpus_per_trial:g} CPU(s) and {cluster.gpus_per_trial:g} GPU(s)")
+    factors = [("data.batch_size", config.data.batch_size, "per device"),
+               ("cluster.workers_per_trial", cluster.workers_per_trial, "workers"),
+               ("trainer.accumulate_grad_batches", config.trainer.accumulate_grad_batches, "accumulated")]
+    if any(key in searched for key, _, _ in factors):
+        product = " x ".join(key if key in searched else f"{value} {what}" for key, value, what in factors)
+        return f"each trial: {workers}; effective batch: {product} (searched)"
+    return (f"each trial: {workers}; effective batch {config.effective_batch} = "
+            + " x ".join(f"{value} {what}" for _, value, what in factors))
 
 
 def _first_trials(config: ExperimentConfig) -> str:

@@ -239,7 +239,8 @@ def _search(session: Session, cache: DataCache, trainable: Trainable, listeners:
         return past
     plan = search_plan(config, session.sweep.params, session.numbering, study, reruns,
                        known={r.number: by_number[r.number] for r in reruns}, scheduler=scheduler)
-    ran = run_plan(config, plan, trainable, listeners, base=config, cache=cache.without_test())
+    ran = run_plan(config, plan, trainable, listeners, _train_root(session), base=config,
+                   cache=cache.without_test())
     return past + [r for r in ran if r.number not in by_number]
 
 
@@ -298,7 +299,8 @@ def _baseline(session: Session, chosen: Selection, records: Sequence[TrialRecord
     else:
         console.print("training the baseline: the config without any searched value", markup=False)
         plan = points_plan(config, [Rerun(session.numbering.take(), {})], phase="baseline")
-        ran = run_plan(config, plan, trainable, listeners, base=config, cache=cache.without_test())
+        ran = run_plan(config, plan, trainable, listeners, _train_root(session), base=config,
+                   cache=cache.without_test())
         record = ran[0] if ran else None
     metrics = baseline_metrics(config, chosen, record, cache, _evaluate)
     session.journal.record(BaselineScored(metrics=metrics))
@@ -318,7 +320,12 @@ def _retrain(session: Session, points: List[Dict[str, Any]], cache: DataCache, t
     if not fresh and not reruns:
         return done
     plan = points_plan(config, fresh, reruns, known)
-    return done + run_plan(config, plan, trainable, listeners, base=config, cache=cache)
+    return done + run_plan(config, plan, trainable, listeners, _train_root(session), base=config, cache=cache)
+
+
+def _train_root(session: Session) -> Path:
+    """Where the Ray Train runs of the sweep's trials of several workers live: in its own folder."""
+    return session.state.folder / "train"
 
 
 def _seeds(config: ExperimentConfig) -> str:

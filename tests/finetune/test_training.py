@@ -159,7 +159,8 @@ def test_epoch_report_saves_the_weights_of_each_improving_epoch(mode: Mode, valu
         module.epoch = epoch + 1
         state = f"state after epoch {epoch + 1}"
         trainer = SimpleNamespace(callback_metrics={"val/loss": torch.tensor(value)}, current_epoch=epoch,
-                                  save_checkpoint=lambda path, text=state: Path(path).write_text(text))
+                                  save_checkpoint=lambda path, text=state: Path(path).write_text(text),
+                                  strategy=None, is_global_zero=True)  # a one-process trial
         callback.on_train_epoch_end(trainer, module)  # type: ignore[arg-type]
     assert [epoch for epoch, _ in reports] == list(range(1, len(values) + 1)), "every epoch is reported once"
     # each checkpoint carries the weights of the last improving epoch

@@ -10,6 +10,8 @@ from finesweep.config.choices import (
     Accelerator,
     Augment,
     Mode,
+    Parallelism,
+    Placement,
     Precision,
     Prefer,
     Sampler,
@@ -38,6 +40,6 @@ from finesweep.config.schema import (
 )
 
 __all__ = ["Accelerator", "Augment", "ClusterConfig", "DataConfig", "ExperimentConfig", "FinalConfig",
-           "FinetuneConfig", "LoraConfig", "Mode", "ModelConfig", "ObjectiveConfig", "OptimConfig", "Precision",
-           "Prefer", "ProbeConfig", "Sampler", "Schedule", "SchedulerConfig", "SchedulerKind", "SearchConfig",
-           "Strategy", "TextMetric", "TrackingConfig", "TrainerConfig", "Unit", "progress_of"]
+           "FinetuneConfig", "LoraConfig", "Mode", "ModelConfig", "ObjectiveConfig", "OptimConfig", "Parallelism",
+           "Placement", "Precision", "Prefer", "ProbeConfig", "Sampler", "Schedule", "SchedulerConfig", "SchedulerKind",
+           "SearchConfig", "Strategy", "TextMetric", "TrackingConfig", "TrainerConfig", "Unit", "progress_of"]

@@ -142,6 +142,24 @@ class Strategy(str, enum.Enum):
     lora = "lora"
 
 
+class Parallelism(str, enum.Enum):
+    """How a trial of several workers (``cluster.workers_per_trial``) splits its training."""
+
+    ddp = "ddp"
+    """Every worker holds the whole model and trains on its share of each batch; gradients are averaged."""
+    fsdp = "fsdp"
+    """Weights, gradients and optimiser state are sharded over the workers (a model larger than one device)."""
+
+
+class Placement(str, enum.Enum):
+    """Where a trial's workers go: Ray's placement-group strategy."""
+
+    pack = "pack"
+    """As few nodes as possible (fast links between the workers)."""
+    spread = "spread"
+    """Different nodes where possible (one node's loss costs one worker)."""
+
+
 class Prefer(str, enum.Enum):
     """Which configuration model selection registers."""
 

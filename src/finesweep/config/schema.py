@@ -21,6 +21,8 @@ from finesweep.config.choices import (
     Accelerator,
     Augment,
     Mode,
+    Parallelism,
+    Placement,
     Precision,
     Prefer,
     Sampler,
@@ -390,6 +392,31 @@ class ClusterConfig:
     """Local package folders of your own that workers import, shipped to every node (finesweep ships itself)."""
     keep_checkpoints: int = 3
     """Checkpoints kept of finished search trials: the best ones; the others are deleted once they cannot win."""
+    workers_per_trial: int = 1
+    """Processes (devices) one trial trains on: above 1, each trial is a Ray Train run of that many workers."""
+    strategy: Parallelism = Parallelism.ddp
+    """How a trial of several workers splits its training: ddp (replicas) or fsdp (sharded weights)."""
+    placement: Placement = Placement.pack
+    """Where one trial's workers go: pack (few nodes) or spread (different nodes where possible)."""
+    cpus_per_worker: Optional[float] = None
+    """CPUs each worker of a trial reserves; null = cpus_per_trial (with one worker the two are the same)."""
+    gpus_per_worker: Optional[float] = None
+    """GPUs each worker of a trial reserves; null = gpus_per_trial."""
+
+    @property
+    def worker_cpus(self) -> float:
+        """CPUs one worker of a trial reserves."""
+        return self.cpus_per_trial if self.cpus_per_worker is None else self.cpus_per_worker
+
+    @property
+    def worker_gpus(self) -> float:
+        """GPUs one worker of a trial reserves (a one-worker trial: ``gpus_per_trial``)."""
+        return self.gpus_per_trial if self.gpus_per_worker is None else self.gpus_per_worker
+
+    @property
+    def distributed(self) -> bool:
+        """Whether each trial is a Ray Train run of several workers."""
+        return self.workers_per_trial > 1
 
     def __post_init__(self) -> None:
         _raise_problems([
@@ -402,6 +429,19 @@ class ClusterConfig:
                    "must be > 0", "Use e.g. 1."),
             _check(self.gpus_per_trial >= 0, "cluster.gpus_per_trial", self.gpus_per_trial,
                    "must be >= 0", "Use 0 on CPU-only machines."),
+            _check(self.workers_per_trial >= 1, "cluster.workers_per_trial", self.workers_per_trial,
+                   "must be at least 1", "Use 1 (one device per trial), or e.g. 4 to span four GPUs."),
+            _check(self.cpus_per_worker is None or self.cpus_per_worker > 0, "cluster.cpus_per_worker",
+                   self.cpus_per_worker, "must be > 0", "Use e.g. 1, or null for cluster.cpus_per_trial."),
+            _check(self.gpus_per_worker is None or self.gpus_per_worker >= 0, "cluster.gpus_per_worker",
+                   self.gpus_per_worker, "must be >= 0", "Use e.g. 1, or null for cluster.gpus_per_trial."),
+            _check(self.gpus_per_worker is None or self.workers_per_trial > 1 or self.gpus_per_trial == 0
+                   or self.gpus_per_worker == self.gpus_per_trial, "cluster.gpus_per_worker", self.gpus_per_worker,
+                   f"disagrees with cluster.gpus_per_trial={self.gpus_per_trial:g}, and a one-worker trial has one "
+                   "worker", "Set only one of them."),
+            _check(not (self.workers_per_trial > 1 and 0 < self.worker_gpus < 1), "cluster.gpus_per_worker",
+                   self.worker_gpus, "must be a whole number of GPUs when a trial spans several workers (NCCL "
+                   "gives each worker its own device)", "Use 1, or cluster.workers_per_trial=1 to share a GPU."),
         ])
 
 
@@ -534,6 +574,12 @@ class ExperimentConfig:
     name: str = ""
     """The sweep's name, set by the CLI from the sweep file name."""
 
+    @property
+    def effective_batch(self) -> int:
+        """Examples per optimiser step: ``data.batch_size`` per device x ``cluster.workers_per_trial`` x
+        ``trainer.accumulate_grad_batches``."""
+        return self.data.batch_size * self.cluster.workers_per_trial * self.trainer.accumulate_grad_batches
+
     def __post_init__(self) -> None:
         if _incomplete(self.objective):
             return  # the schema's default instance; the composed config always has an objective
@@ -543,14 +589,24 @@ class ExperimentConfig:
                    self.search.num_trials, f"is required for sampler {self.search.sampler.value}",
                    "Set search.num_trials, e.g. 16."),
             # Ray hides every GPU from a trial that asked for none, so each such trial would fail in Lightning.
-            _check(not wants_gpu or self.cluster.gpus_per_trial > 0, "trainer.accelerator",
+            _check(not wants_gpu or self.cluster.worker_gpus > 0, "trainer.accelerator",
                    self.trainer.accelerator.value, "needs cluster.gpus_per_trial > 0 (Ray shows a trial only "
                    "the GPUs it reserved)", "Set cluster.gpus_per_trial=1, or trainer.accelerator=auto."),
             # bitsandbytes' 4-bit kernels are CUDA's: a CPU trial would crash loading the model.
-            _check(not self.model.load_in_4bit or self.cluster.gpus_per_trial > 0, "model.load_in_4bit",
+            _check(not self.model.load_in_4bit or self.cluster.worker_gpus > 0, "model.load_in_4bit",
                    self.model.load_in_4bit, "needs a CUDA GPU per trial (bitsandbytes' 4-bit weights), but "
                    "cluster.gpus_per_trial=0", "Set cluster.gpus_per_trial=1 on a GPU machine, or "
                    "model.load_in_4bit=false on CPU."),
+            # Under FSDP no worker holds the whole model: what runs on one process's full copy cannot run.
+            *[_check(not (sharded and on), key, value, "runs the whole model in one process, which a sharded "
+                     "(cluster.strategy=fsdp) trial has on no worker", f"Use cluster.strategy=ddp, or {fix}.")
+              for sharded in (self.cluster.distributed and self.cluster.strategy is Parallelism.fsdp,)
+              for key, value, on, fix in (
+                  ("probe.forgetting", self.probe.forgetting, bool(self.probe.forgetting), "probe.forgetting=null"),
+                  ("data.generate_every_epoch", self.data.generate_every_epoch, self.data.generate_every_epoch,
+                   "data.generate_every_epoch=false (the winner's generations are still scored after the search)"),
+                  ("model.load_in_4bit", self.model.load_in_4bit, self.model.load_in_4bit,
+                   "model.load_in_4bit=false"))],
             _check(not self.model.load_in_4bit or self.finetune.strategy is Strategy.lora
                    or "finetune.strategy" in self.space, "model.load_in_4bit", self.model.load_in_4bit,
                    f"trains LoRA adapters over frozen 4-bit weights (QLoRA), but finetune.strategy="

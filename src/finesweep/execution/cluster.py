@@ -72,6 +72,9 @@ def ray_session(config: ExperimentConfig) -> Iterator[Path]:
             _leave_job_dir(cluster)
         _join(cluster, kwargs, log_file)
     else:
+        # Trials of several workers need Ray's state API (the dashboard's): Train's placement-group cleaner asks it
+        # whether a stopped trial's controller is gone before it frees the trial's workers' reservation.
+        kwargs.update(include_dashboard=cluster.distributed, dashboard_host="127.0.0.1")
         ray.init(address="local", _node_ip_address="127.0.0.1", runtime_env={"env_vars": worker_env()}, **kwargs)
     route_library_logs()
     try:
@@ -223,10 +226,15 @@ def check_cluster(config: ExperimentConfig, joined: bool) -> None:
         raise UserError(problems[0])
 
 
-def _check_fit(cluster: ClusterConfig, nodes: List[Dict[str, Any]]) -> None:
-    def has(node: Dict[str, Any], name: str) -> float:
-        return float(node.get("Resources", {}).get(name, 0.0))
+def _has(node: Dict[str, Any], name: str) -> float:
+    return float(node.get("Resources", {}).get(name, 0.0))
 
+
+def _check_fit(cluster: ClusterConfig, nodes: List[Dict[str, Any]]) -> None:
+    if cluster.distributed:
+        _check_workers_fit(cluster, nodes)
+        return
+    has = _has
     if any(has(n, "CPU") >= cluster.cpus_per_trial and has(n, "GPU") >= cluster.gpus_per_trial for n in nodes):
         return
     largest = max(nodes, key=lambda n: (has(n, "GPU"), has(n, "CPU")), default={})
@@ -234,6 +242,28 @@ def _check_fit(cluster: ClusterConfig, nodes: List[Dict[str, Any]]) -> None:
                     f"{cluster.gpus_per_trial:g}: a trial fits on no node of the cluster; the largest has "
                     f"{has(largest, 'CPU'):g} CPU(s) and {has(largest, 'GPU'):g} GPU(s). Lower them to fit "
                     "(fractions pack several trials on one GPU), or add a node that has them.")
+
+
+def _check_workers_fit(cluster: ClusterConfig, nodes: List[Dict[str, Any]]) -> None:
+    """A trial of several workers fits when each worker fits on some node and the nodes together hold all of them
+    at once (its placement group; ``pack`` and ``spread`` are best effort, so any nodes do)."""
+    cpus, gpus, workers = cluster.worker_cpus, cluster.worker_gpus, cluster.workers_per_trial
+
+    def holds(node: Dict[str, Any]) -> int:
+        room = [_has(node, "CPU") / cpus] + ([_has(node, "GPU") / gpus] if gpus > 0 else [])
+        return int(min(room) + 1e-9)
+
+    asked = f"cluster.workers_per_trial={workers}, {cpus:g} CPU(s) and {gpus:g} GPU(s) per worker"
+    if not any(holds(n) for n in nodes):
+        largest = max(nodes, key=lambda n: (_has(n, "GPU"), _has(n, "CPU")), default={})
+        raise UserError(f"{asked}: a worker fits on no node of the cluster; the largest has {_has(largest, 'CPU'):g} "
+                        f"CPU(s) and {_has(largest, 'GPU'):g} GPU(s). Lower cluster.cpus_per_worker / "
+                        "cluster.gpus_per_worker to fit, or add a node that has them.")
+    room = sum(holds(n) for n in nodes)
+    if room < workers:
+        raise UserError(f"{asked}: the cluster holds {room} such worker(s) at once over its {len(nodes)} node(s), "
+                        f"so a trial could never start. Lower cluster.workers_per_trial to at most {room}, ask less "
+                        "per worker, or add nodes.")
 
 
 def _node_problems(config: ExperimentConfig, node: Dict[str, Any], several: bool) -> List[str]:
@@ -299,6 +329,18 @@ def node_of(result: Dict[str, Any]) -> Tuple[str, str]:
     """(node, device) a trial reported from: the host and IP Ray records in each result, and the device it used."""
     node = f"{result.get('hostname', '?')} ({result.get('node_ip', '?')})"
     return node, str(result.get("device", ""))
+
+
+def trials_that_fit(cluster: ClusterConfig) -> int:
+    """How many trials of ``cluster.workers_per_trial`` workers the cluster's CPUs and GPUs hold at once (at least
+    1): Tune runs no more, so no trial's Train run waits on another's workers."""
+    import ray
+
+    total = ray.cluster_resources()
+    fits = [total.get("CPU", 0.0) / (cluster.worker_cpus * cluster.workers_per_trial)]
+    if cluster.worker_gpus > 0:
+        fits.append(total.get("GPU", 0.0) / (cluster.worker_gpus * cluster.workers_per_trial))
+    return max(1, int(min(fits) + 1e-9))
 
 
 # --- logging ------------------------------------------------------------------------------------------

@@ -28,13 +28,15 @@ if TYPE_CHECKING:  # torch and Lightning load inside the worker, not when the dr
     from finesweep.finetune.callbacks import Reporter
     from finesweep.finetune.datamodule import PreparedDataModule
     from finesweep.finetune.module import FinetuneModule
+    from finesweep.finetune.parallel import Workers
 
 
 def run_trial(config: Dict[str, Any], *, base: ExperimentConfig, cache: DataCache) -> None:
     """Ray Tune trainable: fine-tune one configuration, reporting once per epoch (or every ``report_every`` steps).
 
     A trial that goes on (resumed, retried) carries the checkpoint to continue from in its marker. The forgetting
-    probe, when the sweep has one, came prepared with the data (``DataCache.probe``).
+    probe, when the sweep has one, came prepared with the data (``DataCache.probe``). A trial of several workers
+    runs ``execution/distributed.py``'s trainable instead, whose workers each call ``fit``.
     """
     checkpoint = marker_of(config).get("checkpoint")
     trial_config = with_overrides(base, params_of(config))
@@ -46,8 +48,8 @@ def run_trial(config: Dict[str, Any], *, base: ExperimentConfig, cache: DataCach
 
 
 def fit(config: ExperimentConfig, cache: DataCache, report: Reporter, seed: Optional[int] = None,
-        resume: Optional[Path] = None, probe: Optional[Callable[[FinetuneModule], Dict[str, float]]] = None
-        ) -> FinetuneModule:
+        resume: Optional[Path] = None, probe: Optional[Callable[[FinetuneModule], Dict[str, float]]] = None,
+        workers: Optional[Workers] = None) -> FinetuneModule:
     """Fine-tune the model of ``config`` for its budget (``scheduler.max_epochs`` epochs or ``max_steps`` steps),
     unless stopped.
 
@@ -61,6 +63,8 @@ def fit(config: ExperimentConfig, cache: DataCache, report: Reporter, seed: Opti
             by steps: with the next batch of the same shuffle), with its weights, optimiser, schedule, RNG and best
             weights, as if it had never stopped.
         probe: measures the best weights each time they improve (the forgetting probe); None = nothing.
+        workers: this process's place in a trial of several workers (``execution/distributed.py``); None = a
+            trial of one process.
 
     Returns:
         The trained module, as it stands after the last epoch.
@@ -74,17 +78,19 @@ def fit(config: ExperimentConfig, cache: DataCache, report: Reporter, seed: Opti
     from finesweep.finetune.callbacks import EpochReport, FiniteLoss, StepReport, early_stopping
     from finesweep.finetune.datamodule import PreparedDataModule
     from finesweep.finetune.module import FinetuneModule
+    from finesweep.finetune.parallel import Workers
 
     _quiet()
+    workers = workers or Workers()
     seed = config.trainer.seed if seed is None else seed
-    torch.set_num_threads(max(1, int(config.cluster.cpus_per_trial)))
+    torch.set_num_threads(max(1, int(config.cluster.worker_cpus)))
     pl.seed_everything(seed, verbose=False)
     data = cache.for_config(config)
     plan = StepPlan.of(config, len(data.train))
     module = FinetuneModule.for_trial(config, data, total_steps=plan.total_steps)
     best_dir = Path(tempfile.mkdtemp(prefix="finesweep-best-"))
     try:
-        if resume is not None and (resume / BEST).is_dir():
+        if resume is not None and (resume / BEST).is_dir() and workers.writer:
             shutil.copytree(resume / BEST, best_dir, dirs_exist_ok=True)
         stepwise = config.scheduler.unit is Unit.steps
         reporting = (StepReport(config.objective.metric, config.objective.mode, report, best_dir, plan.steps_per_epoch,
@@ -95,10 +101,12 @@ def fit(config: ExperimentConfig, cache: DataCache, report: Reporter, seed: Opti
         if config.trainer.early_stopping_patience is not None:
             callbacks.append(early_stopping(config.objective.metric, config.objective.mode,
                                             config.trainer.early_stopping_patience, each_epoch=not stepwise))
-        trainer = _trainer(config, max_epochs=config.scheduler.max_epochs, callbacks=callbacks, plan=plan)
+        trainer = _trainer(config, max_epochs=config.scheduler.max_epochs, callbacks=callbacks, plan=plan,
+                           workers=workers)
         batches = PreparedDataModule(data, config.data.batch_size, seed,
                                      transform=data.task.train_transform(config.data, data),
-                                     val_rows=report_val_rows(config, len(data.val)))
+                                     val_rows=report_val_rows(config, len(data.val)),
+                                     shard=(workers.rank, workers.world))
         state = training_state(str(resume)) if resume is not None else None
         if state is not None:
             batches.resume_at(*position_in_epoch(state))
@@ -128,8 +136,10 @@ class StepPlan:
 
     @classmethod
     def of(cls, config: ExperimentConfig, train_examples: int) -> StepPlan:
-        """The plan of a trial of ``config`` on ``train_examples`` training rows."""
-        batches = math.ceil(train_examples / config.data.batch_size)
+        """The plan of a trial of ``config`` on ``train_examples`` training rows (shared by its workers: each takes
+        its share, ``data.batch_size`` at a time)."""
+        share = math.ceil(train_examples / config.cluster.workers_per_trial)
+        batches = math.ceil(share / config.data.batch_size)
         accumulate = config.trainer.accumulate_grad_batches
         if config.scheduler.unit is Unit.epochs:
             per_epoch = math.ceil(batches / accumulate)
@@ -155,15 +165,16 @@ def position_in_epoch(state: Path) -> Tuple[int, int]:
     """Where a checkpoint of Lightning's training state stands: (its epoch, training examples already seen in it).
 
     A checkpoint taken at an epoch's end reads (next epoch, 0); one taken after a mid-epoch validation reads
-    (that epoch, the examples of the batches before it, at the batch size they had), which the resumed trial's
-    shuffle skips.
+    (that epoch, the examples of the batches before it, at the batch size and on the workers they had), which the
+    resumed trial's shuffle skips.
     """
     import torch
 
     checkpoint = torch.load(state, map_location="cpu", weights_only=True)
     progress = checkpoint["loops"]["fit_loop"]["epoch_loop.batch_progress"]["current"]
-    batch_size = int(checkpoint.get("PreparedDataModule", {}).get("batch_size", 0))
-    return int(checkpoint["epoch"]), int(progress["completed"]) * batch_size
+    shape = checkpoint.get("PreparedDataModule", {})
+    examples = int(progress["completed"]) * int(shape.get("batch_size", 0)) * int(shape.get("workers", 1))
+    return int(checkpoint["epoch"]), examples
 
 
 def evaluate(config: ExperimentConfig, data: PreparedData, weights_dir: Path, split: str,
@@ -242,8 +253,10 @@ def _serving_precision(config: ExperimentConfig) -> str:
 
 
 def _trainer(config: ExperimentConfig, max_epochs: int, callbacks: List[Any], precision: Optional[str] = None,
-             plan: Optional[StepPlan] = None) -> Any:
+             plan: Optional[StepPlan] = None, workers: Optional[Workers] = None) -> Any:
     import lightning.pytorch as pl
+
+    from finesweep.finetune.parallel import Workers
 
     stepwise: Dict[str, Any] = {}
     if plan is not None and config.scheduler.unit is Unit.steps:
@@ -254,7 +267,7 @@ def _trainer(config: ExperimentConfig, max_epochs: int, callbacks: List[Any], pr
     return pl.Trainer(
         **({"max_epochs": max_epochs} | stepwise),
         accelerator=config.trainer.accelerator.value,
-        devices=1,
+        **(workers or Workers()).trainer_arguments(),
         precision=precision or resolved_precision(config),  # type: ignore[arg-type]
         gradient_clip_val=config.trainer.gradient_clip_val,
         accumulate_grad_batches=config.trainer.accumulate_grad_batches,

@@ -20,9 +20,18 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from finesweep.config import ExperimentConfig, SchedulerKind, progress_of
+from finesweep.config.overrides import with_overrides
 from finesweep.config.recipe import start_points
 from finesweep.config.space import Param, planned_trials
-from finesweep.execution.cluster import node_of
+from finesweep.execution.cluster import node_of, trials_that_fit
+from finesweep.execution.distributed import (
+    CHECKPOINT_KEY,
+    NODES_KEY,
+    PIDS_KEY,
+    WORKERS_KEY,
+    Shared,
+    run_distributed_trial,
+)
 from finesweep.execution.failures import Failure, classify, retry_overrides
 from finesweep.journal.records import SweepListener, TrialRecord, TrialStatus
 from finesweep.search import asha as asha_module
@@ -41,6 +50,10 @@ from finesweep.search.searcher import (
 from finesweep.tasks.task import REPORTED_PREFIXES
 
 Searchers = Union[StudySearcher, PointsSearcher]
+
+DRIVER_MEMORY = 64 * 2**20
+"""What a trial of several workers reserves for itself, the driver of its Train run: no CPU or GPU, which its
+workers reserve (Tune asks for some resource, so a little of Ray's ``memory``)."""
 
 @dataclass
 class Plan:
@@ -76,28 +89,42 @@ def points_plan(config: ExperimentConfig, points: Sequence[Rerun], reruns: Seque
 
 
 def run_plan(config: ExperimentConfig, plan: Plan, trainable: Callable[..., None],
-             listeners: Sequence[SweepListener], **trainable_kwargs: Any) -> List[TrialRecord]:
+             listeners: Sequence[SweepListener], train_root: Optional[Path] = None,
+             **trainable_kwargs: Any) -> List[TrialRecord]:
     """Run one phase on the Ray cluster Ray is connected to; return what happened to each trial it ran.
 
     Args:
         config: the validated experiment config.
         plan: searcher, scheduler and the trials it continues.
-        trainable: ``(config: dict, **trainable_kwargs) -> None``, reporting once per epoch.
+        trainable: ``(config: dict, **trainable_kwargs) -> None``, reporting once per epoch. A trial of several
+            workers (``cluster.workers_per_trial``) runs ``run_distributed_trial`` instead, a Train run of them.
         listeners: receive trial events on the driver, in order.
-        trainable_kwargs: large read-only inputs, put once into Ray's object store.
+        train_root: the folder of the Ray Train runs of trials of several workers (``cluster.workers_per_trial``);
+            None = ``<cluster.storage_path>/train``.
+        trainable_kwargs: large read-only inputs, put once into Ray's object store. With several workers per
+            trial, ``cache`` reaches it as a ``Shared`` reference the workers read.
     """
     scheduler = plan.scheduler or FIFOScheduler()
+    resources: Any = {"cpu": config.cluster.cpus_per_trial, "gpu": config.cluster.gpus_per_trial}
+    concurrent = config.search.max_concurrent
+    if config.cluster.distributed:  # the trial is a driver; its Train run reserves the workers
+        root = train_root or Path(config.cluster.storage_path) / "train"
+        trainable = run_distributed_trial  # its workers each run ``fit``, as ``trainable`` would in one process
+        trainable_kwargs["cache"] = Shared.of(trainable_kwargs["cache"], root)
+        resources = tune.PlacementGroupFactory([{"memory": DRIVER_MEMORY}])
+        concurrent = min(concurrent, trials_that_fit(config.cluster))
     bridge = _EventBridge(config, plan, scheduler, listeners)
     # No metric or mode for Tune itself: the searcher and ASHA were given the objective when they were
     # made (ASHA must know it to replay a resumed sweep's results before Tune starts).
     tune_config = tune.TuneConfig(
         search_alg=plan.searcher,
-        scheduler=scheduler, num_samples=max(1, plan.samples), max_concurrent_trials=config.search.max_concurrent,
-        reuse_actors=True,  # warm workers: ~0.01 s per trial instead of ~5.5 s
+        scheduler=scheduler, num_samples=max(1, plan.samples), max_concurrent_trials=concurrent,
+        # warm workers: ~0.01 s per trial instead of ~5.5 s; a Train run's driver ends with its run (its workers
+        # are the Train run's own actors, which Tune cannot hand to the next trial)
+        reuse_actors=not config.cluster.distributed,
     )
     tuner = tune.Tuner(
-        tune.with_resources(tune.with_parameters(trainable, **trainable_kwargs),
-                            {"cpu": config.cluster.cpus_per_trial, "gpu": config.cluster.gpus_per_trial}),
+        tune.with_resources(tune.with_parameters(trainable, **trainable_kwargs), resources),
         tune_config=tune_config,
         run_config=tune.RunConfig(
             name=f"{config.name}-{plan.phase}-{time.strftime('%Y%m%d-%H%M%S')}",
@@ -163,6 +190,7 @@ class _EventBridge(tune.Callback):
             self.records.append(record)
         self._by_number[number] = record
         self._by_id[trial.trial_id] = record
+        record.effective_batch = with_overrides(self.config, record.params).effective_batch
         for listener in self.listeners:
             listener.trial_started(record)
 
@@ -173,7 +201,13 @@ class _EventBridge(tune.Callback):
         record = self._by_id.get(trial.trial_id)
         if record is not None:
             record.node, record.device = node_of(result)
+            record.node = str(result.get(NODES_KEY) or record.node)  # a trial of several workers: theirs
             record.precision = str(result.get("precision", record.precision))
+            record.workers = int(result.get(WORKERS_KEY, 1))
+            record.worker_pids = str(result.get(PIDS_KEY, ""))
+        if result.get(CHECKPOINT_KEY):  # a trial of several workers: Train persisted rank 0's checkpoint already
+            self._result(trial, (metrics, time.time()), str(result[CHECKPOINT_KEY]))
+            return
         # ASHA has just decided on this result (schedulers see a result before callbacks do): remember
         # when, so a resume replays results in the order ASHA saw them, not the order they were saved.
         metrics_at = (metrics, time.time())

@@ -17,10 +17,12 @@ from finesweep.config import Mode
 from finesweep.errors import DivergedError
 from finesweep.finetune.layout import BEST, GENERATIONS, STATE, link_tree
 from finesweep.finetune.module import FinetuneModule
+from finesweep.finetune.parallel import whole_model
 from finesweep.tasks.task import REPORTED_PREFIXES
 
 Reporter = Callable[[Dict[str, float], Optional[Path]], None]
-"""Receives one epoch's metrics and the folder of that epoch's checkpoint (see execution/checkpoints.py)."""
+"""Receives one epoch's metrics and the folder of that epoch's checkpoint (see execution/checkpoints.py); in a
+trial of several workers every worker calls it, and rank 0's folder is the checkpoint."""
 
 
 class EpochReport(pl.Callback):
@@ -64,19 +66,21 @@ class EpochReport(pl.Callback):
         """Report ``metrics`` with a checkpoint folder: the best weights (saved first when they improved) and
         Lightning's state now."""
         value = metrics.get(self.metric)
-        if value is not None and self._improved(value):
+        if value is not None and self._improved(value):  # every worker of a trial sees the same metrics
             self.best = value
-            shutil.rmtree(self.best_dir, ignore_errors=True)
-            module.task.save_trained(module.export_model(), self.best_dir)
-            if self.probe is not None:
-                self.probed = self.probe(module)
+            with whole_model(trainer):
+                if trainer.is_global_zero:  # the one writer of a trial of several workers
+                    shutil.rmtree(self.best_dir, ignore_errors=True)
+                    module.task.save_trained(module.export_model(), self.best_dir)
+                    if self.probe is not None:
+                        self.probed = self.probe(module)
         metrics.update(self.probed)
         with tempfile.TemporaryDirectory(prefix="finesweep-ckpt-") as folder:
             if self.best_dir.is_dir():
                 link_tree(self.best_dir, Path(folder) / BEST)
-            if module.generated:  # the texts this report's validation generated: the child run's table
+            if module.generated and trainer.is_global_zero:  # this report's generated texts: the child run's table
                 (Path(folder) / GENERATIONS).write_text(json.dumps(module.generated))
-            trainer.save_checkpoint(Path(folder) / STATE)
+            trainer.save_checkpoint(Path(folder) / STATE)  # collective; rank 0 writes
             self.report(metrics, Path(folder))
 
     def state_dict(self) -> Dict[str, Any]:

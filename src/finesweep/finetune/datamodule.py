@@ -20,10 +20,13 @@ class PreparedDataModule(pl.LightningDataModule):
         seed: seed of the training shuffle.
         transform: applied to every training batch (``Task.train_transform``: augmentation); never to the others.
         val_rows: validation serves the split's first ``val_rows`` rows (a trial's cheap reports); None = all.
+        shard: (rank, workers) of a trial of several workers: this worker trains on its share of every epoch's
+            shuffle (``EpochShuffle``); validation and test are served whole to every worker.
     """
 
     def __init__(self, data: PreparedData, batch_size: int, seed: int,
-                 transform: Optional[Callable[[Batch], Batch]] = None, val_rows: Optional[int] = None) -> None:
+                 transform: Optional[Callable[[Batch], Batch]] = None, val_rows: Optional[int] = None,
+                 shard: Tuple[int, int] = (0, 1)) -> None:
         super().__init__()
         self.data = data
         self.val_rows = val_rows
@@ -33,17 +36,18 @@ class PreparedDataModule(pl.LightningDataModule):
         self.test_loads = 0
         """How often the test split was served; model selection must touch it at most once."""
 
-        self.shuffle = EpochShuffle(len(self.data.train), self.seed)
+        self.shuffle = EpochShuffle(len(self.data.train), self.seed, *shard)
 
     def resume_at(self, epoch: int, examples_done: int) -> None:
         """A resumed trial: the first epoch it trains is ``epoch``, of which ``examples_done`` examples were trained
-        on before its checkpoint; they are skipped, so no example is seen twice and none is missed."""
+        on before its checkpoint (by all the trial's workers); they are skipped, so no example is seen twice and
+        none is missed."""
         self.shuffle.resume(epoch, examples_done)
 
     def state_dict(self) -> Dict[str, Any]:
         # in Lightning's checkpoint: a retry after running out of memory halves the batch, and a mid-epoch
-        # resume must skip the examples the old batches held, not as many new batches
-        return {"batch_size": self.batch_size}
+        # resume must skip the examples the old batches held (on every worker), not as many new batches
+        return {"batch_size": self.batch_size, "workers": self.shuffle.workers}
 
     def train_dataloader(self) -> DataLoader[Dict[str, Any]]:
         return self._loader(self.data.train, self.shuffle, self.transform)
@@ -77,11 +81,18 @@ class EpochShuffle(Sampler[int]):
     Lightning calls ``set_epoch`` before every training epoch (as for a DistributedSampler). A trial resumed
     mid-epoch (``resume``) skips, in that epoch only, the examples it trained on before its checkpoint; the length
     stays the epoch's, which Lightning counts the resumed epoch's batches against.
+
+    In a trial of ``workers`` workers, worker ``rank`` takes every ``workers``-th example of the one order, starting
+    at its rank (the order padded with its own first examples to a multiple of ``workers``, as torch's
+    DistributedSampler does, so every worker takes as many batches). Batch i of the workers together is then batch
+    i of one worker with ``workers`` times the batch: the same training, split.
     """
 
-    def __init__(self, size: int, seed: int) -> None:
+    def __init__(self, size: int, seed: int, rank: int = 0, workers: int = 1) -> None:
         self.size = size
         self.seed = seed
+        self.rank = rank
+        self.workers = workers
         self.epoch = 0
         self._skip: Optional[Tuple[int, int]] = None  # (epoch, examples of it already trained on)
 
@@ -89,18 +100,20 @@ class EpochShuffle(Sampler[int]):
         self.epoch = epoch
 
     def resume(self, epoch: int, examples_done: int) -> None:
-        """Skip the first ``examples_done`` examples of ``epoch``'s order, once."""
+        """Skip the first ``examples_done`` examples of ``epoch``'s order (all workers' together), once."""
         self._skip = (epoch, examples_done) if examples_done else None
 
     def __iter__(self) -> Iterator[int]:
         generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         order = torch.randperm(self.size, generator=generator).tolist()
+        while len(order) < len(self) * self.workers:  # pad (a split smaller than the workers: more than once)
+            order += order[:len(self) * self.workers - len(order)]
         if self._skip is not None and self._skip[0] == self.epoch:
             order, self._skip = order[self._skip[1]:], None
-        return iter(order)
+        return iter(order[self.rank::self.workers])
 
     def __len__(self) -> int:
-        return self.size
+        return -(-self.size // self.workers)
 
 
 class _Collate:

@@ -129,7 +129,8 @@ class FinetuneModule(pl.LightningModule):
         self._loss_sum = weighted if self._loss_sum is None else self._loss_sum + weighted
         self._loss_count += size
         if not self.windowed_loss and (self._trainer is None or batch_idx + 1 >= self.trainer.num_training_batches):
-            self.log("train/loss", self._loss_sum / self._loss_count, on_step=False, on_epoch=True)
+            # sync_dist: the workers of a trial train on equal shares, so the mean of theirs is the epoch's
+            self.log("train/loss", self._loss_sum / self._loss_count, on_step=False, on_epoch=True, sync_dist=True)
         return loss if penalty is None else loss + penalty  # train/loss stays the task's loss, comparable
 
     def penalty(self) -> Optional[torch.Tensor]:
@@ -142,6 +143,11 @@ class FinetuneModule(pl.LightningModule):
 
     def take_window_loss(self) -> Optional[float]:
         """The mean training loss over the examples since the last call (``StepReport``'s window); None = none."""
+        if self._trainer is not None and self.trainer.world_size > 1:  # all workers' examples (a collective)
+            pair = torch.stack([self._loss_sum if self._loss_sum is not None else torch.zeros((), device=self.device),
+                                torch.tensor(float(self._loss_count), device=self.device)])
+            self._loss_sum, count = self.trainer.strategy.reduce(pair, reduce_op="sum").unbind()
+            self._loss_count = int(count.item())
         if self._loss_sum is None or not self._loss_count:
             return None
         mean = float(self._loss_sum / self._loss_count)

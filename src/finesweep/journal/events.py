@@ -106,6 +106,8 @@ class TrialStarted(Event):
     attempt: int = 1
     changed: Dict[str, Any] = field(default_factory=dict)
     """Values that differ from the trial's previous attempt (an out-of-memory retry's smaller batch)."""
+    effective_batch: int = 0
+    """Examples per optimiser step: per-device batch x workers x accumulation (0: a journal from before it)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -123,9 +125,12 @@ class TrialResult(Event):
     seen_at: float = 0.0
     """When the scheduler decided on it (Unix s; 0 = ``time``): replaying in this order rebuilds ASHA's rungs."""
     node: str = ""
-    """Where the trial runs (host and IP), its device and precision: set on its first result of an attempt."""
+    """Where the trial runs (host and IP; its workers' nodes), its device, precision and worker count: set on its
+    first result of an attempt (0 workers: not set)."""
     device: str = ""
     precision: str = ""
+    workers: int = 0
+    worker_pids: str = ""
 
 
 @dataclass(frozen=True, kw_only=True)

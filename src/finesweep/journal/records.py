@@ -52,6 +52,12 @@ class TrialRecord:
     device: str = ""
     """What it computed on (cpu, cuda:0 (name)) and ``precision``, the precision it trained in."""
     precision: str = ""
+    workers: int = 1
+    """Processes the trial trained on (``cluster.workers_per_trial``), as its Train run reported."""
+    worker_pids: str = ""
+    """Process ids of a trial's workers (comma-separated), as its Train run reported; empty: one process."""
+    effective_batch: int = 0
+    """Examples per optimiser step of its current attempt (``ExperimentConfig.effective_batch``); 0: not known."""
 
     @property
     def epochs_run(self) -> int:

@@ -44,7 +44,7 @@ class Journal:
         self.sink = sink
         self.after_end = after_end
         self._params: Dict[int, Dict[str, Any]] = dict(known or {})
-        self._placed: Dict[int, Tuple[str, str, str]] = {}
+        self._placed: Dict[int, Tuple[str, str, str, int, str]] = {}
 
     def record(self, event: E) -> E:
         """Append an event to the journal, then hand it on; returns it as appended (numbered, timed)."""
@@ -57,19 +57,19 @@ class Journal:
         changed = {k: v for k, v in record.params.items() if before is not None and before.get(k) != v}
         self.record(TrialStarted(sweep_id=self.sweep_id, number=record.number, phase=record.phase,
                                  params=record.params, optuna_number=record.optuna_number, attempt=record.attempts,
-                                 changed=changed))
+                                 changed=changed, effective_batch=record.effective_batch))
         self.file.sync_soon()
         self._params[record.number] = dict(record.params)
 
     def trial_result(self, record: TrialRecord, metrics: Dict[str, float]) -> None:
-        placement = (record.node, record.device, record.precision)
+        placement = (record.node, record.device, record.precision, record.workers, record.worker_pids)
         new_place = bool(record.node) and self._placed.get(record.number) != placement  # once per attempt
         if new_place:
             self._placed[record.number] = placement
-        node, device, precision = placement if new_place else ("", "", "")
+        node, device, precision, workers, pids = placement if new_place else ("", "", "", 0, "")
         self.record(TrialResult(number=record.number, metrics=metrics, at=int(time.time() * 1000),
                                 checkpoint=record.checkpoint, seen_at=record.seen_at, node=node, device=device,
-                                precision=precision))
+                                precision=precision, workers=workers, worker_pids=pids))
 
     def trial_retrying(self, record: TrialRecord) -> None:
         self.record(TrialRetrying(number=record.number, attempt=record.attempts, failure=record.failure,

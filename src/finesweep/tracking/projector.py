@@ -245,6 +245,8 @@ class Projector:
             run_id = self.cursor.runs[key]
             self.client.update_run(run_id, status="RUNNING")
             changed = [Param(f"attempt{event.attempt}.{k}", _param_value(v)) for k, v in event.changed.items()]
+            if event.changed and event.effective_batch:
+                changed.append(Param(f"attempt{event.attempt}.effective_batch", str(event.effective_batch)))
             self.client.log_batch(run_id, params=changed,
                                   tags=[RunTag(STATUS_TAG, TrialStatus.running.value),
                                         RunTag("finesweep.attempts", str(event.attempt))])
@@ -256,14 +258,19 @@ class Projector:
             tags["finesweep.optuna_trial"] = str(event.optuna_number)
         prefix = "trial" if event.phase == "search" else event.phase
         run_id = self._find_or_create(key, self.cursor.experiment_id, f"{prefix}-{event.number:03d}", tags)
-        if event.params:
-            self.client.log_batch(run_id, params=[Param(k, _param_value(v)) for k, v in event.params.items()])
+        params = [Param(k, _param_value(v)) for k, v in event.params.items()]
+        if event.effective_batch:  # per device x workers x accumulation, as this trial trains
+            params.append(Param("effective_batch", str(event.effective_batch)))
+        if params:
+            self.client.log_batch(run_id, params=params)
 
     def _on_trial_result(self, event: TrialResult) -> None:
         step = progress_of(event.metrics)
         metrics = [Metric(k, float(v), event.at, step) for k, v in event.metrics.items() if k not in ("epoch", "step")]
         placed = [RunTag(f"finesweep.{name}", value) for name, value in
-                  (("node", event.node), ("device", event.device), ("precision", event.precision)) if value]
+                  (("node", event.node), ("device", event.device), ("precision", event.precision),
+                   ("workers", str(event.workers) if event.workers else ""), ("worker_pids", event.worker_pids))
+                  if value]
         run_id = self._run_of(event.number)
         self.client.log_batch(run_id, metrics=metrics, tags=placed)
         rows = generations(event.checkpoint) if event.checkpoint else None
