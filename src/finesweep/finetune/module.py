@@ -174,6 +174,16 @@ class FinetuneModule(pl.LightningModule):
     def on_test_epoch_end(self) -> None:
         self._log_epoch_metrics(self.test_metrics)
 
+    def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val: Optional[Any] = None,
+                                    gradient_clip_algorithm: Optional[str] = None) -> None:
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        model = self.trainer.model if self._trainer is not None else None
+        if isinstance(model, FullyShardedDataParallel) and gradient_clip_val:
+            model.clip_grad_norm_(float(gradient_clip_val))  # Lightning cannot clip shards; FSDP's norm spans them all
+            return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
     def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
         layers = self.task.layer_map(unwrap(self.model))
         optimizer = torch.optim.AdamW(param_groups(unwrap(self.model), layers, self.optim, self.finetune),

@@ -50,13 +50,34 @@ class Workers:
 
             # use_orig_params: frozen and trained weights may share a unit (LoRA, freezing, layer-wise rates);
             # a full state dict: one checkpoint file, written by rank 0, that any world size resumes from
-            strategy = RayFSDPStrategy(
+            strategy = _cpu_capable(RayFSDPStrategy)(
                 auto_wrap_policy=functools.partial(size_based_auto_wrap_policy, min_num_params=FSDP_WRAP_PARAMS),
                 use_orig_params=True, state_dict_type="full")
         else:
             strategy = RayDDPStrategy(find_unused_parameters=False)
         plugins: List[Any] = [RayLightningEnvironment()]
         return {"devices": "auto", "strategy": strategy, "plugins": plugins, "use_distributed_sampler": False}
+
+
+def _cpu_capable(fsdp: type) -> type:
+    """Lightning's FSDP strategy, able to shard over CPU workers (gloo): torch's FSDP takes the CPU only when told
+    ``device_id=cpu``, and Lightning gives it the device's index, which a CPU has none of (then FSDP refuses:
+    "needs a non-CPU accelerator device"). On GPUs the strategy is Lightning's own."""
+
+    class CpuCapableFSDP(fsdp):  # type: ignore[misc]
+        def _setup_model(self, model: Any) -> Any:
+            import torch
+            from torch.distributed.fsdp import FullyShardedDataParallel
+
+            wrapped = any(isinstance(m, FullyShardedDataParallel) for m in model.modules())
+            if self.root_device.type == "cpu" and not wrapped:
+                model = FullyShardedDataParallel(
+                    module=model, cpu_offload=self.cpu_offload, mixed_precision=self.mixed_precision_config,
+                    sharding_strategy=self.sharding_strategy, device_id=torch.device("cpu"), **self.kwargs)
+                self.kwargs.pop("auto_wrap_policy", None)  # applied: Lightning now finds the model wrapped
+            return super()._setup_model(model)
+
+    return CpuCapableFSDP
 
 
 @contextlib.contextmanager
