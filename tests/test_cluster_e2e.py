@@ -13,6 +13,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Tuple
 
@@ -183,6 +184,62 @@ def test_half_a_gpu_each_packs_four_trials_on_the_gpu_node(cluster: RayCluster, 
     assert 2 <= most <= 4, f"at most four half-GPU trials at a time on 2 GPUs, saw {most}"
 
 
+SPREAD_WORKERS = """
+objective: {metric: val/loss, mode: min}
+search: {sampler: random, num_trials: 4, max_concurrent: 2, seed: 2}
+scheduler: {kind: asha, max_epochs: 2, grace_period: 1, reduction_factor: 2}
+optim: {lr: 5.0e-3}
+space:
+  optim.lr: {distribution: loguniform, low: 1.0e-4, high: 5.0e-2}
+"""
+
+
+def cpus_in_use(cluster: RayCluster) -> float:
+    """The CPUs Ray counts as reserved on the whole cluster (`ray status`: ``Usage: 1.0/4.0 CPU``)."""
+    status = subprocess.run([cluster.ray, "status", f"--address={cluster.address}"], capture_output=True, text=True,
+                            env=cluster.env(RAY_AUTH_MODE="token"), timeout=60).stdout
+    found = re.search(r"([\d.]+)/([\d.]+) CPU", status)
+    assert found, status
+    return float(found.group(1))
+
+
+@pytest.mark.timeout(600)
+def test_trials_of_two_workers_spread_over_the_nodes_and_a_stopped_one_leaves_nothing(
+        cluster: RayCluster, server: MlflowServer, tmp_path: Path, tiny_model: Path, tiny_csv: Path) -> None:
+    file = sweep(tmp_path, "spreadworkers", SPREAD_WORKERS)
+    result = finesweep(["run", str(file), f"cluster.address={cluster.address}", "cluster.workers_per_trial=2",
+                        "cluster.cpus_per_worker=1", "cluster.placement=spread", "cluster.gpus_per_trial=0",
+                        f"tracking.uri={server.uri}", *base(tiny_model, tiny_csv, tmp_path)], tmp_path, cluster)
+    assert result.returncode == 0, result.stdout + result.stderr
+    log = events(tmp_path, "shared")
+    placed = {e["number"]: e for e in log if e["kind"] == "trial_result" and e.get("worker_pids")}
+    ended = {e["number"]: e["status"] for e in log if e["kind"] == "trial_ended"}
+    assert sorted(placed) == [0, 1, 2, 3] and all(e["workers"] == 2 for e in placed.values())
+    for number, event in placed.items():
+        hosts = sorted(node.split("(")[-1].rstrip(")") for node in event["node"].split(", "))
+        assert hosts == ["127.0.0.2", "127.0.0.3"], f"trial {number}'s two workers on two nodes: {event['node']}"
+    stopped = [n for n, status in ended.items() if status == "early_stopped"]
+    assert stopped, f"ASHA stopped no trial: {ended}"
+    # The nodes are processes of this machine: a stopped trial's workers are gone, not idle in the cluster.
+    for number in stopped:
+        pids = [int(p) for p in placed[number]["worker_pids"].split(",")]
+        assert not [p for p in pids if os.path.exists(f"/proc/{p}")], f"trial {number}'s workers still run"
+    deadline = time.monotonic() + 30
+    while cpus_in_use(cluster) > 0 and time.monotonic() < deadline:
+        time.sleep(1)
+    assert cpus_in_use(cluster) == 0, "every trial's workers gave their CPUs back"
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(server.uri)
+    children = [r for r in client.search_runs([client.get_experiment_by_name("spreadworkers").experiment_id])
+                if "mlflow.parentRunId" in r.data.tags]
+    assert len(children) == 4, "one child run per trial, not per worker"
+    assert {c.data.tags["finesweep.workers"] for c in children} == {"2"}
+    assert all(len(c.data.tags["finesweep.node"].split(", ")) == 2 for c in children)
+    assert cluster.alive() == 2
+
+
 KEEP = """
 objective: {metric: val/loss, mode: min}
 search: {sampler: random, num_trials: 12, max_concurrent: 2, seed: 4}
@@ -221,6 +278,10 @@ BAD_CLUSTER = [
     ("fits-no-node", ["cluster.address={address}", "cluster.gpus_per_trial=3", "tracking.uri={server}"],
      r"cluster\.cpus_per_trial=1, cluster\.gpus_per_trial=3: a trial fits on no node of the cluster; the largest "
      r"has 2 CPU\(s\) and 2 GPU\(s\)\."),
+    ("workers-do-not-fit", ["cluster.address={address}", "cluster.workers_per_trial=3", "cluster.cpus_per_worker=2",
+                            "tracking.uri={server}"],
+     r"cluster\.workers_per_trial=3, 2 CPU\(s\) and 0 GPU\(s\) per worker: the cluster holds 2 such worker\(s\) at "
+     r"once over its 2 node\(s\), so a trial could never start\. Lower cluster\.workers_per_trial to at most 2"),
     ("sqlite-on-two-nodes", ["cluster.address={address}"],
      r"tracking\.uri: sqlite:///.*mlflow\.db is a store on this machine only, and the cluster has 2 nodes\. Use an "
      r"MLflow server"),
