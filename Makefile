@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml .ci/constraints.txt | cksum | cut -d' ' -f1)
 
 PHONY_BENCH := bench bench-search bench-ties bench-throughput bench-scale bench-overhead bench-selection bench-small-data \
-	bench-images bench-recipes bench-llm
+	bench-images bench-recipes bench-llm bench-workers
 .PHONY: demo test test-fast lint $(PHONY_BENCH) install \
 	system-deps clean
 
@@ -48,7 +48,7 @@ test-fast: install  ## unit tests only
 
 # Every benchmark prints a markdown table (the README's Performance section shows them); ~60 min in all on 2 cores.
 bench: bench-search bench-ties bench-throughput bench-scale bench-overhead bench-selection bench-small-data \
-	bench-images bench-recipes bench-llm
+	bench-images bench-recipes bench-llm bench-workers
 
 bench-search: install  ## TPE+ASHA vs random, TPE, random+ASHA and hand-written Optuna+Hyperband on LCBench (~18 min)
 	$(BIN)/python benchmarks/search_efficiency.py
@@ -80,6 +80,9 @@ bench-overhead: install  ## finesweep's whole run vs hand-written scripts: 16 sy
 
 clean:
 	rm -rf $(VENV)
+
+bench-workers: install  ## one trial's samples/s on 1 and 2 workers; ASHA's stop -> the workers' resources free (~5 min)
+	$(BIN)/python benchmarks/workers.py
 
 bench-llm: install  ## sweeps/llm_lora.yaml on a tiny Llama: wall-clock, perplexity, steps ASHA saved, tokens/s vs a bare loop (~10 min)
 	$(BIN)/python benchmarks/llm_lora.py

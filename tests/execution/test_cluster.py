@@ -77,6 +77,24 @@ def test_workers_get_their_environment_through_runtime_env(tmp_path: Path, monke
     assert log_file.is_file()
 
 
+def test_trials_of_several_workers_on_a_ray_without_its_dashboard_are_one_line(tmp_path: Path,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    import ray
+
+    from finesweep.adapters import ray_private
+    from finesweep.errors import UserError
+
+    monkeypatch.setattr(ray_private, "dashboard_unavailable", lambda: "No module named 'aiohttp'")
+    paths = [f"cluster.storage_path={tmp_path / 'ray'}", f"cluster.log_dir={tmp_path / 'logs'}"]
+    config = compose("demo", [*paths, "cluster.workers_per_trial=2", "cluster.cpus_per_worker=1"]).config
+    with pytest.raises(UserError, match=r"^cluster\.workers_per_trial=2 on a local Ray needs Ray's dashboard .*: No "
+                                        r"module named 'aiohttp'\. Install it \(pip install 'finesweep\[cluster\]'\)"):
+        with ray_session(config):
+            pass
+    assert not ray.is_initialized(), "refused before Ray starts"
+    assert ray_private.missing() == [], "this Ray has what finesweep asks it"
+
+
 def test_an_address_is_used_as_given_and_a_ray_client_address_is_refused() -> None:
     from finesweep.errors import UserError
     from finesweep.execution.cluster import resolve_address

@@ -7,6 +7,9 @@
   resume (ray#30838), which Ray's public scheduler API allows neither of.
 - ``ray._private.services.canonicalize_bootstrap_address``: what ``ray.init(address="auto")`` finds, resolved
   before joining, so an unreachable cluster is one clear line (``cluster.address=auto``).
+- ``ray._private.utils.get_dashboard_dependency_error``: whether this install can start Ray's dashboard, whose
+  state API a local Ray needs for trials of several workers; asked before starting it, so a missing package is one
+  clear line and not Ray's traceback.
 - ``ray._raylet.Config.initialize``: Ray caches its auth config at import; after finesweep turns token mode on
   for a cluster that has a token, the config is read again, as Ray does for ``address=auto``.
 """
@@ -41,7 +44,8 @@ def missing() -> List[str]:
     gone += [f"ASHAScheduler.{name}" for name in ("_brackets", "_trial_info", "_max_t", "_reduction_factor",
                                                   "_time_attr", "_metric", "_stop_last_trials")
              if not hasattr(scheduler, name)]
-    for module, name in (("ray._private.services", "canonicalize_bootstrap_address"), ("ray._raylet", "Config")):
+    for module, name in (("ray._private.services", "canonicalize_bootstrap_address"), ("ray._raylet", "Config"),
+                         ("ray._private.utils", "get_dashboard_dependency_error")):
         try:
             if not hasattr(importlib.import_module(module), name):
                 gone.append(f"{module}.{name}")
@@ -102,6 +106,14 @@ def auto_address() -> Optional[str]:
 
     found = canonicalize_bootstrap_address("auto")
     return str(found) if found else None
+
+
+def dashboard_unavailable() -> Optional[str]:
+    """Why this install cannot start Ray's dashboard (a missing package), or None when it can."""
+    from ray._private.utils import get_dashboard_dependency_error
+
+    error = get_dashboard_dependency_error()
+    return str(error) if error else None
 
 
 def reread_auth_config() -> None:

@@ -75,6 +75,14 @@ def ray_session(config: ExperimentConfig) -> Iterator[Path]:
         # Trials of several workers need Ray's state API (the dashboard's): Train's placement-group cleaner asks it
         # whether a stopped trial's controller is gone before it frees the trial's workers' reservation.
         kwargs.update(include_dashboard=cluster.distributed, dashboard_host="127.0.0.1")
+        from finesweep.adapters import ray_private
+
+        unavailable = ray_private.dashboard_unavailable() if cluster.distributed else None
+        if unavailable:
+            raise UserError(f"cluster.workers_per_trial={cluster.workers_per_trial} on a local Ray needs Ray's "
+                            f"dashboard (its state API frees a stopped trial's workers), which cannot start: "
+                            f"{unavailable}. Install it (pip install 'finesweep[cluster]'), or use "
+                            "cluster.workers_per_trial=1.")
         ray.init(address="local", _node_ip_address="127.0.0.1", runtime_env={"env_vars": worker_env()}, **kwargs)
     route_library_logs()
     try:
