@@ -21,6 +21,7 @@ import finesweep
 from finesweep import api, commands
 from finesweep.config import ExperimentConfig
 from finesweep.config.compose import display, location_overrides, locations
+from finesweep.config.schema import BATCH_FACTORS
 from finesweep.errors import FinesweepError, SweepFailedError, SweepInterrupted, UserError
 
 DEFAULT_UI_PORT = 5000
@@ -94,9 +95,8 @@ def trial_shape(config: ExperimentConfig, searched: Sequence[str]) -> str:
     workers = (f"{cluster.workers_per_trial} workers ({cluster.strategy.value}, {cluster.placement.value}), each "
                f"{cluster.worker_cpus:g} CPU(s) and {cluster.worker_gpus:g} GPU(s)" if cluster.distributed else
                f"1 process, {cluster.cpus_per_trial:g} CPU(s) and {cluster.gpus_per_trial:g} GPU(s)")
-    factors = [("data.batch_size", config.data.batch_size, "per device"),
-               ("cluster.workers_per_trial", cluster.workers_per_trial, "workers"),
-               ("trainer.accumulate_grad_batches", config.trainer.accumulate_grad_batches, "accumulated")]
+    values = (config.data.batch_size, cluster.workers_per_trial, config.trainer.accumulate_grad_batches)
+    factors = list(zip(BATCH_FACTORS, values, ("per device", "workers", "accumulated"), strict=True))
     if any(key in searched for key, _, _ in factors):
         product = " x ".join(key if key in searched else f"{value} {what}" for key, value, what in factors)
         return f"each trial: {workers}; effective batch: {product} (searched)"

@@ -126,3 +126,10 @@ def test_show_says_what_a_trial_runs_on_and_its_effective_batch(make_config: Mak
     assert trial_shape(two, ["data.batch_size"]).endswith(
         "effective batch: data.batch_size x 2 workers x 2 accumulated (searched)")
     assert trial_shape(make_config("data.batch_size=16"), []).startswith("each trial: 1 process, ")
+
+
+def test_a_trials_effective_batch_takes_its_sampled_factors_and_ignores_other_keys(make_config: MakeConfig) -> None:
+    config = make_config("data.batch_size=8", "cluster.workers_per_trial=2")
+    assert config.effective_batch_with({}) == config.effective_batch == 16
+    assert config.effective_batch_with({"data.batch_size": 4, "trainer.accumulate_grad_batches": 3}) == 24
+    assert config.effective_batch_with({"lcbench.batch_size": 512}) == 16, "keys of no config section count nothing"

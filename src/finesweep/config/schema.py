@@ -553,6 +553,10 @@ class SchedulerConfig:
         return self.unit.key
 
 
+BATCH_FACTORS = ("data.batch_size", "cluster.workers_per_trial", "trainer.accumulate_grad_batches")
+"""The keys whose product is the examples of one optimiser step (``ExperimentConfig.effective_batch``)."""
+
+
 @dataclass
 class ExperimentConfig:
     """The whole composed config: the experiment (``conf/``) plus the sweep file."""
@@ -578,7 +582,15 @@ class ExperimentConfig:
     def effective_batch(self) -> int:
         """Examples per optimiser step: ``data.batch_size`` per device x ``cluster.workers_per_trial`` x
         ``trainer.accumulate_grad_batches``."""
-        return self.data.batch_size * self.cluster.workers_per_trial * self.trainer.accumulate_grad_batches
+        return self.effective_batch_with({})
+
+    def effective_batch_with(self, params: Dict[str, Any]) -> int:
+        """``effective_batch`` of a trial whose sampled ``params`` (dotted keys) may set any of its factors."""
+        own = (self.data.batch_size, self.cluster.workers_per_trial, self.trainer.accumulate_grad_batches)
+        product = 1
+        for key, value in zip(BATCH_FACTORS, own, strict=True):
+            product *= int(params.get(key, value))
+        return product
 
     def __post_init__(self) -> None:
         if _incomplete(self.objective):

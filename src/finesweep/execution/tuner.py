@@ -20,7 +20,6 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from finesweep.config import ExperimentConfig, SchedulerKind, progress_of
-from finesweep.config.overrides import with_overrides
 from finesweep.config.recipe import start_points
 from finesweep.config.space import Param, planned_trials
 from finesweep.execution.cluster import node_of, trials_that_fit
@@ -190,7 +189,7 @@ class _EventBridge(tune.Callback):
             self.records.append(record)
         self._by_number[number] = record
         self._by_id[trial.trial_id] = record
-        record.effective_batch = with_overrides(self.config, record.params).effective_batch
+        record.effective_batch = self.config.effective_batch_with(record.params)
         for listener in self.listeners:
             listener.trial_started(record)
 
