@@ -36,7 +36,7 @@ system-deps:
 	  else echo "the tests need Debian's $(SYSTEM_PACKAGES): sudo apt-get install $(SYSTEM_PACKAGES)" >&2; exit 1; fi; \
 	fi
 
-test: install system-deps lint  ## lint, types, then the whole suite, real servers included (20-30 min on 2 cores after install)
+test: install system-deps lint  ## lint, types, then the whole suite, real servers included (35-45 min on 2 cores after install)
 	$(BIN)/python -m pytest
 
 lint: install  ## ruff and mypy --strict (the strict flags are in pyproject.toml)

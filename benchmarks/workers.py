@@ -116,6 +116,7 @@ def stop_to_free(model: Path, data: Path, work: Path) -> List[float]:
     from finesweep.journal.file import read_records
     from finesweep.journal.replay import find_sweeps
 
+    work.mkdir(parents=True, exist_ok=True)
     sweep = work / "stops.yaml"
     sweep.write_text(SWEEP)
     removed: Dict[str, float] = {}
@@ -166,16 +167,22 @@ def stop_to_free(model: Path, data: Path, work: Path) -> List[float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1200, help="rows of the generated data (80%% train)")
+    parser.add_argument("--parts", default="throughput,stops", help="what to measure (comma-separated)")
     args = parser.parse_args()
     from conftest import write_csv
 
     work = Path(tempfile.mkdtemp(prefix="fs-workers-"))
     model = build_model(work / "model")
     data = write_csv(work / "data.csv", rows=args.rows)
-    print("training samples/s of one trial:")
-    rows = throughput(model, data, work / "throughput")
-    print("ASHA's stop decision -> the stopped trial's 2 workers' resources free:")
-    gaps = stop_to_free(model, data, work / "stops")
+    parts = args.parts.split(",")
+    rows: List[Dict[str, Any]] = []
+    gaps: List[float] = []
+    if "throughput" in parts:
+        print("training samples/s of one trial:")
+        rows = throughput(model, data, work / "throughput")
+    if "stops" in parts:
+        print("ASHA's stop decision -> the stopped trial's 2 workers' resources free:")
+        gaps = stop_to_free(model, data, work / "stops")
     summary = {"throughput": rows, "stop_to_free_s": gaps,
                "stop_to_free_median_s": statistics.median(gaps) if gaps else None}
     print(json.dumps(summary, indent=2))

@@ -186,8 +186,8 @@ def test_half_a_gpu_each_packs_four_trials_on_the_gpu_node(cluster: RayCluster, 
 
 SPREAD_WORKERS = """
 objective: {metric: val/loss, mode: min}
-search: {sampler: random, num_trials: 4, max_concurrent: 2, seed: 2}
-scheduler: {kind: asha, max_epochs: 2, grace_period: 1, reduction_factor: 2}
+search: {sampler: random, num_trials: 2, max_concurrent: 1, seed: 2}  # one at a time: the recipe's trial 0 is
+scheduler: {kind: asha, max_epochs: 2, grace_period: 1, reduction_factor: 2}  # ASHA's first rung, 1's lr 0.044 fails it
 optim: {lr: 5.0e-3}
 space:
   optim.lr: {distribution: loguniform, low: 1.0e-4, high: 5.0e-2}
@@ -214,7 +214,7 @@ def test_trials_of_two_workers_spread_over_the_nodes_and_a_stopped_one_leaves_no
     log = events(tmp_path, "shared")
     placed = {e["number"]: e for e in log if e["kind"] == "trial_result" and e.get("worker_pids")}
     ended = {e["number"]: e["status"] for e in log if e["kind"] == "trial_ended"}
-    assert sorted(placed) == [0, 1, 2, 3] and all(e["workers"] == 2 for e in placed.values())
+    assert sorted(placed) == [0, 1] and all(e["workers"] == 2 for e in placed.values())
     for number, event in placed.items():
         hosts = sorted(node.split("(")[-1].rstrip(")") for node in event["node"].split(", "))
         assert hosts == ["127.0.0.2", "127.0.0.3"], f"trial {number}'s two workers on two nodes: {event['node']}"
@@ -234,7 +234,7 @@ def test_trials_of_two_workers_spread_over_the_nodes_and_a_stopped_one_leaves_no
     client = MlflowClient(server.uri)
     children = [r for r in client.search_runs([client.get_experiment_by_name("spreadworkers").experiment_id])
                 if "mlflow.parentRunId" in r.data.tags]
-    assert len(children) == 4, "one child run per trial, not per worker"
+    assert len(children) == 2, "one child run per trial, not per worker"
     assert {c.data.tags["finesweep.workers"] for c in children} == {"2"}
     assert all(len(c.data.tags["finesweep.node"].split(", ")) == 2 for c in children)
     assert cluster.alive() == 2

@@ -165,7 +165,7 @@ def test_the_report_is_written_logged_and_cross_referenced_with_optuna(swept: Sw
         baseline = recipe
     else:
         (baseline,) = baselines
-        assert baseline.info.run_name.startswith("baseline-") and not baseline.data.params
+        assert baseline.info.run_name.startswith("baseline-") and baseline.data.params == {"effective_batch": "32"}
     best = max(m.value for m in client.get_metric_history(baseline.info.run_id, "val/accuracy"))
     assert parent.data.metrics["baseline/val/accuracy"] == pytest.approx(best)
     gain = parent.data.metrics["gain/val/accuracy"]
@@ -207,13 +207,14 @@ def test_the_recipe_runs_first_and_the_finalists_are_cross_validated_with_an_hon
     parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
     search = {r.info.run_name: r for r in runs if r.data.tags.get("finesweep.phase") == "search"}
     # The recipe (the composed config's own values) is child run 0, under TPE.
-    assert search["trial-000"].data.params == {"optim.lr": "0.001", "finetune.strategy": "full"}
+    assert search["trial-000"].data.params == {"optim.lr": "0.001", "finetune.strategy": "full",
+                                               "effective_batch": "32"}  # 32 per device x 1 worker x 1
 
     # Each finalist (the top 2 and the recipe) ran on the same 3 folds, one child run per fold.
     final = [r for r in runs if r.data.tags.get("finesweep.phase") == "final"]
     by_config: dict = {}
     for run in final:
-        config = tuple(sorted((k, v) for k, v in run.data.params.items() if k != "data.fold"))
+        config = tuple(sorted((k, v) for k, v in run.data.params.items() if k not in ("data.fold", "effective_batch")))
         best = max(m.value for m in client.get_metric_history(run.info.run_id, "val/accuracy"))  # its best epoch
         by_config.setdefault(config, {})[int(run.data.params["data.fold"])] = best
     recipe = (("finetune.strategy", "full"), ("optim.lr", "0.001"))
