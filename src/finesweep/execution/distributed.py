@@ -74,7 +74,6 @@ def run_distributed_trial(config: Dict[str, Any], *, base: ExperimentConfig, cac
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    shared = cache
     marker = marker_of(config)
     trial_config = with_overrides(base, params_of(config))
     cluster = trial_config.cluster
@@ -83,13 +82,13 @@ def run_distributed_trial(config: Dict[str, Any], *, base: ExperimentConfig, cac
     to_tune: Any = _ToTune()  # type: ignore[no-untyped-call]
     trainer = TorchTrainer(
         train_worker,
-        train_loop_config={"config": trial_config, "shared": shared, "resume": marker.get("checkpoint")},
+        train_loop_config={"config": trial_config, "shared": cache, "resume": marker.get("checkpoint")},
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=cluster.workers_per_trial, use_gpu=use_gpu,
                                      resources_per_worker=resources,
                                      placement_strategy=placement_strategy(cluster.placement)),
         run_config=RunConfig(
-            name=run_name(int(marker["number"])), storage_path=shared.train_root, callbacks=[to_tune],
+            name=run_name(int(marker["number"])), storage_path=cache.train_root, callbacks=[to_tune],
             # each report carries the whole state; the one before stays until the sweep's log has the newest
             checkpoint_config=CheckpointConfig(num_to_keep=2),
             failure_config=FailureConfig(max_failures=0),  # retries are decided by the sweep (execution/tuner.py)
