@@ -20,6 +20,9 @@ $(STAMP): pyproject.toml .ci/constraints.txt
 	# exist'), and timm needs torchvision.
 	$(BIN)/pip install --quiet torch==2.14.1 torchvision==0.29.1
 	$(BIN)/pip install --quiet -c .ci/constraints.txt -e ".[demo,test]"
+	# Syne Tune, only to check MO-ASHA's promotions against its MOASHA (tests/search/test_moasha.py): without its
+	# dependencies, which would pull other versions of what finesweep pins; dill is what its trial module imports.
+	$(BIN)/pip install --quiet --no-deps syne-tune==0.16.0 dill==0.4.1
 	rm -f $(VENV)/.installed-* && touch $@
 
 demo: install  ## fine-tune MiniLM on tweet sentiment: 14 TPE trials over strategies, ASHA, 3-6 min on 2 CPU cores

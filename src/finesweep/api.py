@@ -80,7 +80,7 @@ def run(sweep: Union[str, Path], overrides: Sequence[str] = (), *, console: Opti
         SweepInterrupted: Ctrl-C; ``resume`` continues the sweep.
     """
     from finesweep import runner
-    from finesweep.tasks.preparation import check_objective, prepare_all
+    from finesweep.tasks.preparation import check_objectives, prepare_all
 
     out = console or _silent()
     composed = compose(str(sweep), overrides)
@@ -89,7 +89,7 @@ def run(sweep: Union[str, Path], overrides: Sequence[str] = (), *, console: Opti
         preflight.check_model(composed.config, composed.params)
         with out.status("reading, splitting and tokenising the data once"):
             cache = prepare_all(composed.config, composed.params)
-            check_objective(composed.config.objective.metric, cache.task, composed.config)
+            check_objectives(cache.task, composed.config)
             cache = _with_probe(cache, composed.config)
         data = next(iter(cache.variants.values()))
         rows = (len(data.train), len(data.val), len(data.test or ()))

@@ -81,12 +81,22 @@ def cmd_show(args: argparse.Namespace, console: Console) -> int:
     console.print(space_table(composed.params))
     console.print(f"{config.search.sampler.value} sampler, {composed.planned_trials} trials, "
                   f"{config.search.max_concurrent} at a time; {config.scheduler.kind.value} scheduler over "
-                  f"{config.scheduler.budget} {config.scheduler.unit.value}; objective: {config.objective.mode.value} "
-                  f"{config.objective.metric}; {_first_trials(config)}", markup=False)
+                  f"{config.scheduler.budget} {config.scheduler.unit.value}; {objective_line(config)}; "
+                  f"{_first_trials(config)}", markup=False)
     console.print(trial_shape(config, [p.key for p in composed.params]), markup=False)
     console.print(notes.export_text(), end="", markup=False)
     console.print("[green]valid[/green]: nothing was started.")
     return 0
+
+
+def objective_line(config: ExperimentConfig) -> str:
+    """``objective: max val/accuracy``, every objective of a multi-objective sweep, and its constraints."""
+    objective = config.objective
+    terms = ", ".join(f"{mode.value} {metric}" for metric, mode in objective.terms)
+    bounds = "; ".join(" and ".join(f"{metric} {sign} {bound:g}" for sign, bound in ((">=", low), ("<=", high))
+                                    if bound is not None) for metric, (low, high) in objective.bounds.items())
+    return (f"objectives (Pareto front): {terms}" if objective.multi else f"objective: {terms}") + (
+        f"; constraints: {bounds}" if bounds else "")
 
 
 def trial_shape(config: ExperimentConfig, searched: Sequence[str]) -> str:
@@ -127,6 +137,12 @@ def cmd_serve(args: argparse.Namespace, console: Console) -> int:
     """finesweep serve: a registered model (default: the latest sweep's) as a REST endpoint on 127.0.0.1."""
     ref, overrides = _split_ref(args.items)
     return commands.serve(locations(overrides), ref, args.host, args.port, args.expose, console)
+
+
+def cmd_select(args: argparse.Namespace, console: Console) -> int:
+    """finesweep select: register another point of a multi-objective sweep's Pareto front, training nothing."""
+    ref, overrides = _split_ref(args.items)
+    return commands.select_point(locations(overrides), ref, args.trial, args.timeout, console)
 
 
 def cmd_ls(args: argparse.Namespace, console: Console) -> int:
@@ -190,6 +206,17 @@ def _parser() -> argparse.ArgumentParser:
                     "importance, slices, parallel coordinates, strategies, the schedule, the winner.")
     report.add_argument("items", metavar="[RUN] [OVERRIDE ...]", nargs="*", help="e.g. cluster.storage_path=...")
     report.set_defaults(func=cmd_report)
+    select = commands_.add_parser(
+        "select", help="register another point of a multi-objective sweep's Pareto front as a new model version",
+        description="Register the trial --trial of a finished multi-objective sweep's Pareto front (see its parent "
+                    "run's final/pareto_front.json) as a new version of the sweep's registered model, from the "
+                    "weights it kept. RUN is a sweep id, a parent run id (or a prefix) or a sweep name; none = the "
+                    "latest sweep.")
+    select.add_argument("items", metavar="[RUN] [OVERRIDE ...]", nargs="*", help="e.g. cluster.storage_path=...")
+    select.add_argument("--trial", type=int, required=True, help="the trial number of the front point to register")
+    select.add_argument("--timeout", type=float, default=120.0, help="give up sending to MLflow after this many "
+                        "seconds (default 120)")
+    select.set_defaults(func=cmd_select)
     serve = commands_.add_parser(
         "serve", help="serve a registered model as a REST endpoint (default: the latest sweep's winner)",
         description="Serve a registered model with MLflow's model server. MODEL is NAME, NAME/VERSION or "

@@ -1,4 +1,4 @@
-"""The commands that read what sweeps left behind: ls, ui, sync, report, serve.
+"""The commands that read what sweeps left behind: ls, ui, sync, report, serve, select.
 
 Each gets the ``Locations`` the CLI resolved (tracking URI, artifact root, storage path) and never
 composes a config: they work without the data or the model, and without the demo extra.
@@ -113,6 +113,59 @@ def sync(where: Locations, ref: Optional[str], timeout: float, console: Console)
                                "again once it is up.")
     console.print("every sweep's log is in MLflow.")
     return 0
+
+
+def select_point(where: Locations, ref: Optional[str], trial: int, timeout: float, console: Console) -> int:
+    """Register another point of a multi-objective sweep's Pareto front as a new model version, from the weights its
+    trial kept: nothing is trained or evaluated again. The choice is a selection round of the sweep's journal (the
+    parent run's tags say which trial), and MLflow is sent it at once (``sync`` sends it later in an outage)."""
+    from finesweep.finetune.layout import best_weights
+    from finesweep.journal.events import LOG_NAME, RegisterRequested, SelectionMade
+    from finesweep.journal.file import EventFile, read_events
+    from finesweep.journal.replay import load_state
+    from finesweep.tracking import parent_run, sync_log
+
+    folder = locate(where.storage_path, ref, parent_run) if ref else _latest(where.storage_path)
+    events = list(read_events(folder / LOG_NAME))
+    made = [e for e in events if isinstance(e, SelectionMade) and e.front]
+    if not made:
+        raise UserError(f"sweep {folder.name} has no Pareto front: finesweep select registers a point of a finished "
+                        "multi-objective sweep's front (objective: a list of metrics). Pick a sweep that has one.")
+    front = made[-1].front
+    row = next((r for r in front if r["trial"] == trial), None)
+    if row is None:
+        raise UserError(f"--trial must be a trial on sweep {folder.name}'s Pareto front "
+                        f"({', '.join(str(r['trial']) for r in front)}), got {trial}. Pick one of those.")
+    if not row.get("checkpoint") or not best_weights(str(row["checkpoint"])).is_dir():
+        raise UserError(f"trial {trial}'s weights are gone from {row.get('checkpoint')}, so it cannot be registered "
+                        "without training it again. Start a sweep that keeps them (they are kept on the front).")
+    name = next(e.name for e in reversed(events) if isinstance(e, RegisterRequested))
+    round_ = load_state(folder).selections
+    journal = EventFile(folder)  # refuses while a process is running the sweep
+    try:
+        picked = {f"selected/{k}": float(v) for k, v in row["values"].items()}
+        journal.append(SelectionMade(round=round_, metrics=picked,
+                                     tags={"finesweep.selected_trial": trial}, leaderboard_csv="", leaderboard_md="",
+                                     front=front, selected_trial=trial))
+        journal.append(RegisterRequested(round=round_, name=name, checkpoint=row["checkpoint"],
+                                         preprocessor=row["preprocessor"], meta=row["meta"], task=row["task"]))
+    finally:
+        journal.close()
+    target = where.tracking_uri if where.uri_given else None
+    message, missing = sync_log(folder, target, deadline=time.monotonic() + timeout)
+    values = ", ".join(f"{k} {v:.4g}" for k, v in row["values"].items())
+    console.print(f"trial {trial} ({values}) registered as {name}: a new version from its kept weights", markup=False)
+    if missing:
+        raise SweepFailedError(f"MLflow did not take the registration ({message}). Run finesweep sync once it is up.")
+    return 0
+
+
+def _latest(storage_path: str) -> Path:
+    folders = find_sweeps(storage_path)
+    if not folders:
+        raise UserError(f"no sweep logs under {storage_path}. Run finesweep select from the folder the sweep ran in, "
+                        "or pass cluster.storage_path=<the path it ran with>.")
+    return folders[0]
 
 
 def report(where: Locations, ref: Optional[str], console: Console) -> int:

@@ -9,6 +9,7 @@ killed driver loses nothing a resume cannot continue, and a tracking outage lose
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import io
 import logging
@@ -45,12 +46,13 @@ from finesweep.journal.events import (
     sweep_started,
 )
 from finesweep.journal.file import EventFile, read_events
+from finesweep.journal.front import front_numbers, pareto_front
 from finesweep.journal.records import SweepListener, TrialRecord, TrialStatus, best_trial, format_params
 from finesweep.journal.replay import SweepState, load_state, new_sweep_id, sweep_dir
 from finesweep.journal.writer import Journal
 from finesweep.report.terminal import SweepView, results_table
 from finesweep.search.searcher import Numbering, Rerun
-from finesweep.selection import Selection, baseline_metrics, leaderboard, select, test_summary
+from finesweep.selection import Selection, baseline_metrics, leaderboard, scored_by, select, test_summary
 from finesweep.tasks import DataCache, PreparedData
 from finesweep.tasks.task import Generated
 from finesweep.tracking import UI_VIEW, Projector, sync_log
@@ -187,8 +189,10 @@ def _drive(session: Session, cache: DataCache, console: Console, trainable: Trai
     view = SweepView(config, session.state.budget, console, past)
     # the recipe's trial may be registered (prefer: recipe_unless_better) or be the baseline: its weights stay
     spare = session.recipe if config.final.prefer is Prefer.recipe_unless_better or config.final.baseline else None
+    front = (lambda records: front_numbers(records, config.objective)) if config.objective.multi else None
     keeper = CheckpointKeeper(config.cluster.keep_checkpoints, config.objective.mode, past,
-                              lambda record: session.journal.record(CheckpointDeleted(number=record.number)), spare)
+                              lambda record: session.journal.record(CheckpointDeleted(number=record.number)), spare,
+                              front)
     keeper.gone = {t.number for t in session.state.search_trials() if t.checkpoint_deleted}
     listeners: List[SweepListener] = [session.journal, view, keeper]
     outcome = _Outcome(records=list(past))
@@ -263,7 +267,8 @@ def _select_and_register(session: Session, outcome: _Outcome, cache: DataCache, 
                                    lambda points: _retrain(session, points, final_cache, trainable, listeners),
                                    _evaluate, session.recipe, folds)
         if outcome.selection is not None:
-            _record_selection(session, outcome.selection, cache, console)
+            front = front_rows(config, outcome.records, cache) if config.objective.multi else []
+            _record_selection(session, outcome.selection, cache, console, front)
     except Exception as exc:  # noqa: BLE001 - the search's results stand; say what failed after it
         logger.exception("model selection failed")
         outcome.selection_error = one_line(exc, kind=True)
@@ -286,7 +291,7 @@ def _baseline(session: Session, chosen: Selection, records: Sequence[TrialRecord
     """
     from finesweep.execution.tuner import points_plan, run_plan
 
-    config, metric = session.config, session.config.objective.metric
+    config, metric = session.config, chosen.metric or session.config.objective.metric
     done = [t for t in session.state.trials.values() if t.phase == "baseline" and t.finished]
     recipe_run = next((r for r in records if r.phase == "search" and r.params == session.recipe
                        and r.status is TrialStatus.completed and r.checkpoint and Path(r.checkpoint).is_dir()), None)
@@ -302,6 +307,9 @@ def _baseline(session: Session, chosen: Selection, records: Sequence[TrialRecord
         ran = run_plan(config, plan, trainable, listeners, _train_root(session), base=config,
                    cache=cache.without_test())
         record = ran[0] if ran else None
+    if metric != config.objective.metric and record is not None:  # ranked by another objective (final.select)
+        record = scored_by([record], metric)[0]
+        config = dataclasses.replace(config, objective=dataclasses.replace(config.objective, metric=metric))
     metrics = baseline_metrics(config, chosen, record, cache, _evaluate)
     session.journal.record(BaselineScored(metrics=metrics))
     console.print(f"the search bought {metrics[f'gain/{metric}']:+.4f} val {metric} over the baseline "
@@ -368,12 +376,29 @@ def _generations(config: ExperimentConfig, data: PreparedData, weights: Path) ->
         return None
 
 
-def _record_selection(session: Session, chosen: Selection, cache: DataCache, console: Console) -> None:
+def front_rows(config: ExperimentConfig, records: Sequence[TrialRecord], cache: DataCache) -> List[Dict[str, Any]]:
+    """The feasible Pareto front of the search as ``SelectionMade.front`` rows: each point's values, checkpoint, and
+    what registering it needs (``finesweep select`` registers one later without preparing the data again)."""
+    rows = []
+    for record in pareto_front([r for r in records if r.phase == "search"], config.objective):
+        run_config = with_overrides(config, record.params)
+        data = cache.for_config(run_config)
+        rows.append({"trial": record.number, "params": dict(record.params),
+                     "values": dict(zip(config.objective.metrics, record.values(config.objective.metrics),
+                                        strict=True)),
+                     "epoch": record.best_epoch, "checkpoint": record.checkpoint,
+                     "preprocessor": run_config.model.name_or_path,
+                     "meta": data.task.serving_meta(run_config, data), "task": data.task.name})
+    return rows
+
+
+def _record_selection(session: Session, chosen: Selection, cache: DataCache, console: Console,
+                      front: Sequence[Dict[str, Any]] = ()) -> None:
     """Log the selection and the registration (MLflow gives the version when the projector sends it)."""
     import pandas as pd
 
     config, journal = session.config, session.journal
-    metric = config.objective.metric
+    metric = chosen.metric or config.objective.metric
     round_ = session.state.selections  # selections before this session: 0 for a new sweep
     if chosen.fallback:
         logger.warning("model selection: %s", chosen.fallback)
@@ -405,7 +430,7 @@ def _record_selection(session: Session, chosen: Selection, cache: DataCache, con
                                  breakdown_csv=table.to_csv(index=False) if len(table) else "",
                                  breakdown_md=_markdown(table) if len(table) else "",
                                  generations=generated.rows if generated is not None else [],
-                                 generated_by=chosen.chosen.number))
+                                 generated_by=chosen.chosen.number, front=list(front)))
     journal.record(RegisterRequested(round=round_, name=config.registered_model_name,
                                      checkpoint=chosen.chosen.checkpoint,
                                      preprocessor=registered_config.model.name_or_path,
@@ -415,6 +440,10 @@ def _record_selection(session: Session, chosen: Selection, cache: DataCache, con
     tests = ", ".join(f"{k} {v:.4f}" for k, v in chosen.test_metrics.items())
     console.print(chosen.verdict.line() if chosen.verdict is not None
                   else "winner vs recipe: no score for the recipe (it never ran)", markup=False)
+    if front:
+        console.print(f"Pareto front ({', '.join(config.objective.metrics)}): " + "; ".join(
+            f"trial {row['trial']} " + ", ".join(f"{v:.4g}" for v in row["values"].values()) for row in front),
+            markup=False)
     label = "registered: the recipe" if registered is not chosen.winner else "winner"
     console.print(f"{label}: {format_params(registered.params)}; val {metric} {registered.mean:.4f}{spread}; "
                   f"{tests}; {chosen.latency_ms:.2f} ms/example on {chosen.device}", markup=False)

@@ -21,11 +21,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from finesweep.config import ExperimentConfig, Mode, Prefer
+from finesweep.config import ExperimentConfig, Mode, ObjectiveConfig, Prefer
 from finesweep.config.overrides import with_overrides
 from finesweep.execution.trial import report_val_rows
 from finesweep.finetune.layout import best_weights
+from finesweep.journal.front import feasible, gains, pareto_front
 from finesweep.journal.records import TrialRecord, ranked
+from finesweep.search import pareto
 from finesweep.tasks import DataCache, PreparedData
 from finesweep.verdict import Verdict
 
@@ -89,6 +91,8 @@ class Selection:
     """Cross-validation folds the finalists were ranked on (0: none)."""
     fallback: str = ""
     """Why the search's own best trial won instead of a re-trained one (every re-training run failed); else empty."""
+    metric: str = ""
+    """The metric candidates were ranked by: ``final.select``'s, or the primary objective's."""
 
     @property
     def winner(self) -> Candidate:
@@ -97,14 +101,55 @@ class Selection:
 
 
 def candidates(records: Sequence[TrialRecord], config: ExperimentConfig) -> List[Candidate]:
-    """The top-k distinct configurations of the search, best first (``ranked``: failed trials never compete)."""
+    """The finalists of the search, best first (``ranked``: failed trials never compete): the top-k distinct
+    configurations, or with several objectives every configuration on the feasible Pareto front; a trial that breaks
+    a constraint is never one."""
+    objective = config.objective
+    if objective.multi:
+        pool, limit = pareto_front(records, objective), None
+    else:
+        pool, limit = [r for r in records if feasible(r, objective)], config.final.top_k
     chosen: List[Candidate] = []
-    for record in ranked(records, config.objective.mode):
+    for record in ranked(pool, config.objective.mode):
         if all(c.params != record.params for c in chosen):
             chosen.append(Candidate(dict(record.params), [record]))
-        if len(chosen) == config.final.top_k:
+        if len(chosen) == limit:
             break
     return chosen
+
+
+def ranking_metric(objective: ObjectiveConfig, select: Optional[str]) -> Tuple[str, Mode]:
+    """The metric and mode the finalists are ranked by: ``final.select``'s objective, else the primary one."""
+    modes = dict(objective.terms)
+    metric = select if select in modes else objective.metric
+    return metric, modes[metric]
+
+
+def scored_by(records: Sequence[TrialRecord], metric: str) -> List[TrialRecord]:
+    """The records with ``best_value`` read as ``metric`` at each one's best epoch (the epoch the primary objective
+    chose: the weights the trial stands for); the primary metric leaves them as they are."""
+    found = []
+    for record in records:
+        value = record.at_best.get(metric) if record.best_value is not None else None
+        found.append(dataclasses.replace(record, best_value=value))
+    return found
+
+
+def feasible_candidate(candidate: Candidate, objective: ObjectiveConfig) -> bool:
+    """Whether a finalist meets the constraints by the mean of its runs (a noisy latency is judged on its mean)."""
+    if not objective.constraints:
+        return True
+    means = {m: statistics.fmean([r.at_best.get(m, float("nan")) for r in candidate.runs]) for m in objective.bounds}
+    return pareto.violation(means, objective.bounds) <= 0
+
+
+def knee_first(ranked_candidates: Sequence[Candidate], objective: ObjectiveConfig) -> List[Candidate]:
+    """The candidates with the knee of their front first (``pareto.knee`` on the mean of each one's runs)."""
+    modes = [mode for _, mode in objective.terms]
+    points = [gains([statistics.fmean(v) for v in zip(*(r.values(objective.metrics) for r in c.runs), strict=True)],
+                    modes) for c in ranked_candidates]
+    knee = pareto.knee(points)
+    return [ranked_candidates[knee], *(c for i, c in enumerate(ranked_candidates) if i != knee)]
 
 
 def final_points(config: ExperimentConfig, finalists: Sequence[Candidate], folds: int) -> List[Dict[str, Any]]:
@@ -174,9 +219,14 @@ def select(config: ExperimentConfig, records: Sequence[TrialRecord], cache: Data
         recipe: the recipe's values of the searched keys (``config.recipe.recipe``); None = no recipe.
         folds: cross-validation folds (``final.cv_folds``, resolved); 0 = none.
     """
-    mode = config.objective.mode
+    objective = config.objective
+    metric, mode = ranking_metric(objective, config.final.select_metric)
     records = on_whole_validation(config, records, cache, evaluate)
     ranked_candidates = candidates(records, config)
+    if metric != objective.metric:  # ranked by another objective, at the epochs the primary one chose
+        records = scored_by(records, metric)
+        ranked_candidates = [Candidate(c.params, scored_by(c.runs, metric)) for c in ranked_candidates]
+        config = dataclasses.replace(config, objective=dataclasses.replace(objective, metric=metric, mode=mode))
     if recipe is not None and ranked_candidates:
         ranked_candidates = with_recipe(ranked_candidates, recipe, records, mode)
     final_records: List[TrialRecord] = []
@@ -184,6 +234,8 @@ def select(config: ExperimentConfig, records: Sequence[TrialRecord], cache: Data
     if (config.final.seeds > 0 or folds) and ranked_candidates:
         final_records = on_whole_validation(config, retrain(final_points(config, ranked_candidates, folds)), cache,
                                             evaluate)
+        if metric != objective.metric:
+            final_records = scored_by(final_records, metric)
         regrouped = regroup(ranked_candidates, final_records, mode)
         if regrouped:
             ranked_candidates = regrouped
@@ -193,11 +245,14 @@ def select(config: ExperimentConfig, records: Sequence[TrialRecord], cache: Data
             folds = 0
     if not final_records or fallback:  # ranked by the search's own runs (a recipe that never ran has none)
         ranked_candidates = sorted([c for c in ranked_candidates if c.scores], key=lambda c: mode.rank_key(c.mean))
-    ranked_candidates = [c for c in ranked_candidates if any(r.checkpoint for r in c.runs)]
+    ranked_candidates = [c for c in ranked_candidates if any(r.checkpoint for r in c.runs)
+                         and feasible_candidate(c, objective)]
     if not ranked_candidates:
         return None
     # A tie is no evidence of a gain: a searched configuration displaces the recipe only by ranking above it.
     ranked_candidates.sort(key=lambda c: (mode.rank_key(c.mean), c.params != recipe))
+    if config.final.knee:
+        ranked_candidates = knee_first(ranked_candidates, objective)
     winner = ranked_candidates[0]
     own_recipe = next((c for c in ranked_candidates if c.params == recipe), None)
     data = cache.for_config(with_overrides(config, winner.params))
@@ -215,7 +270,7 @@ def select(config: ExperimentConfig, records: Sequence[TrialRecord], cache: Data
     test_metrics = registered.test[[r for r in registered.runs if r.checkpoint].index(chosen)]
     latency, device = measure_latency(best_weights(str(chosen.checkpoint)), data, registered_config.data.batch_size)
     return Selection(ranked_candidates, registered, chosen, test_metrics, final_records, latency, device, verdict,
-                     dict(recipe or {}), folds, fallback)
+                     dict(recipe or {}), folds, fallback, metric)
 
 
 def on_whole_validation(config: ExperimentConfig, records: Sequence[TrialRecord], cache: DataCache,

@@ -125,7 +125,7 @@ def test_with_overrides_runs_the_section_rules() -> None:
 
 BAD: List[tuple] = [
     ("unknown-sampler", ["search.sampler=bayes"],
-     r"sweeps/demo\.yaml: search\.sampler: Invalid value 'bayes', expected one of \[grid, random, tpe\]\. "
+     r"sweeps/demo\.yaml: search\.sampler: Invalid value 'bayes', expected one of \[grid, random, tpe, nsga2\]\. "
      r"Use one of those\."),
     ("unknown-scheduler", ["scheduler.kind=hyperband"],
      r"scheduler\.kind: Invalid value 'hyperband', expected one of \[asha, fifo\]"),

@@ -6,6 +6,8 @@
   it while no rung has enough.
 - ``Study._get_trials(deepcopy, states, use_cache)``: what TPE reads trials with. The rung-wise TPE reads the
   study's trials with it (without a deep copy of each) and hands TPE a view that answers it.
+- ``optuna.study._constrained_optimization._CONSTRAINTS_KEY``: the system attribute a sampler's ``after_trial``
+  stores a trial's constraint values under; a study rebuilt from the journal sets it as the lost one had it.
 - ``FrozenTrial._trial_id``: the storage id that continues a trial of a study rebuilt from the sweep's journal
   (``optuna.trial.Trial(study, trial_id)``).
 """
@@ -32,6 +34,10 @@ def missing() -> List[str]:
     method = getattr(Study, "_get_trials", None)
     if method is None or not {"deepcopy", "states", "use_cache"} <= set(inspect.signature(method).parameters):
         gone.append("Study._get_trials(deepcopy, states, use_cache)")
+    try:
+        from optuna.study._constrained_optimization import _CONSTRAINTS_KEY  # noqa: F401
+    except ImportError:
+        gone.append("optuna.study._constrained_optimization._CONSTRAINTS_KEY")
     trial = optuna.trial.create_trial(value=0.0)
     if not hasattr(trial, "_trial_id"):
         gone.append("FrozenTrial._trial_id")
@@ -88,3 +94,23 @@ class StudyView:
 
 
 require()
+
+
+GA_ATTR_SUFFIX = ":generation"
+"""The trial system attribute Optuna's genetic samplers (NSGA-II, NSGA-III) record each trial's generation under
+(``BaseGASampler._get_generation_key``), set when the trial is asked for and read by every later proposal."""
+
+
+def sampler_attrs(study: Study, trial: Any) -> dict[str, Any]:
+    """The system attributes the sampler gave a trial when it was asked for that a rebuilt study must hold again to
+    propose what the lost one would have: a genetic sampler's generation (chosen from the trials finished at that
+    moment, which a study rebuilt later cannot know)."""
+    found = study._storage.get_trial_system_attrs(trial._trial_id)
+    return {k: v for k, v in found.items() if k.endswith(GA_ATTR_SUFFIX)}
+
+
+def constraint_attrs(values: Optional[List[float]]) -> dict[str, Any]:
+    """The system attributes a constrained sampler's ``after_trial`` stores for a trial told ``values``."""
+    from optuna.study._constrained_optimization import _CONSTRAINTS_KEY
+
+    return {_CONSTRAINTS_KEY: tuple(values or ())}

@@ -23,6 +23,7 @@ from finesweep.config.choices import (
     progress_of,
 )
 from finesweep.config.schema import (
+    Bound,
     ClusterConfig,
     DataConfig,
     ExperimentConfig,
@@ -31,6 +32,7 @@ from finesweep.config.schema import (
     LoraConfig,
     ModelConfig,
     ObjectiveConfig,
+    ObjectiveTerm,
     OptimConfig,
     ProbeConfig,
     SchedulerConfig,
@@ -39,7 +41,8 @@ from finesweep.config.schema import (
     TrainerConfig,
 )
 
-__all__ = ["Accelerator", "Augment", "ClusterConfig", "DataConfig", "ExperimentConfig", "FinalConfig",
-           "FinetuneConfig", "LoraConfig", "Mode", "ModelConfig", "ObjectiveConfig", "OptimConfig", "Parallelism",
+__all__ = ["Accelerator", "Augment", "Bound", "ClusterConfig", "DataConfig", "ExperimentConfig", "FinalConfig",
+           "FinetuneConfig", "LoraConfig", "Mode", "ModelConfig", "ObjectiveConfig", "ObjectiveTerm", "OptimConfig",
+           "Parallelism",
            "Placement", "Precision", "Prefer", "ProbeConfig", "Sampler", "Schedule", "SchedulerConfig", "SchedulerKind",
            "SearchConfig", "Strategy", "TextMetric", "TrackingConfig", "TrainerConfig", "Unit", "progress_of"]

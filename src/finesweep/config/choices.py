@@ -17,6 +17,9 @@ class Sampler(str, enum.Enum):
     grid = "grid"
     random = "random"
     tpe = "tpe"
+    """TPE; with several objectives Optuna's multi-objective TPE (MOTPE)."""
+    nsga2 = "nsga2"
+    """Optuna's NSGA-II: a genetic search for a Pareto front (one or several objectives)."""
 
 
 class Augment(str, enum.Enum):

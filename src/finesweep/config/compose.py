@@ -133,10 +133,46 @@ def read_document(path: Path, shown_as: str) -> Dict[str, Any]:
     if not isinstance(document, dict):
         raise ConfigError(f"{shown_as}: a sweep file must be a mapping (objective:, search:, space: ...), "
                           f"got {type(document).__name__}. See sweeps/demo.yaml.")
+    if "objective" in document:
+        document["objective"] = objective_section(document["objective"], shown_as)
     if "space" in document and not isinstance(document["space"], dict):
         raise SearchSpaceError(f"{shown_as}: space must map config keys to distributions, got "
                                f"{document['space']!r}. Write e.g. space: {{optim.lr: {{distribution: ...}}}}.")
     return document
+
+
+def objective_section(written: Any, shown_as: str) -> Any:
+    """A sweep file's ``objective`` in the schema's shape (``ObjectiveConfig``): ``{metric, mode}`` as it is; a list
+    of them, or ``{metrics: [...], constraints: ...}``, as the first (``metric``, ``mode``) and ``also``.
+
+    Raises:
+        ConfigError: an objective without its metric or mode, or with keys it does not know.
+    """
+    if isinstance(written, dict) and "metrics" in written:
+        rest = {k: v for k, v in written.items() if k != "metrics"}
+        return {**rest, **objective_section(written["metrics"], shown_as)}
+    if not isinstance(written, list):
+        return written
+    if not written:
+        raise ConfigError(f"{shown_as}: objective is an empty list. Write e.g. objective: [{{metric: val/accuracy, "
+                          "mode: max}, {metric: inference/latency_ms, mode: min}].")
+    terms = [_objective_term(item, index, shown_as) for index, item in enumerate(written)]
+    return {**terms[0], "also": terms[1:]}
+
+
+def _objective_term(item: Any, index: int, shown_as: str) -> Dict[str, Any]:
+    example = "{metric: inference/latency_ms, mode: min}"
+    if not isinstance(item, dict):
+        raise ConfigError(f"{shown_as}: objective[{index}] must be a mapping {example}, got {item!r}. Write it so.")
+    for key in ("metric", "mode"):
+        if key not in item:
+            raise ConfigError(f"{shown_as}: objective[{index}].{key} is required, got {item!r}. Write e.g. {example} "
+                              "(mode: max or min).")
+    unknown = sorted(set(item) - {"metric", "mode"})
+    if unknown:
+        raise ConfigError(f"{shown_as}: objective[{index}] has keys an objective does not know ({', '.join(unknown)}), "
+                          f"got {item!r}. An objective is {example}; bounds go in objective.constraints.")
+    return dict(item)
 
 
 @contextlib.contextmanager

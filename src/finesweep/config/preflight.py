@@ -93,15 +93,20 @@ def check_budget(config: ExperimentConfig, params: Sequence[Param]) -> None:
 
 
 def check_objective(config: ExperimentConfig) -> None:
-    """``objective.metric`` must be a metric some task's trials report, and ``data.task`` a task finesweep knows.
+    """Every objective and constrained metric must be one some task's trials report (or a deployment cost), and
+    ``data.task`` a task finesweep knows.
 
     Raises:
         ConfigError: an unknown metric or task.
     """
     metrics = tasks.objective_metrics()
-    if config.objective.metric not in metrics:
-        raise ConfigError(f"objective.metric must be a metric every trial reports ({', '.join(metrics)}), "
-                          f"got {config.objective.metric!r}. Pick one of those.")
+    named = [("objective.metric" if i == 0 else f"objective[{i}].metric", m)
+             for i, m in enumerate(config.objective.metrics)]
+    named += [(f"objective.constraints.{m}", m) for m in config.objective.constraints]
+    for key, metric in named:
+        if metric not in metrics:
+            raise ConfigError(f"{key} must be a metric every trial reports ({', '.join(metrics)}), "
+                              f"got {metric!r}. Pick one of those.")
     tasks.get(config.data.task)
 
 

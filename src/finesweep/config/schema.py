@@ -13,7 +13,7 @@ import codecs
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from omegaconf import MISSING
 
@@ -301,6 +301,9 @@ AUTO_CV_BELOW = 200
 """``final.cv_folds: auto`` cross-validates when the validation split has fewer rows than this: below it one
 example moves accuracy by more than half a point, and a ranking on it is mostly noise."""
 
+KNEE = "knee"
+"""``final.select: knee``: the winner is the knee of the feasible Pareto front (``search.pareto.knee``)."""
+
 AUTO_CV_FOLDS = 5
 """Folds ``final.cv_folds: auto`` uses when it turns cross-validation on."""
 
@@ -325,6 +328,9 @@ class FinalConfig:
     prefer: Prefer = Prefer.winner
     """winner: register the best-ranked configuration; recipe_unless_better: register the recipe unless the
     winner beats it beyond noise. The verdict is printed either way."""
+    select: Any = None
+    """A multi-objective sweep's winner among the feasible Pareto front: ``{metric: val/accuracy}`` (the best by
+    that objective), ``knee`` (the front's knee point), or null = the best by the primary (first) objective."""
 
     def __post_init__(self) -> None:
         auto = self.cv_folds == "auto"
@@ -336,7 +342,22 @@ class FinalConfig:
             _check(self.seeds >= 0, "final.seeds", self.seeds, "must be >= 0", "Use 0 to skip re-training."),
             _check(auto or (whole and (self.cv_folds == 0 or self.cv_folds >= 2)), "final.cv_folds",
                    repr(self.cv_folds), "must be 0 (off), a number of folds >= 2, or auto", "Use e.g. 5 or auto."),
+            _check(self.select in (None, KNEE) or isinstance(self.select_metric, str), "final.select",
+                   repr(self.select), "must be {metric: NAME}, knee or null", "Write e.g. {metric: val/accuracy}."),
         ])
+
+    @property
+    def select_metric(self) -> Optional[str]:
+        """The objective ``final.select`` ranks the front by (None: the primary objective, or the knee)."""
+        if isinstance(self.select, dict) or hasattr(self.select, "get"):
+            found = self.select.get("metric")
+            return str(found) if isinstance(found, str) else None
+        return self.select if isinstance(self.select, str) and self.select != KNEE else None
+
+    @property
+    def knee(self) -> bool:
+        """Whether the winner is the Pareto front's knee point."""
+        return bool(self.select == KNEE)
 
     def folds(self, val_rows: int) -> int:
         """The folds model selection uses (0 = none) for a validation split of ``val_rows`` rows."""
@@ -465,12 +486,85 @@ class ProbeConfig:
 
 
 @dataclass
-class ObjectiveConfig:
-    """The metric the search optimises; declared only in the sweep file. Its name is checked against what the
-    tasks report (``preflight.check_objective``): the schema does not know the tasks."""
+class ObjectiveTerm:
+    """One more objective of a multi-objective sweep: a metric and whether it is maximised or minimised."""
 
     metric: str = MISSING
     mode: Mode = MISSING
+
+
+@dataclass
+class Bound:
+    """A constraint on one metric: the values a trial may have (either end may be open)."""
+
+    min: Optional[float] = None
+    max: Optional[float] = None
+
+    @property
+    def interval(self) -> Tuple[Optional[float], Optional[float]]:
+        """(low, high); None = open."""
+        return self.min, self.max
+
+
+@dataclass
+class ObjectiveConfig:
+    """What the search optimises, declared only in the sweep file: one metric, or several (a Pareto front), and
+    constraints a trial must meet to be selected. Metric names are checked against what the tasks report
+    (``preflight.check_objective``): the schema does not know the tasks.
+
+    The sweep file writes ``objective: {metric, mode}`` or a list of them (``compose.objective_section`` turns a
+    list into the first as ``metric``/``mode`` and the rest as ``also``). The first objective is the primary one:
+    it picks each trial's best epoch (the checkpoint that trial stands for) and, by default, the winner.
+    """
+
+    metric: str = MISSING
+    mode: Mode = MISSING
+    also: List[ObjectiveTerm] = field(default_factory=list)
+    """The further objectives of a multi-objective sweep, e.g. ``{metric: inference/latency_ms, mode: min}``."""
+    constraints: Dict[str, Bound] = field(default_factory=dict)
+    """metric -> ``{max: ...}`` and/or ``{min: ...}``: a trial outside them is never selected (and is stopped at
+    its first report with ``scheduler.stop_infeasible``)."""
+
+    @property
+    def terms(self) -> List[Tuple[str, Mode]]:
+        """Every objective as (metric, mode), the primary first."""
+        return [(self.metric, self.mode), *((t.metric, t.mode) for t in self.also)]
+
+    @property
+    def metrics(self) -> List[str]:
+        """Every objective's metric, the primary first."""
+        return [metric for metric, _ in self.terms]
+
+    @property
+    def multi(self) -> bool:
+        """Whether the sweep optimises several objectives (a Pareto front)."""
+        return bool(self.also)
+
+    @property
+    def bounds(self) -> Dict[str, Tuple[Optional[float], Optional[float]]]:
+        """Each constrained metric's (low, high), None = open."""
+        return {metric: bound.interval for metric, bound in self.constraints.items()}
+
+    @property
+    def watched(self) -> List[str]:
+        """Every metric the search reads: the objectives', then the constrained ones."""
+        return list(dict.fromkeys([*self.metrics, *self.constraints]))
+
+    def __post_init__(self) -> None:
+        if _incomplete(self):
+            return  # a schema default, not yet filled in by YAML
+        metrics = self.metrics
+        _raise_problems([
+            _check(len(set(metrics)) == len(metrics), "objective", metrics, "names a metric twice",
+                   "List each metric once."),
+            *[_check(bound.min is not None or bound.max is not None, f"objective.constraints.{metric}", "{}",
+                     "must set max, min or both", f"Write e.g. {metric}: {{max: 5.0}}.")
+              for metric, bound in self.constraints.items()],
+            *[_check(bound.min is None or bound.max is None or bound.min <= bound.max,
+                     f"objective.constraints.{metric}", f"min={bound.min}, max={bound.max}",
+                     "must have min <= max", "Swap or widen the bounds.")
+              for metric, bound in self.constraints.items()],
+        ])
 
 
 @dataclass
@@ -520,6 +614,8 @@ class SchedulerConfig:
     grace_period: int = 1
     """Epochs (or steps) every trial runs before ASHA may stop it."""
     reduction_factor: float = 2.0
+    stop_infeasible: bool = False
+    """Stop a trial at the first report that breaks one of ``objective.constraints`` (it can never be selected)."""
 
     def __post_init__(self) -> None:
         steps = self.unit is Unit.steps
@@ -619,11 +715,34 @@ class ExperimentConfig:
                    "data.generate_every_epoch=false (the winner's generations are still scored after the search)"),
                   ("model.load_in_4bit", self.model.load_in_4bit, self.model.load_in_4bit,
                    "model.load_in_4bit=false"))],
+            *self._objective_problems(),
             _check(not self.model.load_in_4bit or self.finetune.strategy is Strategy.lora
                    or "finetune.strategy" in self.space, "model.load_in_4bit", self.model.load_in_4bit,
                    f"trains LoRA adapters over frozen 4-bit weights (QLoRA), but finetune.strategy="
                    f"{self.finetune.strategy.value}", "Set finetune.strategy=lora."),
         ])
+
+    def _objective_problems(self) -> List[Optional[str]]:
+        """The rules between the objective and the search, scheduler and selection that read it."""
+        objective, grid = self.objective, self.search.sampler is Sampler.grid
+        select = self.final.select_metric
+        return [
+            _check(not (grid and objective.multi), "search.sampler", "grid",
+                   f"cannot search {len(objective.terms)} objectives: a grid runs every combination once whatever "
+                   "they score, so it has no front to move towards", "Use search.sampler=nsga2, tpe or random."),
+            _check(not (grid and objective.constraints), "search.sampler", "grid",
+                   "cannot honour objective.constraints (a grid runs every combination once)",
+                   "Use search.sampler=tpe, nsga2 or random, or drop the constraints."),
+            _check(not self.scheduler.stop_infeasible or bool(objective.constraints), "scheduler.stop_infeasible",
+                   True, "needs objective.constraints to know what is infeasible",
+                   "Add e.g. objective.constraints: {inference/latency_ms: {max: 5.0}}, or set it false."),
+            _check(select is None or select in objective.metrics, "final.select", repr(self.final.select),
+                   f"must name one of the objectives ({', '.join(objective.metrics)})",
+                   f"Write e.g. final.select: {{metric: {objective.metric}}}, or knee."),
+            _check(not self.final.knee or objective.multi, "final.select", "knee",
+                   "needs several objectives (a front has a knee; one objective has a best)",
+                   "Add an objective, or leave final.select null."),
+        ]
 
     @property
     def experiment_name(self) -> str:

@@ -40,11 +40,15 @@ class CheckpointKeeper:
         deleted: called with each trial whose folder was deleted (the sweep's log records it).
         spare: values of a configuration whose trials keep their folders whatever they rank: the recipe's, when
             model selection may register it (``final.prefer: recipe_unless_better``).
+        front: the numbers of the finished trials on a multi-objective sweep's Pareto front (``journal.front``): they
+            keep their folders too (any of them may be registered: ``finesweep select``); None = one objective.
     """
 
     def __init__(self, keep: int, mode: Mode, past: Sequence[TrialRecord] = (),
                  deleted: Optional[Callable[[TrialRecord], object]] = None,
-                 spare: Optional[Dict[str, Any]] = None) -> None:
+                 spare: Optional[Dict[str, Any]] = None,
+                 front: Optional[Callable[[Sequence[TrialRecord]], set[int]]] = None) -> None:
+        self.front = front
         self.keep = keep
         self.spare = spare
         self.mode = mode
@@ -76,8 +80,10 @@ class CheckpointKeeper:
         # The loser: the trial pushed out of the best ``keep``, or this one (worse than all of them, failed,
         # or without a value).
         losers = [*contenders[self.keep:], record]
-        if not self._swept:
+        if not self._swept or self.front is not None:  # a new point may push any old one off the front
             losers, self._swept = list(self.finished.values()), True
+        if self.front is not None:
+            winners |= self.front(list(self.finished.values()))
         for trial in losers:
             spared = self.spare is not None and trial.params == self.spare
             if trial.number not in winners and trial.number not in self.gone and trial.checkpoint and not spared:

@@ -76,6 +76,7 @@ def fit(config: ExperimentConfig, cache: DataCache, report: Reporter, seed: Opti
     import torch
 
     from finesweep.finetune.callbacks import EpochReport, FiniteLoss, StepReport, early_stopping
+    from finesweep.finetune.costs import LATENCY_METRIC, measure
     from finesweep.finetune.datamodule import PreparedDataModule
     from finesweep.finetune.module import FinetuneModule
     from finesweep.finetune.parallel import Workers
@@ -88,6 +89,8 @@ def fit(config: ExperimentConfig, cache: DataCache, report: Reporter, seed: Opti
     data = cache.for_config(config)
     plan = StepPlan.of(config, len(data.train))
     module = FinetuneModule.for_trial(config, data, total_steps=plan.total_steps)
+    report = _with_costs(report, measure(data.task, module.model, data, config.data.batch_size, _device(config),
+                                         latency=LATENCY_METRIC in config.objective.watched))
     best_dir = Path(tempfile.mkdtemp(prefix="finesweep-best-"))
     try:
         if resume is not None and (resume / BEST).is_dir() and workers.writer:
@@ -308,6 +311,22 @@ def cpu_has_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
     except OSError:
         return False
     return any(flag in flags for flag in CPU_BF16_FLAGS)
+
+
+def _with_costs(report: Reporter, costs: Dict[str, float]) -> Reporter:
+    """``report`` with the trial's deployment costs (``finetune/costs.py``) added to every report."""
+    def reporting(metrics: Dict[str, float], folder: Optional[Path]) -> None:
+        report({**metrics, **costs}, folder)
+    return reporting
+
+
+def _device(config: ExperimentConfig) -> Any:
+    """The torch device this process trains on (Ray shows a trial, or a worker, only its own GPU)."""
+    import torch
+
+    if config.trainer.accelerator.value != "cpu" and config.cluster.worker_gpus > 0 and torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def device_name(config: ExperimentConfig) -> str:

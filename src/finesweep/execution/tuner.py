@@ -35,6 +35,7 @@ from finesweep.execution.failures import Failure, classify, retry_overrides
 from finesweep.journal.records import SweepListener, TrialRecord, TrialStatus
 from finesweep.search import asha as asha_module
 from finesweep.search.asha import RecordingASHA
+from finesweep.search.moasha import InfeasibleStopper, ParetoASHA
 from finesweep.search.samplers import sampler_factory
 from finesweep.search.searcher import (
     STOPPED_STATE,
@@ -73,9 +74,10 @@ def search_plan(config: ExperimentConfig, params: Sequence[Param], numbering: Nu
     """The search phase: the study (new, or rebuilt on resume) proposes, queued reruns go first, and its first
     trials run the recipe and the enqueued points (``config.recipe.start_points``)."""
     budget = planned_trials(config, params)
-    study = study if study is not None else new_study(config.objective.mode)
+    study = study if study is not None else new_study([mode for _, mode in config.objective.terms])
     searcher = StudySearcher(study, params, sampler_factory(config, params), config.search.seed, budget,
-                             config.objective.mode, numbering, reruns, start_points(config, params))
+                             config.objective.mode, numbering, reruns, start_points(config, params),
+                             objective=config.objective)
     samples = (budget + len(reruns)) * (1 + config.search.max_retries)
     return Plan(searcher, "search", dict(known or {}), scheduler or make_scheduler(config), samples)
 
@@ -140,12 +142,19 @@ def run_plan(config: ExperimentConfig, plan: Plan, trainable: Callable[..., None
 
 def make_scheduler(config: ExperimentConfig) -> TrialScheduler:
     """FIFO, or ASHA in epochs or steps (``scheduler.unit``; ties at a rung broken by validation loss) that remembers
-    which trials it stopped."""
-    sched = config.scheduler
+    which trials it stopped: MO-ASHA (``search/moasha.py``) with several objectives or constraints. With
+    ``scheduler.stop_infeasible`` either one stops a trial at its first report that breaks a constraint."""
+    sched, objective = config.scheduler, config.objective
+    bounds = objective.bounds if objective.constraints else {}
     if sched.kind is SchedulerKind.fifo:
-        return FIFOScheduler()
-    asha = RecordingASHA(tie_break=asha_module.TIE_BREAK_METRIC, time_attr=sched.time_attr, max_t=sched.budget,
-                         grace_period=sched.grace_period, reduction_factor=sched.reduction_factor)
+        return (InfeasibleStopper(bounds, time_attr=sched.time_attr, max_t=sched.budget) if sched.stop_infeasible
+                else FIFOScheduler())
+    settings: Dict[str, Any] = dict(tie_break=asha_module.TIE_BREAK_METRIC, time_attr=sched.time_attr,
+                                    max_t=sched.budget, grace_period=sched.grace_period,
+                                    reduction_factor=sched.reduction_factor)
+    asha = (ParetoASHA([(metric, mode.value) for metric, mode in objective.terms], bounds, sched.stop_infeasible,
+                       **settings)
+            if objective.multi or bounds else RecordingASHA(**settings))
     asha.set_search_properties(config.objective.metric, config.objective.mode.value)
     return asha
 
@@ -190,6 +199,7 @@ class _EventBridge(tune.Callback):
         self._by_number[number] = record
         self._by_id[trial.trial_id] = record
         record.effective_batch = self.config.effective_batch_with(record.params)
+        record.sampler_attrs = dict(marker.get("sampler_attrs") or record.sampler_attrs)
         for listener in self.listeners:
             listener.trial_started(record)
 
@@ -259,7 +269,7 @@ class _EventBridge(tune.Callback):
         record.add_result(metrics, self.config.objective.metric, self.config.objective.mode)
         value = metrics.get(self.config.objective.metric)
         if value is not None and not math.isnan(value):
-            self.plan.searcher.observe(record.number, record.optuna_number, progress_of(metrics), value)
+            self.plan.searcher.observe(record.number, record.optuna_number, progress_of(metrics), value, metrics)
         for listener in self.listeners:
             listener.trial_result(record, metrics)
 

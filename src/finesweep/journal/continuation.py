@@ -19,7 +19,16 @@ from finesweep.config.space import Param
 from finesweep.journal.records import TrialRecord, TrialStatus
 from finesweep.journal.replay import SweepState
 from finesweep.search.asha import RecordingASHA
-from finesweep.search.searcher import STOPPED_STATE, Numbering, PastTrial, Rerun, rebuild_study
+from finesweep.search.moasha import InfeasibleStopper
+from finesweep.search.searcher import (
+    STOPPED_STATE,
+    Numbering,
+    PastTrial,
+    Rerun,
+    constraint_values,
+    rebuild_study,
+    told_state,
+)
 
 
 def settle_search(state: SweepState, config: ExperimentConfig, scheduler: Any, by_number: Dict[int, TrialRecord],
@@ -33,7 +42,7 @@ def settle_search(state: SweepState, config: ExperimentConfig, scheduler: Any, b
     results = sorted((seen, seq, t.number, metrics) for t in state.search_trials()
                      for seen, seq, metrics in zip(t.seen, t.seqs, t.history, strict=True))
     decisions: Dict[int, str] = {}
-    if isinstance(scheduler, RecordingASHA):
+    if isinstance(scheduler, (RecordingASHA, InfeasibleStopper)):
         for _, _, number, metrics in results:
             decisions[number] = scheduler.replay(number, [metrics])
     reruns = []
@@ -60,7 +69,7 @@ def rebuilt_study(config: ExperimentConfig, params: Sequence[Param], records: Se
         stopped: the state of trials ASHA stopped early; None = as the searcher told them
             (``searcher.STOPPED_STATE``). COMPLETE gives each its best epoch, as the leaderboard ranks them.
     """
-    return rebuild_study(config.objective.mode, params,
+    return rebuild_study([mode for _, mode in config.objective.terms], params,
                          [_past_trial(r, config, stopped) for r in records if r.optuna_number is not None])
 
 
@@ -89,14 +98,21 @@ def retraining(state: SweepState, points: Sequence[Dict[str, Any]], config: Expe
 def _past_trial(record: TrialRecord, config: ExperimentConfig, stopped: Optional[TrialState]) -> PastTrial:
     states = {TrialStatus.completed: TrialState.COMPLETE, TrialStatus.early_stopped: stopped or STOPPED_STATE,
               TrialStatus.failed: TrialState.FAIL, TrialStatus.running: TrialState.RUNNING}
-    state = states[record.status]
+    objective = config.objective
+    state = told_state(states[record.status], objective.multi)
     if state is TrialState.COMPLETE and record.best_value is None:
         state = TrialState.FAIL
-    metric = config.objective.metric
-    intermediate = {progress_of(m, i + 1): m[metric] for i, m in enumerate(record.history)
-                    if metric in m and not math.isnan(m[metric])}
+    metric = objective.metric
+    intermediate = ({} if objective.multi else  # several objectives report no intermediate values
+                    {progress_of(m, i + 1): m[metric] for i, m in enumerate(record.history)
+                     if metric in m and not math.isnan(m[metric])})
+    values = record.values(objective.metrics) if objective.multi else None
+    if state is TrialState.COMPLETE and values is not None and any(math.isnan(v) for v in values):
+        state, values = TrialState.FAIL, None  # what Optuna made of a NaN value when the trial was told
+    constraints = (constraint_values(record.at_best, objective)
+                   if objective.constraints and record.best_value is not None else None)
     return PastTrial(int(record.optuna_number or 0), _searched(record.params, config), state, record.best_value,
-                     intermediate)
+                     intermediate, values, constraints, dict(record.sampler_attrs))
 
 
 def _searched(params: Dict[str, Any], config: ExperimentConfig) -> Dict[str, Any]:

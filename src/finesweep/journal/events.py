@@ -108,6 +108,8 @@ class TrialStarted(Event):
     """Values that differ from the trial's previous attempt (an out-of-memory retry's smaller batch)."""
     effective_batch: int = 0
     """Examples per optimiser step: per-device batch x workers x accumulation (0: a journal from before it)."""
+    sampler_attrs: Dict[str, Any] = field(default_factory=dict)
+    """What the sampler recorded on the trial's Optuna trial when proposing it (NSGA-II's generation)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -215,6 +217,12 @@ class SelectionMade(Event):
     (prompt, reference, generation); empty = none."""
     generated_by: Optional[int] = None
     """The trial whose weights generated them (its child run gets the table too)."""
+    front: List[Dict[str, Any]] = field(default_factory=list)
+    """A multi-objective sweep's feasible Pareto front: one row per search trial on it (``trial``, ``params``,
+    ``values`` of every objective, ``checkpoint``, and what registering it needs: ``preprocessor``, ``meta``,
+    ``task``); empty with one objective."""
+    selected_trial: Optional[int] = None
+    """The front point a user chose with ``finesweep select`` (this round registers it); None = model selection's."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -376,6 +384,11 @@ def sweep_started(sweep: Sweep, data_fingerprint: str, sweep_id: str, folder: Pa
     tags = {"finesweep.version": finesweep.__version__, "mlflow.source.git.commit": commit,
             "finesweep.git_dirty": dirty, "finesweep.sweep_file": str(sweep.sweep_file),
             "finesweep.objective": objective}
+    if config.objective.multi:
+        tags["finesweep.objectives"] = ", ".join(f"{mode.value} {metric}" for metric, mode in config.objective.terms)
+    if config.objective.constraints:
+        tags["finesweep.constraints"] = json.dumps({m: {"min": b.min, "max": b.max}
+                                                    for m, b in config.objective.constraints.items()})
     params = {"sampler": config.search.sampler.value, "scheduler": config.scheduler.kind.value,
               "objective": objective, "search_space": json.dumps(sweep.space_description(), sort_keys=True),
               "num_trials": str(config.search.num_trials), "max_concurrent": str(config.search.max_concurrent),

@@ -7,6 +7,7 @@ listen. Deciding (Optuna, ASHA), executing (Ray) and reporting (listeners) stay 
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Protocol, Sequence
 
@@ -58,11 +59,27 @@ class TrialRecord:
     """Process ids of a trial's workers (comma-separated), as its Train run reported; empty: one process."""
     effective_batch: int = 0
     """Examples per optimiser step of its current attempt (``ExperimentConfig.effective_batch``); 0: not known."""
+    sampler_attrs: Dict[str, Any] = field(default_factory=dict)
+    """What the sampler recorded on its Optuna trial when proposing it (NSGA-II's generation), for a rebuilt study."""
 
     @property
     def epochs_run(self) -> int:
         """Epochs (or steps, by ``scheduler.unit``) completed and reported: its last report's."""
         return progress_of(self.history[-1], len(self.history)) if self.history else 0
+
+    @property
+    def at_best(self) -> Dict[str, float]:
+        """The report of its best epoch (by the primary objective): every metric the trial stands for; empty
+        before one."""
+        for index, metrics in enumerate(self.history):
+            if progress_of(metrics, index + 1) == self.best_epoch:
+                return metrics
+        return {}
+
+    def values(self, metrics: Sequence[str]) -> List[float]:
+        """``metrics``' values at its best epoch (NaN where not reported)."""
+        found = self.at_best
+        return [float(found.get(metric, math.nan)) for metric in metrics]
 
     def add_result(self, metrics: Dict[str, float], metric: str, mode: Mode) -> None:
         """Record one epoch's metrics, tracking the best objective value (not the last)."""

@@ -72,6 +72,8 @@ class TrialHistory:
     attempts: int = 1
     interrupted: bool = False
     checkpoint_deleted: bool = False
+    sampler_attrs: Dict[str, Any] = field(default_factory=dict)
+    """What the sampler recorded on its Optuna trial when proposing it (``TrialStarted.sampler_attrs``)."""
 
     @property
     def finished(self) -> bool:
@@ -95,6 +97,7 @@ class TrialHistory:
         rec.status = self.status
         rec.checkpoint, rec.error, rec.failure = self.checkpoint, self.error or None, self.failure
         rec.optuna_number, rec.attempts = self.optuna_number, self.attempts
+        rec.sampler_attrs = dict(self.sampler_attrs)
         return rec
 
 
@@ -213,7 +216,8 @@ def locate(storage_path: str, ref: Optional[str], parent_run: Callable[[Path], s
 def _trial_started(state: SweepState, event: TrialStarted) -> None:
     trial = state.trials.get(event.number)
     if trial is None:
-        state.trials[event.number] = TrialHistory(event.number, event.phase, dict(event.params), event.optuna_number)
+        state.trials[event.number] = TrialHistory(event.number, event.phase, dict(event.params), event.optuna_number,
+                                                  sampler_attrs=dict(event.sampler_attrs))
         return
     # resumed or retried: the same trial goes on
     trial.status, trial.interrupted, trial.attempts, trial.params = (TrialStatus.running, False, event.attempt,

@@ -57,7 +57,8 @@ class Journal:
         changed = {k: v for k, v in record.params.items() if before is not None and before.get(k) != v}
         self.record(TrialStarted(sweep_id=self.sweep_id, number=record.number, phase=record.phase,
                                  params=record.params, optuna_number=record.optuna_number, attempt=record.attempts,
-                                 changed=changed, effective_batch=record.effective_batch))
+                                 changed=changed, effective_batch=record.effective_batch,
+                                 sampler_attrs=record.sampler_attrs))
         self.file.sync_soon()
         self._params[record.number] = dict(record.params)
 

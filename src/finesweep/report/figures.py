@@ -15,9 +15,11 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import plotly.graph_objects as go
 
-from finesweep.config import progress_of
-from finesweep.journal.records import TrialStatus, format_params
+from finesweep.config import Mode, progress_of
+from finesweep.journal.front import feasible, front_numbers, point
+from finesweep.journal.records import TrialRecord, TrialStatus, format_params, ranked
 from finesweep.report.facts import SweepFacts, TrialFacts, finished, slots, utilisation
+from finesweep.search.pareto import dominates, hypervolume
 from finesweep.selection import FOLD_KEY, SEED_KEY
 from finesweep.verdict import mean_interval
 
@@ -47,6 +49,8 @@ def every_figure(facts: SweepFacts, study: Any) -> List[Figure]:
         lambda: per_parameter(facts), lambda: finalists(facts), lambda: schedule(facts)]
     if any(PROBE_METRIC in m for t in facts.search() for m in t.record.history):
         makers.insert(6, lambda: forgetting(facts))
+    if facts.config.objective.multi:
+        makers[1:1] = [lambda: pareto_front(facts), lambda: hypervolume_over_time(facts)]
     figures = []
     for make in makers:
         try:
@@ -82,6 +86,142 @@ def history(facts: SweepFacts) -> Figure:
     caption = (f"Each finished trial's best {facts.metric} in the order trials ended (x: stopped early by the "
                "scheduler); the line is the best so far. A line that flattens early means later trials added little.")
     return Figure("history", "Optimisation history", caption, _layout(figure, "trials ended", facts.metric))
+
+
+FRONT_COLOR, INFEASIBLE_COLOR = "#e76f51", "#ced4da"
+
+
+def _scored(facts: SweepFacts) -> List[TrialRecord]:
+    """The search trials that can win (``ranked``) and reported every objective at their best epoch."""
+    objective = facts.config.objective
+    return [r for r in ranked([t.record for t in facts.search()], objective.mode)
+            if not any(math.isnan(v) for v in r.values(objective.metrics))]
+
+
+def _baseline_run(facts: SweepFacts) -> Optional[TrialRecord]:
+    """The baseline (final.baseline): its own run, else the recipe's search trial when that stood in for it."""
+    own = [t.record for t in facts.trials if t.record.phase == "baseline" and t.record.best_value is not None
+           and t.record.status is not TrialStatus.failed]
+    if own or not facts.baseline or facts.selection is None:
+        return own[-1] if own else None
+    recipe = facts.selection.recipe
+    return next((t.record for t in facts.search() if t.record.params == recipe
+                 and t.record.status is TrialStatus.completed), None)
+
+
+def _xy(records: List[TrialRecord], x: str, y: str) -> Tuple[List[float], List[float]]:
+    return [r.values([x])[0] for r in records], [r.values([y])[0] for r in records]
+
+
+def _bounds(figure: go.Figure, facts: SweepFacts, x: str, y: str) -> str:
+    """Dashed lines at the constraints that bound a plotted axis; every constraint, as text."""
+    limits = []
+    for metric, (low, high) in facts.config.objective.bounds.items():
+        for sign, bound in ((">=", low), ("<=", high)):
+            if bound is None:
+                continue
+            limits.append(f"{metric} {sign} {bound:g}")
+            line = dict(line_dash="dash", line_color="#6c757d", annotation_text=limits[-1])
+            if metric == x:
+                figure.add_vline(x=bound, **line)
+            elif metric == y:
+                figure.add_hline(y=bound, **line)
+    return "; ".join(limits)
+
+
+def _baseline_note(facts: SweepFacts, figure: go.Figure, front: List[TrialRecord], x: str, y: str) -> str:
+    """Mark the baseline with a star; say which front trials dominate it."""
+    base = _baseline_run(facts)
+    if base is None or any(math.isnan(v) for v in base.values([x, y])):
+        return "There is no baseline run to compare with (final.baseline)."
+    xs, ys = _xy([base], x, y)
+    figure.add_scatter(x=xs, y=ys, mode="markers", name="baseline", text=[f"baseline (trial {base.number}): the "
+                       "config without searched values"], marker=dict(symbol="star", size=16, color="#e9c46a",
+                                                                      line=dict(width=1, color="#264653")))
+    objective = facts.config.objective
+    beaten = sum(dominates(point(r, objective), point(base, objective)) for r in front)
+    where = (f"{beaten} of the {len(front)} front trials dominate it (as good on every objective, better on one)"
+             if beaten else "no front trial dominates it: the search found trade-offs, not a better recipe")
+    return f"The star is the baseline, the config without searched values: {where}."
+
+
+def pareto_front(facts: SweepFacts) -> Figure:
+    """Every scored search trial at its best epoch in the first two objectives: the front (joined by its
+    staircase), the dominated, the infeasible (grey), the constraints that bound an axis and the baseline."""
+    objective = facts.config.objective
+    (y, _), (x, x_mode) = objective.terms[:2]
+    scored = _scored(facts)
+    if not scored:
+        return Figure("pareto_front", "Pareto front", "No search trial reported every objective "
+                      f"({', '.join(objective.metrics)}) at its best epoch yet.", None)
+    on_front = front_numbers(scored, objective)
+    front = sorted((r for r in scored if r.number in on_front), key=lambda r: r.values([x])[0])
+    infeasible = [r for r in scored if not feasible(r, objective)]
+    figure = go.Figure()
+    if len(objective.terms) == 2:  # with more objectives, the front seen in two of them is no staircase
+        xs, ys = _xy(front, x, y)
+        figure.add_scatter(x=xs, y=ys, mode="lines", name="front line", showlegend=False, hoverinfo="skip",
+                           line=dict(shape="hv" if x_mode is Mode.min else "vh", color=FRONT_COLOR, width=1.5))
+    for name, records, marker in (
+            ("Pareto front", front, dict(size=12, color=FRONT_COLOR, line=dict(width=1, color="#264653"))),
+            ("dominated", [r for r in scored if r.number not in on_front and feasible(r, objective)],
+             dict(size=9, color="#2a9d8f")),
+            ("infeasible", infeasible, dict(size=9, color=INFEASIBLE_COLOR))):
+        if records:
+            xs, ys = _xy(records, x, y)
+            figure.add_scatter(x=xs, y=ys, mode="markers", name=name, marker=marker, text=[
+                f"trial {r.number}: {format_params(r.params) or '(defaults)'}" for r in records])
+    limits = _bounds(figure, facts, x, y)
+    caption = (f"Each search trial at its best epoch (by {objective.metric}): {y} against {x}. The {len(front)} "
+               "highlighted trials are the front: no feasible trial is as good on every objective and better on one. "
+               "Plain points are dominated; " + (f"grey ones ({len(infeasible)}) break a constraint ({limits}; dashed "
+               "lines where it bounds an axis). " if limits else "there are no constraints: every trial is feasible. "))
+    if len(objective.terms) > 2:
+        caption += (f"Drawn in the first two of {len(objective.terms)} objectives ({', '.join(objective.metrics)}): "
+                    "the front is over all of them, so a front trial can look dominated here. ")
+    else:
+        caption += f"Each step of the staircase says what more {y} costs in {x}. "
+    left_out = len(ranked([t.record for t in facts.search()], objective.mode)) - len(scored)
+    if left_out:
+        caption += f"{left_out} trial(s) that did not report every objective are left out. "
+    caption += _baseline_note(facts, figure, front, x, y)
+    return Figure("pareto_front", "Pareto front", caption, _layout(figure, x, y))
+
+
+def _normalised(points: List[Tuple[float, ...]]) -> List[List[float]]:
+    """Each coordinate min-max scaled to [0, 1] over the points (1 for all where they do not vary)."""
+    columns = list(zip(*points, strict=True))
+    lows, highs = [min(c) for c in columns], [max(c) for c in columns]
+    return [[(v - lo) / (hi - lo) if hi > lo else 1.0 for v, lo, hi in zip(p, lows, highs, strict=True)]
+            for p in points]
+
+
+def hypervolume_over_time(facts: SweepFacts) -> Figure:
+    """The hypervolume of the feasible front of the trials ended so far, after each ended, in normalised space."""
+    title = "Hypervolume over time"
+    objective = facts.config.objective
+    scored, done = _scored(facts), finished(facts.search())
+    if len(scored) < 2 or not done:
+        return Figure("hypervolume", title, "Needs at least 2 search trials that reported every objective at their "
+                      "best epoch, one of them finished.", None)
+    scaled = dict(zip((r.number for r in scored), _normalised([point(r, objective) for r in scored]), strict=True))
+    kept = {r.number for r in scored if feasible(r, objective)}
+    reference = [0.0] * len(objective.terms)  # the worst value of each objective among the scored trials
+    front: List[List[float]] = []
+    volumes = []
+    for trial in done:  # in the order trials ended, as the history figure
+        if trial.number in kept:
+            front.append(scaled[trial.number])
+        volumes.append(hypervolume(front, reference))
+    figure = go.Figure(go.Scatter(x=list(range(1, len(done) + 1)), y=volumes, mode="lines+markers",
+                                  line=dict(shape="hv", color="#264653"), text=[f"trial {t.number}" for t in done]))
+    figure.update_yaxes(range=[0, 1.02])
+    caption = (f"The hypervolume of the feasible front of the trials ended so far, after each one ended (final: "
+               f"{volumes[-1]:.3f}). Each objective ({', '.join(objective.metrics)}) is min-max scaled over the "
+               f"{len(scored)} scored search trials, 1 the best value any reached (minimised ones flipped); the "
+               "reference point is their worst value of each objective, so 1.0 would be one trial best at everything. "
+               "A curve still rising at the end says more trials would still move the front.")
+    return Figure("hypervolume", title, caption, _layout(figure, "trials ended", "hypervolume (normalised)"))
 
 
 def curves(facts: SweepFacts) -> Figure:

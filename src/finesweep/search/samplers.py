@@ -9,9 +9,10 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import optuna
 
-from finesweep.config import ExperimentConfig, Sampler, SchedulerKind, SearchConfig
+from finesweep.config import ExperimentConfig, ObjectiveConfig, Sampler, SchedulerKind, SearchConfig
 from finesweep.config.space import Param, grid
 from finesweep.search.fidelity import RungTPESampler, rungs
+from finesweep.search.searcher import constraints_of
 
 Milestones = Optional[Sequence[int]]
 
@@ -42,27 +43,34 @@ def fidelity_rungs(config: ExperimentConfig) -> Optional[List[int]]:
 def sampler_factory(config: ExperimentConfig, params: Sequence[Param]) -> Callable[[int], optuna.samplers.BaseSampler]:
     """seed -> the sampler that proposes one trial of this sweep (see ``make_sampler``)."""
     share, milestones = random_share(config), fidelity_rungs(config)
-    return lambda seed: make_sampler(config.search, params, seed, share, milestones)
+    if config.objective.multi:  # rungs hold intermediate values of one objective; several are told whole
+        milestones = None
+    return lambda seed: make_sampler(config.search, params, seed, share, milestones, config.objective)
 
 
 def make_sampler(search: SearchConfig, params: Sequence[Param], seed: Optional[int] = None,
-                 random_share: float = 0.0, milestones: Optional[Sequence[int]] = None) -> optuna.samplers.BaseSampler:
+                 random_share: float = 0.0, milestones: Optional[Sequence[int]] = None,
+                 objective: Optional[ObjectiveConfig] = None) -> optuna.samplers.BaseSampler:
     """The Optuna sampler a sweep asks for, seeded with ``seed`` (default ``search.seed``).
 
     ``random_share``: for TPE, the chance that this proposal is drawn at random instead; which ones are
     is a function of the seed alone, so a resumed sweep proposes what the lost one would have.
     ``milestones``: ASHA's rungs; TPE is then fitted one rung at a time (``fidelity.RungTPESampler``).
+    ``objective``: with constraints, TPE and NSGA-II read each trial's (``constraints_of``) and prefer feasible
+    configurations; TPE and NSGA-II serve several objectives as they come (Optuna's MOTPE and NSGA-II).
     """
     if seed is not None:
         search = dataclasses.replace(search, seed=seed)
     if search.sampler is Sampler.tpe and random_share > 0 and random.Random(search.seed).random() < random_share:
         return optuna.samplers.RandomSampler(seed=search.seed)
+    constrained = objective is not None and bool(objective.constraints)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return _FACTORIES[search.sampler](search, params, milestones)
+        return _FACTORIES[search.sampler](search, params, milestones, constrained)
 
 
-def _grid(search: SearchConfig, params: Sequence[Param], milestones: Milestones) -> optuna.samplers.BaseSampler:
+def _grid(search: SearchConfig, params: Sequence[Param], milestones: Milestones,
+          constrained: bool) -> optuna.samplers.BaseSampler:
     grid(params)  # raises on continuous ranges
     # BruteForceSampler, not GridSampler: it finds what is left from the study's own trials (their
     # values), so a study rebuilt from the sweep's log on resume walks on where it stopped, and it
@@ -72,16 +80,19 @@ def _grid(search: SearchConfig, params: Sequence[Param], milestones: Milestones)
     return optuna.samplers.BruteForceSampler(seed=search.seed)
 
 
-def _random(search: SearchConfig, params: Sequence[Param], milestones: Milestones) -> optuna.samplers.BaseSampler:
+def _random(search: SearchConfig, params: Sequence[Param], milestones: Milestones,
+            constrained: bool) -> optuna.samplers.BaseSampler:
     return optuna.samplers.RandomSampler(seed=search.seed)
 
 
-def _tpe(search: SearchConfig, params: Sequence[Param], milestones: Milestones) -> optuna.samplers.BaseSampler:
+def _tpe(search: SearchConfig, params: Sequence[Param], milestones: Milestones,
+         constrained: bool) -> optuna.samplers.BaseSampler:
     # Optuna's default of 10 random start-up trials would leave a 12-trial sweep almost all random;
     # a quarter of the budget (2..10) keeps TPE useful on small budgets.
     startup = max(2, min(10, (search.num_trials or 0) // 4))
     # constant_liar: concurrent trials see each other as pending, so they are not proposed twice.
-    options: Dict[str, Any] = dict(seed=search.seed, multivariate=True, group=True, constant_liar=True)
+    options: Dict[str, Any] = dict(seed=search.seed, multivariate=True, group=True, constant_liar=True,
+                                   constraints_func=constraints_of if constrained else None)
     if milestones is None:
         return optuna.samplers.TPESampler(n_startup_trials=startup, **options)
     # BOHB fits a rung once it holds dimensions + 1 trials; small sweeps start at their start-up count.
@@ -89,8 +100,22 @@ def _tpe(search: SearchConfig, params: Sequence[Param], milestones: Milestones) 
     return RungTPESampler(milestones, points, n_startup_trials=points, **options)
 
 
-_FACTORIES: Dict[Sampler, Callable[[SearchConfig, Sequence[Param], Milestones], optuna.samplers.BaseSampler]] = {
+NSGA2_MAX_POPULATION = 50
+"""Optuna's default population; a sweep of fewer trials gets a quarter of its budget (at least 4), so it sees a few
+generations instead of one random one."""
+
+
+def _nsga2(search: SearchConfig, params: Sequence[Param], milestones: Milestones,
+           constrained: bool) -> optuna.samplers.BaseSampler:
+    population = max(4, min(NSGA2_MAX_POPULATION, (search.num_trials or 0) // 4))
+    return optuna.samplers.NSGAIISampler(population_size=population, seed=search.seed,
+                                         constraints_func=constraints_of if constrained else None)
+
+
+_FACTORIES: Dict[Sampler, Callable[[SearchConfig, Sequence[Param], Milestones, bool],
+                                   optuna.samplers.BaseSampler]] = {
     Sampler.grid: _grid,
     Sampler.random: _random,
     Sampler.tpe: _tpe,
+    Sampler.nsga2: _nsga2,
 }

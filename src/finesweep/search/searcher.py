@@ -20,7 +20,7 @@ import collections
 import math
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, Deque, Dict, Mapping, Optional, Sequence
+from typing import Any, Callable, Deque, Dict, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import optuna
@@ -28,7 +28,7 @@ from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
 from finesweep.adapters import optuna_private
-from finesweep.config import Mode
+from finesweep.config import Mode, ObjectiveConfig
 from finesweep.config.space import Param, suggest
 
 MARKER = "__finesweep__"
@@ -44,6 +44,38 @@ Ray's ``OptunaSearch`` tells it COMPLETE with its last low-fidelity value, so TP
 score beside full-budget ones. Under ASHA finesweep's TPE reads the intermediate values one rung at a time
 (``fidelity.RungTPESampler``); benchmarks/search_efficiency.py measures both against COMPLETE.
 """
+
+
+CONSTRAINTS_ATTR = "constraints"
+"""The user attribute holding a trial's constraint values for Optuna's ``constraints_func`` (<= 0: met)."""
+
+MISSING_VIOLATION = 1.0e12
+"""A constrained metric a trial never reported breaks its constraint by this much (Optuna refuses NaN)."""
+
+
+def constraint_values(metrics: Mapping[str, float], objective: ObjectiveConfig) -> List[float]:
+    """Optuna's constraint values of a trial with ``metrics``: ``value - max`` and ``min - value`` for each bound
+    of ``objective.constraints`` (<= 0 where the bound is met)."""
+    found: List[float] = []
+    for metric, (low, high) in objective.bounds.items():
+        value = metrics.get(metric)
+        missing = value is None or math.isnan(value)
+        for bound, sign in ((high, 1.0), (low, -1.0)):
+            if bound is not None:
+                found.append(MISSING_VIOLATION if missing else sign * (float(value or 0.0) - bound))
+    return found
+
+
+def constraints_of(trial: optuna.trial.FrozenTrial) -> Sequence[float]:
+    """Optuna's ``constraints_func``: the values the searcher stored on the trial before telling it."""
+    return list(trial.user_attrs.get(CONSTRAINTS_ATTR, ()))
+
+
+def told_state(state: TrialState, multi: bool) -> TrialState:
+    """How a trial that ended in ``state`` is told to Optuna: with several objectives a trial ASHA stopped is told
+    COMPLETE with its values (Optuna's multi-objective samplers learn from COMPLETE trials only, and under MO-ASHA
+    most trials are stopped ones); with one, as ``STOPPED_STATE`` says."""
+    return TrialState.COMPLETE if multi and state is TrialState.PRUNED else state
 
 
 @dataclass
@@ -118,11 +150,14 @@ class StudySearcher(Searcher):
         points: known configurations the study's first trials run (``config.recipe.start_points``): trial i of
             the study takes point i (Optuna's ``enqueue_trial``), so a rebuilt study that has asked i trials goes
             on with point i and never runs one twice. A point may leave keys to the sampler.
+        objective: the sweep's objectives and constraints; None = ``mode`` on one metric, no constraints. With
+            several objectives a trial is told its values at its best epoch (by the primary objective), and no
+            intermediate values (Optuna reports one objective only).
     """
 
     def __init__(self, study: optuna.Study, params: Sequence[Param], sampler: SamplerFactory, seed: int,
                  budget: int, mode: Mode, numbering: Numbering, reruns: Sequence[Rerun] = (),
-                 points: Sequence[Dict[str, Any]] = ()) -> None:
+                 points: Sequence[Dict[str, Any]] = (), objective: Optional[ObjectiveConfig] = None) -> None:
         super().__init__()
         by_key = {p.key: p for p in params}
         self.points = [{k: by_key[k].to_optuna_value(v) for k, v in point.items()} for point in points]
@@ -137,6 +172,9 @@ class StudySearcher(Searcher):
         self._trials: Dict[int, optuna.trial.Trial] = {}  # finesweep number -> Optuna trial
         self._open = {r.number for r in reruns}  # numbers started but not yet told to Optuna
         self._best: Dict[int, float] = {}
+        self.objective = objective
+        self._points: Dict[int, List[float]] = {}  # number -> every objective's value at its best epoch
+        self._constraints: Dict[int, List[float]] = {}  # number -> Optuna's constraint values at its best epoch
 
     def suggest(self, trial_id: str) -> Optional[Any]:
         if self.queue.items:
@@ -157,7 +195,8 @@ class StudySearcher(Searcher):
         values = suggest(trial, self.params)
         self._trials[number] = trial
         self._open.add(number)
-        return {**values, MARKER: {"number": number, "optuna": trial.number, "checkpoint": None, "attempt": 1}}
+        return {**values, MARKER: {"number": number, "optuna": trial.number, "checkpoint": None, "attempt": 1,
+                                   "sampler_attrs": optuna_private.sampler_attrs(self.study, trial)}}
 
     def on_trial_complete(self, trial_id: str, result: Optional[Dict[str, Any]] = None, error: bool = False) -> None:
         """Tune's notice; the event bridge tells the study instead, once it knows how the trial ended."""
@@ -166,14 +205,22 @@ class StudySearcher(Searcher):
         """Trials in the study (asked, finished or not); ``study.trials`` would deep-copy every one of them."""
         return len(self.study.get_trials(deepcopy=False))
 
-    def observe(self, number: int, optuna_number: Optional[int], step: int, value: float) -> None:
-        """Record an epoch's objective as the Optuna trial's intermediate value."""
+    def observe(self, number: int, optuna_number: Optional[int], step: int, value: float,
+                metrics: Optional[Mapping[str, float]] = None) -> None:
+        """Record an epoch's objective as the Optuna trial's intermediate value (one objective), and the values
+        of every objective and constraint at the trial's best epoch so far (``metrics``: the whole report)."""
         trial = self._trial(number, optuna_number)
         if trial is None or value is None or math.isnan(value):
             return
-        trial.report(value, step)
+        multi = self.objective is not None and self.objective.multi
+        if not multi:
+            trial.report(value, step)
         if self.direction.better(value, self._best.get(number)):
             self._best[number] = value
+            if self.objective is not None:
+                seen = dict(metrics or {})
+                self._points[number] = [float(seen.get(m, math.nan)) for m in self.objective.metrics]
+                self._constraints[number] = constraint_values(seen, self.objective)
 
     def tell(self, number: int, optuna_number: Optional[int], state: TrialState) -> None:
         """Close the Optuna trial: COMPLETE with its best value, PRUNED (Optuna keeps its last value) or FAIL."""
@@ -181,9 +228,13 @@ class StudySearcher(Searcher):
         trial = self._trial(number, optuna_number)
         if trial is None:
             return
-        value = self._best.get(number)
+        multi = self.objective is not None and self.objective.multi
+        state = told_state(state, multi)
+        value: Union[None, float, List[float]] = self._points.get(number) if multi else self._best.get(number)
         if state is TrialState.COMPLETE and value is None:
             state = TrialState.FAIL  # a trial that never reported its objective taught nothing
+        if number in self._constraints and self.objective is not None and self.objective.constraints:
+            trial.set_user_attr(CONSTRAINTS_ATTR, self._constraints[number])
         try:
             self.study.tell(trial, value if state is TrialState.COMPLETE else None, state=state)
         except RuntimeError:
@@ -223,7 +274,8 @@ class PointsSearcher(Searcher):
     def on_trial_complete(self, trial_id: str, result: Optional[Dict[str, Any]] = None, error: bool = False) -> None:
         """The event bridge says when a configuration is done (a failed one may be retried)."""
 
-    def observe(self, number: int, optuna_number: Optional[int], step: int, value: float) -> None:
+    def observe(self, number: int, optuna_number: Optional[int], step: int, value: float,
+                metrics: Optional[Mapping[str, float]] = None) -> None:
         """Fixed points teach nothing."""
 
     def tell(self, number: int, optuna_number: Optional[int], state: TrialState) -> None:
@@ -242,30 +294,49 @@ class PastTrial:
     state: TrialState
     value: Optional[float]
     intermediate: Dict[int, float]
+    values: Optional[List[float]] = None
+    """Every objective's value at its best epoch (a multi-objective sweep); None = one objective."""
+    constraints: Optional[List[float]] = None
+    """Optuna's constraint values (``constraint_values``), when the sweep has constraints."""
+    sampler_attrs: Optional[Dict[str, Any]] = None
+    """What the sampler recorded on the trial when it was asked for (``optuna_private.sampler_attrs``)."""
 
 
-def rebuild_study(mode: Mode, params: Sequence[Param], past: Sequence[PastTrial]) -> optuna.Study:
+Modes = Union[Mode, Sequence[Mode]]
+"""One objective's mode, or every objective's, the primary first."""
+
+
+def rebuild_study(mode: Modes, params: Sequence[Param], past: Sequence[PastTrial]) -> optuna.Study:
     """A study holding the sweep's past trials, in their original order, ready to propose the next one."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(direction=mode.direction)
+    modes = [mode] if isinstance(mode, Mode) else list(mode)
+    study = (optuna.create_study(direction=modes[0].direction) if len(modes) == 1
+             else optuna.create_study(directions=[m.direction for m in modes]))
     by_key = {p.key: p for p in params}
     for trial in sorted(past, key=lambda t: t.optuna_number):
+        told = _told_value(trial)
+        constrained = trial.constraints is not None and trial.state in (TrialState.COMPLETE, TrialState.PRUNED)
         study.add_trial(optuna.trial.create_trial(
             params={k: by_key[k].to_optuna_value(v) for k, v in trial.params.items()},
             distributions={k: by_key[k].to_optuna() for k in trial.params},
-            value=_told_value(trial), state=trial.state, intermediate_values=trial.intermediate))
+            value=told if not isinstance(told, list) else None, values=told if isinstance(told, list) else None,
+            state=trial.state, intermediate_values=trial.intermediate,
+            user_attrs={CONSTRAINTS_ATTR: trial.constraints} if constrained else None,
+            # what the samplers' after_trial stored when the trial was told
+            system_attrs={**(trial.sampler_attrs or {}),
+                          **(optuna_private.constraint_attrs(trial.constraints) if constrained else {})} or None))
     return study
 
 
-def _told_value(trial: PastTrial) -> Optional[float]:
-    # What ``study.tell`` would have stored: the value of a COMPLETE trial, a PRUNED one's last intermediate value.
+def _told_value(trial: PastTrial) -> Union[None, float, List[float]]:
+    # What ``study.tell`` would have stored: the value(s) of a COMPLETE trial, a PRUNED one's last intermediate value.
     if trial.state is TrialState.COMPLETE:
-        return trial.value
+        return trial.values if trial.values is not None else trial.value
     if trial.state is TrialState.PRUNED and trial.intermediate:
         return trial.intermediate[max(trial.intermediate)]
     return None
 
 
-def new_study(mode: Mode) -> optuna.Study:
-    """An empty in-memory study."""
+def new_study(mode: Modes) -> optuna.Study:
+    """An empty in-memory study (several modes: a multi-objective one)."""
     return rebuild_study(mode, (), ())

@@ -11,7 +11,7 @@ from finesweep.config.space import Distribution, Param, affects_tokenisation
 from finesweep.errors import ConfigError
 from finesweep.tasks.data import DataCache, variant_key
 from finesweep.tasks.registry import get, reporting
-from finesweep.tasks.task import Inspection, PreparedData, Task
+from finesweep.tasks.task import COST_METRICS, PROBE_METRIC, Inspection, PreparedData, Task
 
 
 def prepare_all(config: ExperimentConfig, params: Sequence[Param]) -> DataCache:
@@ -39,7 +39,7 @@ def inspect_all(config: ExperimentConfig, params: Sequence[Param]) -> Inspection
     variants = [with_overrides(config, v).data for v in data_variants(params)]
     found = [get(data.task, data).inspect(data) for data in variants]
     for inspection in found:
-        check_objective(config.objective.metric, inspection.task, config)
+        check_objectives(inspection.task, config)
     return found[0]
 
 
@@ -50,20 +50,41 @@ def data_variants(params: Sequence[Param]) -> List[Dict[str, object]]:
     return [dict(zip([p.key for p in keyed], combo, strict=True)) for combo in combos]
 
 
-def check_objective(metric: str, task: Task, config: Optional[ExperimentConfig] = None) -> None:
-    """The objective must be a metric trials of this task report (with ``config``'s settings, when given).
+def check_objectives(task: Task, config: ExperimentConfig) -> None:
+    """Every objective and every constrained metric must be one trials of this task report with ``config``.
+
+    Raises:
+        ConfigError: e.g. a constraint on val/entity_f1 in a text classification sweep.
+    """
+    for metric in config.objective.metrics:
+        check_objective(metric, task, config)
+    for metric in config.objective.constraints:
+        check_objective(metric, task, config, key=f"objective.constraints.{metric}")
+
+
+def check_objective(metric: str, task: Task, config: Optional[ExperimentConfig] = None,
+                    key: str = "objective.metric") -> None:
+    """The objective must be a metric trials of this task report (with ``config``'s settings, when given); the
+    deployment costs (``COST_METRICS``) every trial reports, the forgetting probe's where it runs.
 
     Raises:
         ConfigError: e.g. val/accuracy on a regression data set, val/bleu without data.metric=bleu.
     """
+    if metric in COST_METRICS:
+        return
+    if metric == PROBE_METRIC:
+        if config is not None and config.probe.forgetting:
+            return
+        raise ConfigError(f"{key}: {metric} is measured only by the forgetting probe, got {metric} without it. "
+                          "Set probe.forgetting to a plain-text file of general text, or drop this metric.")
     if config is not None and metric in task.objective_metrics and metric not in task.reported_metrics(config):
         setting = "data.metric=bleu" if metric == "val/bleu" else "data.generate_every_epoch=true"
-        raise ConfigError(f"objective.metric: {metric} is reported by {task.name} trials only with {setting}, "
+        raise ConfigError(f"{key}: {metric} is reported by {task.name} trials only with {setting}, "
                           f"got {metric} without it. Set {setting}, or use one of "
                           f"{', '.join(task.reported_metrics(config))}.")
     if metric in task.objective_metrics:
         return
     others = [name for name in reporting(metric) if name != task.name]
     hint = f", or set data.task={others[0]}" if others else ""
-    raise ConfigError(f"objective.metric: {metric} is not reported for a {task.name} task, got {metric}. "
+    raise ConfigError(f"{key}: {metric} is not reported for a {task.name} task, got {metric}. "
                       f"Use one of {', '.join(task.objective_metrics)}{hint}.")

@@ -18,7 +18,7 @@ from finesweep.errors import ConfigError
 from finesweep.tasks.causal_lm import CausalLM
 from finesweep.tasks.image_classification import ImageClassification
 from finesweep.tasks.seq2seq import Seq2Seq
-from finesweep.tasks.task import Task
+from finesweep.tasks.task import COST_METRICS, PROBE_METRIC, Task
 from finesweep.tasks.text_classification import TextClassification, TextRegression
 from finesweep.tasks.token_classification import TokenClassification
 from finesweep.tasks.token_data import CONLL_SUFFIXES
@@ -110,7 +110,8 @@ def names() -> List[str]:
 
 def objective_metrics() -> Tuple[str, ...]:
     """Every metric some registered task reports each epoch and a sweep may optimise."""
-    return tuple(dict.fromkeys(m for task in _TASKS.values() for m in task.objective_metrics))
+    return tuple(dict.fromkeys([*(m for task in _TASKS.values() for m in task.objective_metrics), *COST_METRICS,
+                                PROBE_METRIC]))
 
 
 def reporting(metric: str) -> List[str]:

@@ -41,9 +41,16 @@ if TYPE_CHECKING:
 Batch = Dict[str, Any]
 """What a trial trains on: ``{"features": {name: tensor}, "labels": tensor}``."""
 
-REPORTED_PREFIXES = ("train/", "val/", "model/", "probe/")
+REPORTED_PREFIXES = ("train/", "val/", "model/", "probe/", "inference/")
 """What a trial reports each epoch of what its module logs: training and validation metrics, the model's size,
-the forgetting probe."""
+the forgetting probe, the served model's latency."""
+
+COST_METRICS = ("inference/latency_ms", "model/size_mb", "model/trainable_params")
+"""What deploying a trial's model costs, which a trial of any task reports and a sweep may optimise or constrain
+(``finetune/costs.py`` measures them)."""
+
+PROBE_METRIC = "probe/perplexity_increase"
+"""How much a trial forgot (the forgetting probe, ``probe.forgetting``): an objective or constraint where it runs."""
 
 
 @dataclass(frozen=True)

@@ -310,17 +310,28 @@ class Projector:
         self.client.log_batch(self.parent_id, metrics=[Metric(k, float(v), now, event.round)
                                                        for k, v in event.metrics.items()],
                               tags=[RunTag(k, str(v)) for k, v in event.tags.items()])
+        if event.selected_trial is not None:  # a user's pick from the front (finesweep select): the tables stand
+            return
         self.client.log_text(self.parent_id, event.leaderboard_csv, "final/leaderboard.csv")
         self.client.log_text(self.parent_id, event.leaderboard_md, "final/leaderboard.md")
         if event.breakdown_csv:
             self.client.log_text(self.parent_id, event.breakdown_csv, f"final/{event.breakdown_name}.csv")
             self.client.log_text(self.parent_id, event.breakdown_md, f"final/{event.breakdown_name}.md")
+        if event.front:
+            self.client.log_table(self.parent_id, data=self._front_table(event.front),
+                                  artifact_file="final/pareto_front.json")
         if event.generations:
             table = pd.DataFrame(event.generations)
             self.client.log_table(self.parent_id, data=table, artifact_file="final/generations.json")
             trial_run = self.cursor.runs.get(f"trial/{event.generated_by}")
             if trial_run:
                 self.client.log_table(trial_run, data=table, artifact_file="final/generations.json")
+
+    def _front_table(self, front: List[Dict[str, Any]]) -> pd.DataFrame:
+        """The Pareto front as a table: one row per point, its objective values, values and MLflow run id."""
+        return pd.DataFrame([{"trial": row["trial"], "run_id": self.cursor.runs.get(f"trial/{row['trial']}", ""),
+                              **row["values"], **{k: _param_value(v) for k, v in row["params"].items()},
+                              "epoch": row.get("epoch")} for row in front])
 
     def _on_best(self, event: BestChosen) -> None:
         now = int(event.time * 1000)

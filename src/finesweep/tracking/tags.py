@@ -43,8 +43,10 @@ def runs_view(started: SweepStarted, parent_id: str) -> Dict[str, Any]:
     the first screen the link opens shows the trials.
     """
     mode, metric = started.tags["finesweep.objective"].split(" ", 1)
+    # a multi-objective sweep: every objective a column, the primary first (``finesweep.objectives``)
+    objectives = [term.split(" ", 1)[1] for term in started.tags.get("finesweep.objectives", "").split(", ") if term]
     params = [f"params.`{key}`" for key in list(started.space)[:MAX_PARAM_COLUMNS]]
-    columns = [f"tags.`{STATUS_TAG}`", f"metrics.`{metric}`", *params]
+    columns = [f"tags.`{STATUS_TAG}`", *(f"metrics.`{m}`" for m in objectives or [metric]), *params]
     # columnOrder puts them first, before MLflow's Created, Duration and Models (the table draws only the
     # columns in view, so a tag column at the far right would be out of sight).
     return {"selectedColumns": [*columns, "attributes.`Models`"], "columnOrder": columns,
