@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml .ci/constraints.txt | cksum | cut -d' ' -f1)
 
 PHONY_BENCH := bench bench-search bench-ties bench-throughput bench-scale bench-overhead bench-selection bench-small-data \
-	bench-images bench-recipes bench-llm bench-workers
+	bench-images bench-recipes bench-llm bench-workers bench-mo
 .PHONY: demo test test-fast lint $(PHONY_BENCH) install \
 	system-deps clean
 
@@ -51,10 +51,13 @@ test-fast: install  ## unit tests only
 
 # Every benchmark prints a markdown table (the README's Performance section shows them); ~60 min in all on 2 cores.
 bench: bench-search bench-ties bench-throughput bench-scale bench-overhead bench-selection bench-small-data \
-	bench-images bench-recipes bench-llm bench-workers
+	bench-images bench-recipes bench-llm bench-workers bench-mo
 
 bench-search: install  ## TPE+ASHA vs random, TPE, random+ASHA and hand-written Optuna+Hyperband on LCBench (~18 min)
 	$(BIN)/python benchmarks/search_efficiency.py
+
+bench-mo: install  ## multi-objective on LCBench (accuracy vs runtime): MO-ASHA + MOTPE vs random, NSGA-II, MOTPE (~8 min)
+	$(BIN)/python benchmarks/multiobjective.py
 
 bench-selection: install  ## how often each model-selection procedure picks worse than the recipe (simulated, ~5 s)
 	$(BIN)/python benchmarks/selection_noise.py

@@ -35,12 +35,12 @@ search: {{sampler: nsga2, num_trials: 8, max_concurrent: 2, seed: 0}}
 scheduler: {{kind: asha, max_epochs: 3, grace_period: 1, reduction_factor: 2, stop_infeasible: true}}
 final: {{select: {{metric: val/accuracy}}}}
 finetune: {{strategy: head_only}}
-optim: {{lr: 1.0e-2}}
+optim: {{lr: 3.0e-2}}
 space:
   finetune.strategy: {{distribution: categorical, choices: [head_only, lora, full]}}
-  data.batch_size: {{distribution: categorical, choices: [2, 32]}}
+  data.batch_size: {{distribution: categorical, choices: [2, 32]}}   # 96 steps an epoch, or 6
   data.max_length: {{distribution: categorical, choices: [8, 32]}}
-  optim.lr: {{distribution: loguniform, low: 1.0e-3, high: 5.0e-2}}
+  optim.lr: {{distribution: loguniform, low: 1.0e-2, high: 1.0e-1}}
 """
 
 OBJECTIVE = ObjectiveConfig(metric="val/accuracy", mode=Mode.max,

@@ -52,7 +52,15 @@ from finesweep.journal.replay import SweepState, load_state, new_sweep_id, sweep
 from finesweep.journal.writer import Journal
 from finesweep.report.terminal import SweepView, results_table
 from finesweep.search.searcher import Numbering, Rerun
-from finesweep.selection import Selection, baseline_metrics, leaderboard, scored_by, select, test_summary
+from finesweep.selection import (
+    Selection,
+    baseline_metrics,
+    leaderboard,
+    ranked_by,
+    scored_by,
+    select,
+    test_summary,
+)
 from finesweep.tasks import DataCache, PreparedData
 from finesweep.tasks.task import Generated
 from finesweep.tracking import UI_VIEW, Projector, sync_log
@@ -309,7 +317,7 @@ def _baseline(session: Session, chosen: Selection, records: Sequence[TrialRecord
         record = ran[0] if ran else None
     if metric != config.objective.metric and record is not None:  # ranked by another objective (final.select)
         record = scored_by([record], metric)[0]
-        config = dataclasses.replace(config, objective=dataclasses.replace(config.objective, metric=metric))
+        config = dataclasses.replace(config, objective=ranked_by(config.objective, metric))
     metrics = baseline_metrics(config, chosen, record, cache, _evaluate)
     session.journal.record(BaselineScored(metrics=metrics))
     console.print(f"the search bought {metrics[f'gain/{metric}']:+.4f} val {metric} over the baseline "
@@ -438,8 +446,9 @@ def _record_selection(session: Session, chosen: Selection, cache: DataCache, con
     unit = "folds" if chosen.folds else "runs"
     spread = f" ± {registered.std:.4f} over {len(registered.runs)} {unit}" if len(registered.runs) > 1 else ""
     tests = ", ".join(f"{k} {v:.4f}" for k, v in chosen.test_metrics.items())
-    console.print(chosen.verdict.line() if chosen.verdict is not None
-                  else "winner vs recipe: no score for the recipe (it never ran)", markup=False)
+    no_verdict = ("winner vs recipe: the recipe breaks objective.constraints, so it is not compared"
+                  if chosen.recipe_infeasible else "winner vs recipe: no score for the recipe (it never ran)")
+    console.print(chosen.verdict.line() if chosen.verdict is not None else no_verdict, markup=False)
     if front:
         console.print(f"Pareto front ({', '.join(config.objective.metrics)}): " + "; ".join(
             f"trial {row['trial']} " + ", ".join(f"{v:.4g}" for v in row["values"].values()) for row in front),

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from finesweep.config import ExperimentConfig, Mode, ObjectiveConfig, Prefer
+from finesweep.config import ExperimentConfig, Mode, ObjectiveConfig, ObjectiveTerm, Prefer
 from finesweep.config.overrides import with_overrides
 from finesweep.execution.trial import report_val_rows
 from finesweep.finetune.layout import best_weights
@@ -93,6 +93,8 @@ class Selection:
     """Why the search's own best trial won instead of a re-trained one (every re-training run failed); else empty."""
     metric: str = ""
     """The metric candidates were ranked by: ``final.select``'s, or the primary objective's."""
+    recipe_infeasible: bool = False
+    """The recipe ran but breaks ``objective.constraints``: it is never selected, and no verdict compares with it."""
 
     @property
     def winner(self) -> Candidate:
@@ -123,6 +125,13 @@ def ranking_metric(objective: ObjectiveConfig, select: Optional[str]) -> Tuple[s
     modes = dict(objective.terms)
     metric = select if select in modes else objective.metric
     return metric, modes[metric]
+
+
+def ranked_by(objective: ObjectiveConfig, metric: str) -> ObjectiveConfig:
+    """The objective with ``metric`` (one of its objectives) as the primary one, the others after it."""
+    modes = dict(objective.terms)
+    also = [ObjectiveTerm(metric=m, mode=mode) for m, mode in objective.terms if m != metric]
+    return dataclasses.replace(objective, metric=metric, mode=modes[metric], also=also)
 
 
 def scored_by(records: Sequence[TrialRecord], metric: str) -> List[TrialRecord]:
@@ -226,7 +235,7 @@ def select(config: ExperimentConfig, records: Sequence[TrialRecord], cache: Data
     if metric != objective.metric:  # ranked by another objective, at the epochs the primary one chose
         records = scored_by(records, metric)
         ranked_candidates = [Candidate(c.params, scored_by(c.runs, metric)) for c in ranked_candidates]
-        config = dataclasses.replace(config, objective=dataclasses.replace(objective, metric=metric, mode=mode))
+        config = dataclasses.replace(config, objective=ranked_by(objective, metric))
     if recipe is not None and ranked_candidates:
         ranked_candidates = with_recipe(ranked_candidates, recipe, records, mode)
     final_records: List[TrialRecord] = []
@@ -245,6 +254,8 @@ def select(config: ExperimentConfig, records: Sequence[TrialRecord], cache: Data
             folds = 0
     if not final_records or fallback:  # ranked by the search's own runs (a recipe that never ran has none)
         ranked_candidates = sorted([c for c in ranked_candidates if c.scores], key=lambda c: mode.rank_key(c.mean))
+    recipe_infeasible = any(c.params == recipe and c.scores and not feasible_candidate(c, objective)
+                            for c in ranked_candidates)
     ranked_candidates = [c for c in ranked_candidates if any(r.checkpoint for r in c.runs)
                          and feasible_candidate(c, objective)]
     if not ranked_candidates:
@@ -270,7 +281,7 @@ def select(config: ExperimentConfig, records: Sequence[TrialRecord], cache: Data
     test_metrics = registered.test[[r for r in registered.runs if r.checkpoint].index(chosen)]
     latency, device = measure_latency(best_weights(str(chosen.checkpoint)), data, registered_config.data.batch_size)
     return Selection(ranked_candidates, registered, chosen, test_metrics, final_records, latency, device, verdict,
-                     dict(recipe or {}), folds, fallback, metric)
+                     dict(recipe or {}), folds, fallback, metric, recipe_infeasible)
 
 
 def on_whole_validation(config: ExperimentConfig, records: Sequence[TrialRecord], cache: DataCache,

@@ -10,8 +10,9 @@ The method, stated once:
   (LoRA adapters merged: the base model's compute), on the trial's device, in eval mode without gradients, over
   one batch of ``data.batch_size`` validation rows collated as the task collates them (text cut at
   ``data.max_length``, padded to the batch's longest row). ``WARMUP`` passes first (allocator, kernels, caches),
-  then the median of ``TIMED`` passes, divided by the rows. Generative tasks time the teacher-forced forward pass
-  (one step of every position), not a whole generation.
+  then the fastest of ``TIMED`` passes, divided by the rows: as ``timeit`` advises, the slower passes measure the
+  machine's other work (trials beside it share the cores), not the model. Generative tasks time the teacher-forced
+  forward pass (one step of every position), not a whole generation.
 - ``model/size_mb``: MiB of the served model's weights (parameters and buffers in their dtype); merged LoRA weighs
   what the full model weighs: the adapters are not counted twice.
 - ``model/trainable_params`` is reported by the module every epoch (gradual unfreezing changes it).
@@ -20,7 +21,6 @@ The method, stated once:
 from __future__ import annotations
 
 import contextlib
-import statistics
 import time
 from typing import Any, Dict, Iterator
 
@@ -35,7 +35,7 @@ SIZE_METRIC = "model/size_mb"
 WARMUP = 2
 """Untimed forward passes before timing."""
 TIMED = 5
-"""Timed forward passes; the latency is their median (one slow pass, e.g. a context switch, does not count)."""
+"""Timed forward passes; the latency is the fastest (a pass slowed by other work on the machine does not count)."""
 
 _ADAPTER_MARKERS = ("lora_", ".original_module.")
 """Names of weights the served model does not hold: LoRA's adapters (merged into the base weights) and peft's copy
@@ -67,7 +67,7 @@ def latency_ms(task: Task, model: nn.Module, data: PreparedData, batch_size: int
                     times.append(time.perf_counter() - start)
     finally:
         model.train(was_training)
-    return 1000.0 * statistics.median(times) / rows
+    return 1000.0 * min(times) / rows
 
 
 def measure(task: Task, model: nn.Module, data: PreparedData, batch_size: int, device: torch.device,

@@ -1,0 +1,34 @@
+"""What serving a trial's model costs: the served size (LoRA counted merged) and the latency per example."""
+
+from __future__ import annotations
+
+import torch
+from tests.finetune.conftest import MakeConfig, module_for, prepared
+
+from finesweep.finetune import costs
+
+
+def test_the_served_size_counts_every_weight_once_and_lora_as_merged(make_config: MakeConfig) -> None:
+    full = module_for(make_config("finetune.strategy=full"))
+    by_hand = sum(p.numel() * p.element_size() for p in full.model.parameters()) + sum(
+        b.numel() * b.element_size() for b in full.model.buffers())
+    assert costs.served_size_mb(full.model) == by_hand / 2**20
+    lora = module_for(make_config("finetune.strategy=lora", "finetune.lora.r=8"))
+    assert any("lora_" in n for n, _ in lora.model.named_parameters())
+    assert costs.served_size_mb(lora.model) == costs.served_size_mb(full.model)  # merged: the full model's weights
+    exported = lora.export_model()  # what is served: LoRA merged into plain weights
+    assert costs.served_size_mb(exported) == costs.served_size_mb(full.model)
+
+
+def test_latency_is_per_example_on_a_validation_batch_and_leaves_the_model_training(make_config: MakeConfig) -> None:
+    config = make_config("finetune.strategy=lora")
+    data = prepared(config)
+    module = module_for(config)
+    module.model.train()
+    found = costs.measure(data.task, module.model, data, 8, torch.device("cpu"), latency=True)
+    assert found[costs.LATENCY_METRIC] > 0 and found[costs.SIZE_METRIC] > 0
+    assert module.model.training  # the Trainer gets the model back as it gave it
+    assert costs.LATENCY_METRIC not in costs.measure(data.task, module.model, data, 8, torch.device("cpu"),
+                                                     latency=False)
+    # per example: a batch of 8 costs less per row than one of 1 (the same passes, more rows)
+    assert costs.latency_ms(data.task, module.model, data, 1, torch.device("cpu")) > found[costs.LATENCY_METRIC] / 8
