@@ -31,8 +31,35 @@ FILES: Dict[str, bytes] = {
     "binary.yaml": b"\xff\xfe\x00objective",
 }
 
+TWO = ("objective:\n  - {metric: val/accuracy, mode: max}\n  - {metric: inference/latency_ms, mode: min}\n"
+       "search: {sampler: random, num_trials: 4}\nscheduler: {kind: fifo, max_epochs: 2}\n")
+ONE = "search: {sampler: random, num_trials: 4}\nscheduler: {kind: fifo, max_epochs: 2}\n"
+
 # (id, sweep body, overrides, pinned message after "error: ")
 CASES = [
+    # --- several objectives and constraints (a multi-objective sweep) -------------------------------------
+    ("cost-metric-that-does-not-exist",
+     space(LR.strip(), head=TWO.replace("inference/latency_ms", "inference/energy_j")), [],
+     r"bad\.yaml: objective\[1\]\.metric must be a metric every trial reports \(.*inference/latency_ms.*\), got "
+     r"'inference/energy_j'\. Pick one of those\.$"),
+    ("constraint-on-a-metric-the-task-does-not-report",
+     space(LR.strip(), head="objective: {metric: val/accuracy, mode: max, constraints: {val/entity_f1: {min: 0.5}}}\n"
+           + ONE), [],
+     r"objective\.constraints\.val/entity_f1: val/entity_f1 is not reported for a classification task, got "
+     r"val/entity_f1\. Use one of "),
+    ("objective-mode-missing", space(LR.strip(), head=TWO.replace(", mode: min", "")), [],
+     r"bad\.yaml: objective\[1\]\.mode is required, got \{'metric': 'inference/latency_ms'\}\. Write e\.g\. "
+     r"\{metric: inference/latency_ms, mode: min\} \(mode: max or min\)\.$"),
+    ("several-objectives-on-a-grid", space("optim.lr: {distribution: categorical, choices: [1.0e-4, 5.0e-5]}",
+                                           head=TWO), ["search.sampler=grid", "search.num_trials=null"],
+     r"bad\.yaml: search\.sampler cannot search 2 objectives: a grid runs every combination once whatever they "
+     r"score, so it has no front to move towards, got grid\. Use search\.sampler=nsga2, tpe or random\.$"),
+    ("a-constraint-on-a-grid", space("optim.lr: {distribution: categorical, choices: [1.0e-4, 5.0e-5]}",
+                                     head="objective: {metric: val/accuracy, mode: max, constraints: "
+                                          "{model/size_mb: {max: 100}}}\n" + ONE),
+     ["search.sampler=grid", "search.num_trials=null"],
+     r"bad\.yaml: search\.sampler cannot honour objective\.constraints \(a grid runs every combination once\), "
+     r"got grid\. Use search\.sampler=tpe, nsga2 or random, or drop the constraints\.$"),
     # --- the recipe (the config's own values) and enqueued points must be values the space can produce -------
     ("recipe-outside-the-space", space("optim.lr: {distribution: loguniform, low: 1.0e-4, high: 1.0e-3}"), [],
      r"bad\.yaml: search\.start_from_config: the recipe's optim\.lr=5e-05 \(the composed config's own value\) is "

@@ -123,7 +123,7 @@ def select_point(where: Locations, ref: Optional[str], trial: int, timeout: floa
     from finesweep.journal.events import LOG_NAME, RegisterRequested, SelectionMade
     from finesweep.journal.file import EventFile, read_events
     from finesweep.journal.replay import load_state
-    from finesweep.tracking import parent_run, sync_log
+    from finesweep.tracking import Cursor, parent_run, sync_log
 
     folder = locate(where.storage_path, ref, parent_run) if ref else _latest(where.storage_path)
     events = list(read_events(folder / LOG_NAME))
@@ -154,7 +154,9 @@ def select_point(where: Locations, ref: Optional[str], trial: int, timeout: floa
     target = where.tracking_uri if where.uri_given else None
     message, missing = sync_log(folder, target, deadline=time.monotonic() + timeout)
     values = ", ".join(f"{k} {v:.4g}" for k, v in row["values"].items())
-    console.print(f"trial {trial} ({values}) registered as {name}: a new version from its kept weights", markup=False)
+    version = Cursor.load(folder).registered.get(str(round_)) or name
+    console.print(f"trial {trial} ({values}) registered as models:/{version}: a new version from its kept weights",
+                  markup=False)
     if missing:
         raise SweepFailedError(f"MLflow did not take the registration ({message}). Run finesweep sync once it is up.")
     return 0

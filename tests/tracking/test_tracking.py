@@ -305,3 +305,17 @@ def test_the_model_package_links_the_weights_and_never_writes_through_a_link(tin
     assert (weights / "tokenizer_config.json").read_text() == "the checkpoint's own", "the checkpoint is untouched"
     assert (package / "tokenizer_config.json").read_text() != "the checkpoint's own"
     assert ServingMeta.from_json((package / META_FILE).read_text()) == meta
+
+
+def test_the_shared_view_of_a_multi_objective_sweep_shows_every_objective_first() -> None:
+    from finesweep.journal.events import SweepStarted
+    from finesweep.tracking.tags import runs_view
+
+    started = SweepStarted(sweep_id="s", name="latency", experiment="latency", artifact_root="", tracking_uri="",
+                           folder="", tags={"finesweep.objective": "max val/accuracy",
+                                            "finesweep.objectives": "max val/accuracy, min inference/latency_ms"},
+                           params={}, config_yaml="", sweep_yaml="", sweep_file="", space={"optim.lr": {}}, budget=4)
+    view = runs_view(started, "parent")
+    assert view["columnOrder"][:4] == ["tags.`finesweep.trial_status`", "metrics.`val/accuracy`",
+                                       "metrics.`inference/latency_ms`", "params.`optim.lr`"]
+    assert view["orderByKey"] == "metrics.`val/accuracy`"

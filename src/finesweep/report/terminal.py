@@ -19,6 +19,7 @@ from rich.text import Text
 
 from finesweep.config import ExperimentConfig
 from finesweep.config.space import Distribution, Param
+from finesweep.journal.front import feasible
 from finesweep.journal.records import TrialRecord, TrialStatus, best_trial, format_params, ranked, short
 
 STATUS_STYLE = {TrialStatus.running: "cyan", TrialStatus.completed: "green",
@@ -109,10 +110,13 @@ class SweepView:
             f"re-training {sum(r.status is not TrialStatus.running for r in final)}/{len(final)} done  "
             if final else "",
             f"{time.monotonic() - self.started:.0f}s")
-        best = best_trial(search, self.config.objective.mode)
-        metric = self.config.objective.metric
-        best_line = Text(f"best {metric}: " + (f"{best.best_value:.4f} (trial {best.number}: "
-                                               f"{format_params(best.params)})" if best else "-"))
+        objective = self.config.objective
+        # a trial that breaks objective.constraints is never selected, so it is never shown as the best
+        best = best_trial([r for r in search if feasible(r, objective)], objective.mode)
+        metric = objective.metric
+        label = "best feasible" if objective.constraints else "best"
+        best_line = Text(f"{label} {metric}: " + (f"{best.best_value:.4f} (trial {best.number}: "
+                                                  f"{format_params(best.params)})" if best else "-"))
         running = [r for r in records if r.status is TrialStatus.running]
         table = Table(box=None, pad_edge=False, show_header=bool(running))
         for column in ("trial", self.config.scheduler.unit.key, metric, "params"):
