@@ -12,6 +12,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from e2e import Driver, run_cli, runs
+from finesweep.api import load
 from finesweep.config import Bound, Mode, ObjectiveConfig, ObjectiveTerm
 from finesweep.journal.events import SelectionMade
 from finesweep.journal.file import read_events
@@ -109,5 +110,11 @@ def test_a_two_objective_sweep_resumed_mid_way_selects_a_feasible_front_point_an
     assert len(versions) == 2
     parent = client.get_run(parent.info.run_id)
     assert parent.data.tags["finesweep.selected_trial"] == str(other)
+    # the pick registers a version; model selection's result, leaderboard and front stand in the report and the API
+    report = run_cli(["report"], tmp_path, timeout=300)
+    assert report.returncode == 0, report.stdout + report.stderr
+    html = next((folder / "report").glob("*.html")).read_text()
+    assert "<h2>Leaderboard</h2>" in html and "<h2>Pareto front</h2>" in html
+    assert load(folder.name, [f"cluster.storage_path={tmp_path / 'mlruns' / 'ray'}"]).best_trial == winner.number
     wrong = run_cli(["select", "--trial", "999"], tmp_path, timeout=120)
     assert wrong.returncode == 2 and "--trial must be a trial on" in wrong.stderr, wrong.stderr

@@ -104,7 +104,7 @@ def read_result(folder: Path) -> SweepResult:
     for event in read_events(folder / LOG_NAME):
         if isinstance(event, BestChosen):
             best = event
-        elif isinstance(event, SelectionMade):
+        elif isinstance(event, SelectionMade) and event.selected_trial is None:  # a user's pick changes no score
             selection, metrics = event, dict(event.metrics)
         elif isinstance(event, BaselineScored):
             metrics.update(event.metrics)

@@ -136,7 +136,7 @@ def test_study_searcher_numbers_trials_and_tells_optuna_the_best_epoch(config: E
     bridge = bridge_for(config, listener)
     searcher = bridge.plan.searcher
     first = searcher.suggest("t0")
-    assert first[MARKER] == {"number": 0, "optuna": 0, "checkpoint": None, "attempt": 1}
+    assert first[MARKER] == {"number": 0, "optuna": 0, "checkpoint": None, "attempt": 1, "sampler_attrs": {}}
     assert 1e-5 <= first["optim.lr"] <= 1e-2 and set(params_of(first)) == {"optim.lr"}
     tune_trial = trial("t0", first)
     bridge.on_trial_start(0, [], tune_trial)

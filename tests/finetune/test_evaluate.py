@@ -118,7 +118,8 @@ def test_regression_trains_one_output_on_mse_and_reports_rmse_and_pearson(
     assert type(encoded.task) is TextRegression and encoded.train.labels.dtype == np.float32
     reports, best = _fit_keeping_best(config, cache, tmp_path / "best")
 
-    assert all(set(m) == {*TextRegression.objective_metrics, *MODEL_METRICS, "epoch"} for m in reports)
+    assert all(set(m) == {*TextRegression.objective_metrics, *MODEL_METRICS, "model/size_mb", "epoch"}
+               for m in reports)
     for metrics in reports:  # val/loss is the mean squared error, so val/rmse is its root
         assert metrics["val/rmse"] == pytest.approx(metrics["val/loss"] ** 0.5, rel=1e-4)
     assert reports[-1]["val/pearson"] > 0.5, "the scores are readable from the words"

@@ -113,7 +113,9 @@ def test_fit_reports_every_epoch_and_saves_only_improvements(config: ExperimentC
     fit(config, cache, report)
     assert [m["epoch"] for m, _ in reports] == [1.0, 2.0, 3.0]
     assert all(set(m) == {"train/loss", "val/loss", "val/accuracy", "val/f1_macro", "model/trainable_params",
-                          "model/trainable_fraction", "epoch"} for m, _ in reports)
+                          "model/trainable_fraction", "model/size_mb", "epoch"} for m, _ in reports)
+    # the served size, once per trial in every report (no latency: this sweep neither optimises nor bounds it)
+    assert all(m["model/size_mb"] == (21347 * 4 + 2 * 64 * 8) / 2**20 for m, _ in reports)  # + 2 int64 id buffers
     assert all(m["model/trainable_params"] == 21347 and m["model/trainable_fraction"] == 1.0 for m, _ in reports)
     assert all(isinstance(v, float) for m, _ in reports for v in m.values())
     best, previous = -1.0, None

@@ -113,7 +113,7 @@ def read_facts(folder: Path, registered: str = "") -> SweepFacts:
             spans.setdefault(event.number, []).append((open_at.pop(event.number), event.time))
         elif isinstance(event, TrialResult) and event.node:
             nodes[event.number] = event.node
-        elif isinstance(event, SelectionMade):
+        elif isinstance(event, SelectionMade) and event.selected_trial is None:  # not a user's pick (finesweep select)
             selection = event
         elif isinstance(event, BestChosen):
             best = event

@@ -121,13 +121,15 @@ def _page(facts: SweepFacts, figures: List[Figure], study: str) -> str:
     state = facts.state
     parts = [f"<h1>Sweep {html.escape(state.name)}</h1>",
              f"<p class='muted'>{html.escape(state.sweep_id)} · {state.status} · objective: "
-             f"{facts.mode.value} {html.escape(facts.metric)} · {len(facts.search())} search trials · built "
+             f"{html.escape(', '.join(f'{m.value} {n}' for n, m in facts.config.objective.terms))} · "
+             f"{len(facts.search())} search trials · built "
              f"{time.strftime('%Y-%m-%d %H:%M')}</p>", _summary(facts, study), _winner(facts)]
     for index, figure in enumerate(figures):
         parts.append(f"<h2>{html.escape(figure.title)}</h2><p class='caption'>{html.escape(figure.caption)}</p>")
         if figure.figure is not None:
             parts.append(figure.figure.to_html(full_html=False, include_plotlyjs=False, div_id=f"figure-{index}",
                                                config={"displaylogo": False}))
+    parts.append(_front(facts))
     parts.append(_leaderboard(facts))
     return ("<!DOCTYPE html><html><head><meta charset='utf-8'>"
             f"<title>finesweep report: {html.escape(state.name)}</title><style>{STYLE}</style>"
@@ -212,6 +214,21 @@ def _leaderboard(facts: SweepFacts) -> str:
             "validation mean ± std over their runs (folds or seeds), and the registered configuration's test "
             "evaluation; recipe marks the config's own values.</p>"
             + _table(rows, [str(c) for c in frame.columns]))
+
+
+def _front(facts: SweepFacts) -> str:
+    """A multi-objective sweep's feasible Pareto front as model selection saw it: each point's values and config."""
+    front = facts.selection.front if facts.selection else []
+    if not front:
+        return ""
+    metrics = facts.config.objective.metrics
+    keys = sorted({k for row in front for k in row["params"]})
+    rows = [[str(row["trial"]), *(_cell(row["values"].get(m)) for m in metrics),
+             *(_cell(row["params"].get(k, "")) for k in keys)] for row in front]
+    return ("<h2>Pareto front</h2><p class='caption'>The feasible trials no other feasible trial beats on every "
+            "objective, each at its best epoch: the finalists of model selection. Any of them can be registered "
+            "instead of the winner with finesweep select RUN --trial N (its weights were kept).</p>"
+            + _table(rows, ["trial", *metrics, *keys]))
 
 
 def _cell(value: Any) -> str:
