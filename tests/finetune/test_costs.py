@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
-import torch
-from tests.finetune.conftest import MakeConfig, module_for, prepared
+from pathlib import Path
 
+import pytest
+import torch
+
+from finesweep.config import ExperimentConfig
 from finesweep.finetune import costs
+from finesweep.finetune.module import FinetuneModule
+from finesweep.tasks import PreparedData
+
+from .conftest import MakeConfig, module_for, prepared
+
+
+def module_for_data(config: ExperimentConfig, data: PreparedData) -> FinetuneModule:
+    return FinetuneModule.for_trial(config, data, total_steps=10)
 
 
 def test_the_served_size_counts_every_weight_once_and_lora_as_merged(make_config: MakeConfig) -> None:
@@ -32,3 +43,21 @@ def test_latency_is_per_example_on_a_validation_batch_and_leaves_the_model_train
                                                      latency=False)
     # per example: a batch of 8 costs less per row than one of 1 (the same passes, more rows)
     assert costs.latency_ms(data.task, module.model, data, 1, torch.device("cpu")) > found[costs.LATENCY_METRIC] / 8
+
+
+@pytest.mark.parametrize("kind", ["causal_lm", "seq2seq"])
+def test_a_generative_trial_times_its_teacher_forced_pass(kind: str, tmp_path: Path) -> None:
+    from finesweep.tasks import get
+    from lm_models import build_tiny_gpt2, build_tiny_t5, lm_config, write_prompt_csv, write_source_target_csv
+
+    if kind == "causal_lm":
+        model, path = build_tiny_gpt2(tmp_path / "gpt2"), write_prompt_csv(tmp_path / "pairs.csv")
+    else:
+        model, path = build_tiny_t5(tmp_path / "t5"), write_source_target_csv(tmp_path / "pairs.csv")
+    config = lm_config(model, path, kind, **{"finetune.strategy": "lora", "finetune.lora.target_modules": ["auto"]})
+    task = get(kind)
+    data = task.prepare(config)
+    module = module_for_data(config, data)
+    found = costs.measure(task, module.model, data, 4, torch.device("cpu"), latency=True)
+    assert found[costs.LATENCY_METRIC] > 0
+    assert found[costs.SIZE_METRIC] == costs.served_size_mb(module.export_model())  # LoRA counted merged
