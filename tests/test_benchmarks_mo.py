@@ -1,10 +1,12 @@
 """benchmarks/multiobjective.py: its hypervolume and fronts checked by hand, the surrogate's runtime against the
-loader's curve, and its core on a tiny budget: sane numbers, the budget kept, MO-ASHA stopping trials."""
+loader's curve, the per-epoch cost derived from it, and its core on a tiny budget with either cost: sane numbers,
+the budget kept, MO-ASHA stopping trials, a per-epoch cost the same at every report."""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Dict, List
 
 import numpy as np
 import pytest
@@ -48,10 +50,23 @@ def test_the_surrogates_runtime_is_cumulative_and_its_accuracy_the_loaders() -> 
     assert mo.reference_seconds(task) > seconds[-1], "the slowest of 256 random configurations"
 
 
+def test_the_per_epoch_cost_is_the_full_budgets_mean_at_every_epoch() -> None:
+    task = lcbench.tasks()[0]
+    timed = mo.timed_curves(task, [CONFIG, DIPPING])
+    per_epoch = mo.cost_curves(task, [CONFIG, DIPPING], mo.Cost.per_epoch)
+    np.testing.assert_array_equal(per_epoch[..., 0], timed[..., 0])
+    for row in range(2):  # the cumulative seconds at epoch 27, over 27 epochs, already reported at epoch 1
+        np.testing.assert_allclose(per_epoch[row, :, 1], np.full(mo.MAX_T, timed[row, 26, 1] / 27))
+    np.testing.assert_array_equal(mo.cost_curves(task, [CONFIG], mo.Cost.cumulative), timed[:1])
+    assert mo.reference_seconds(task, mo.Cost.per_epoch) == pytest.approx(mo.reference_seconds(task) / 27), \
+        "the same 256 configurations, the slowest over 27 epochs is the slowest per epoch"
+
+
 @pytest.mark.timeout(120)
-def test_every_method_on_a_tiny_budget_gives_sane_hypervolumes_within_the_budget() -> None:
+@pytest.mark.parametrize("cost", list(mo.Cost), ids=[c.value for c in mo.Cost])
+def test_every_method_on_a_tiny_budget_gives_sane_hypervolumes_within_the_budget(cost: mo.Cost) -> None:
     budget = 4 * mo.MAX_T
-    rows = mo.benchmark([lcbench.tasks()[0]], seeds=1, budget=budget)
+    rows = mo.benchmark([lcbench.tasks()[0]], seeds=1, budget=budget, cost=cost)
     assert set(rows) == {m.name for m in mo.METHODS}
     for name, (run,) in rows.items():
         volumes = [run["hv"][f] for f in mo.FRACTIONS]
@@ -65,6 +80,17 @@ def test_every_method_on_a_tiny_budget_gives_sane_hypervolumes_within_the_budget
             assert run["stopped"] >= run["trials"] // 2 and run["trials"] > 4, f"{method.name}: MO-ASHA stops trials"
         else:
             assert (run["stopped"], run["trials"]) == (0, 4), f"{method.name}: 4 full trials"
-    printed = mo.table(rows, tasks=1, seeds=1, budget=budget).splitlines()
+    printed = mo.table(rows, tasks=1, seeds=1, budget=budget, cost=cost).splitlines()
     assert len(printed) == 3 + len(mo.METHODS) and printed[3 + 2].startswith("| random | ")
     assert "| +0.000 [+0.000 to +0.000] |" in printed[3 + 2], "random minus itself"
+    assert f"runtime cost {cost.value} (" in printed[0], "the title says which cost"
+
+
+@pytest.mark.timeout(120)
+def test_a_per_epoch_cost_is_the_same_at_every_report_of_a_trial() -> None:
+    run = mo.search(lcbench.tasks()[0], mo.METHODS[0], seed=0, budget=4 * mo.MAX_T, cost=mo.Cost.per_epoch)
+    costs: Dict[int, List[float]] = {}  # trial number -> every cost it reported
+    for number, _, (_, seconds) in run.results:
+        costs.setdefault(number, []).append(seconds)
+    assert run.stopped > 0 and max(len(c) for c in costs.values()) >= 3, "trials stopped at different rungs"
+    assert all(len(set(c)) == 1 for c in costs.values()), "a trial's per-epoch cost never changes"

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import statistics
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -364,32 +363,17 @@ def test_summary(candidate: Candidate) -> Dict[str, Tuple[float, float]]:
     return summary
 
 
-def measure_latency(weights: Path, data: PreparedData, batch_size: int, examples: int = 256) -> Tuple[float, str]:
-    """Milliseconds per example of the saved model's forward pass on validation batches, and the device.
-
-    The batches are the task's own (``Task.collate``: text cut to each batch's longest row, as in training),
-    so the latency is the served model's.
-    """
+def measure_latency(weights: Path, data: PreparedData, batch_size: int) -> Tuple[float, str]:
+    """Milliseconds per example of the saved (served) model's forward pass, and the device: measured as every trial
+    measures ``inference/latency_ms`` (``finetune.costs.latency_ms``: a validation batch as the task collates it,
+    warm, the fastest of 5 passes), so the winner's number and its trial's agree."""
     import torch
 
-    task = data.task
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = task.load_trained(weights, data).to(device).eval()
-    count = min(examples, len(data.val))
-    batches = [_on(task.collate(data.val, range(i, min(i + batch_size, count)))["features"], device)
-               for i in range(0, count, batch_size)]
-    with torch.no_grad():
-        task.forward(model, batches[0])  # warm-up
-        start = time.perf_counter()
-        for batch in batches:
-            task.forward(model, batch)
-        if device == "cuda":
-            torch.cuda.synchronize()
-    return 1000.0 * (time.perf_counter() - start) / max(1, count), device
+    from finesweep.finetune.costs import latency_ms
 
-
-def _on(features: Dict[str, Any], device: str) -> Dict[str, Any]:
-    return {name: value.to(device) for name, value in features.items()}
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = data.task.load_trained(weights, data).to(device)
+    return latency_ms(data.task, model, data, batch_size, device), device.type
 
 
 def _configuration(params: Dict[str, Any]) -> Dict[str, Any]:

@@ -61,3 +61,12 @@ def test_a_generative_trial_times_its_teacher_forced_pass(kind: str, tmp_path: P
     found = costs.measure(task, module.model, data, 4, torch.device("cpu"), latency=True)
     assert found[costs.LATENCY_METRIC] > 0
     assert found[costs.SIZE_METRIC] == costs.served_size_mb(module.export_model())  # LoRA counted merged
+
+
+def test_the_winners_latency_is_measured_as_every_trials(make_config: MakeConfig, tiny_model: Path) -> None:
+    from finesweep.selection import measure_latency
+
+    config = make_config()
+    data = prepared(config)
+    latency, device = measure_latency(tiny_model, data, 8)  # the tiny model's folder stands for saved weights
+    assert device == "cpu" and 0 < latency < 1000
