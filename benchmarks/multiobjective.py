@@ -6,6 +6,12 @@ start of training to the end of that epoch (it rises epoch by epoch), so a trial
 ``time[e]``. The surrogate's curve dips now and then (a few configurations in a hundred); a running maximum
 keeps it from ever falling.
 
+That cumulative cost (``--cost cumulative``, the default) makes a trial MO-ASHA stopped after one epoch look cheap,
+and MOTPE, told a stopped trial's low-fidelity values as COMPLETE, chases such configurations. finesweep's real cost
+metrics (inference latency, model size) are properties of the configuration, whatever it trained for:
+``--cost per-epoch`` measures that kind of cost, the configuration's mean seconds per epoch over its full budget
+(``time[MAX_T] / MAX_T``, after the running maximum), the same at every report of the trial from its first on.
+
 Every method searches each (task, seed) with the same compute, ``BUDGET`` epochs summed over trials (the epochs of
 ``FULL_TRIALS`` full trials), trials one at a time, each reporting epoch by epoch (1..``MAX_T``) until the
 scheduler says stop or the budget is spent (the last trial is cut at the epoch the budget runs out):
@@ -29,14 +35,16 @@ through its ``suggest``/``observe``/``tell``, so the table measures the decision
 Measured per (task, seed, method): the hypervolume of the front of every ended trial's (accuracy, runtime) point
 (each trial at the last epoch it reached), once 25%, 50% and 100% of the budget was spent. Per task, accuracy is read on
 [0, 1] (reference 0) and runtime divided by a fixed reference: the largest full-budget (``MAX_T`` epochs) runtime
-among ``REFERENCE_SAMPLES`` random configurations, drawn with one seed before any method runs; a point slower than
-it adds nothing. So a hypervolume is in [0, 1]. The table gives the median and the inter-quartile range over tasks
-x seeds, the same for each method's hypervolume minus random search's on the same (task, seed) (the tasks differ
-far more than the methods do), and each method's wall time summed over them.
+(or, with ``--cost per-epoch``, the largest per-epoch cost) among ``REFERENCE_SAMPLES`` random configurations,
+drawn with one seed before any method runs; a point slower than it adds nothing. So a hypervolume is in [0, 1].
+The table gives the median and the inter-quartile range over tasks x seeds, the same for each method's hypervolume
+minus random search's on the same (task, seed) (the tasks differ far more than the methods do), and each method's
+wall time summed over them.
 
 Usage:
   python benchmarks/multiobjective.py            # 10 tasks x 5 seeds (~9 min with 2 processes on 2 cores)
   python benchmarks/multiobjective.py --quick    # 2 tasks x 2 seeds, a smaller budget (< 1 min)
+  python benchmarks/multiobjective.py --cost per-epoch   # the cost a property of the configuration, like a latency
 """
 
 from __future__ import annotations
@@ -48,6 +56,7 @@ import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -72,7 +81,7 @@ TASKS = se.TASKS
 SEEDS = 5
 
 Value = Tuple[float, float]
-"""(validation accuracy in [0, 1], cumulative training seconds) at one epoch."""
+"""(validation accuracy in [0, 1], cost in seconds) at one epoch."""
 Result = Tuple[int, int, Value]
 """(trial number, epoch, value) in arrival order: ``search_efficiency``'s counting of compute reads it as is."""
 
@@ -92,6 +101,20 @@ METHODS = (
     Method("MOTPE", "tpe", asha=False),
 )
 BASELINE = "random"
+
+
+class Cost(Enum):
+    """What a trial's runtime objective measures."""
+
+    cumulative = "cumulative"
+    """The seconds from the start of training to the end of the last epoch the trial ran: stopping early is cheap."""
+    per_epoch = "per-epoch"
+    """The configuration's mean seconds per epoch over its full ``MAX_T`` epochs, the same at every report: a
+    property of the configuration, like an inference latency."""
+
+
+COST_TITLES = {Cost.cumulative: "cumulative training seconds up to the trial's last epoch",
+               Cost.per_epoch: f"the configuration's mean seconds per epoch over its {MAX_T} epochs"}
 
 
 @dataclass(frozen=True)
@@ -125,6 +148,14 @@ def timed_curves(task: str, configs: Sequence[Mapping[str, float]]) -> np.ndarra
     return np.stack([accuracy, seconds], axis=-1).astype(float)
 
 
+def cost_curves(task: str, configs: Sequence[Mapping[str, float]], cost: Cost) -> np.ndarray:
+    """(configs, MAX_T, 2): accuracy in [0, 1] and the cost a trial reports at each epoch (index 0 = epoch 1)."""
+    curves = timed_curves(task, configs)
+    if cost is Cost.per_epoch:
+        curves[..., 1] = curves[:, -1:, 1] / MAX_T  # (configs, 1) broadcast over the epochs
+    return curves
+
+
 def params() -> Tuple[Any, ...]:
     """LCBench's 7 hyperparameters as finesweep ``Param``s."""
     from finesweep.config.space import Distribution, Param
@@ -135,8 +166,8 @@ def params() -> Tuple[Any, ...]:
 
 
 @functools.lru_cache(maxsize=None)
-def reference_seconds(task: str) -> float:
-    """The slowest full-budget runtime among REFERENCE_SAMPLES random configurations: the runtime axis's end."""
+def reference_seconds(task: str, cost: Cost = Cost.cumulative) -> float:
+    """The largest full-budget cost among REFERENCE_SAMPLES random configurations: the runtime axis's end."""
     import optuna
 
     from finesweep.config.space import suggest
@@ -144,7 +175,7 @@ def reference_seconds(task: str) -> float:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=REFERENCE_SEED))
     configs = [suggest(study.ask(), params()) for _ in range(REFERENCE_SAMPLES)]
-    return float(timed_curves(task, configs)[:, -1, 1].max())
+    return float(cost_curves(task, configs, cost)[:, -1, 1].max())
 
 
 # --- one search ----------------------------------------------------------------------------------
@@ -180,7 +211,7 @@ def scheduler() -> Any:
     return asha
 
 
-def search(task: str, method: Method, seed: int, budget: int) -> Run:
+def search(task: str, method: Method, seed: int, budget: int, cost: Cost = Cost.cumulative) -> Run:
     """One method on one (task, seed): trials one at a time until ``budget`` epochs are spent."""
     from optuna.trial import TrialState
 
@@ -193,7 +224,7 @@ def search(task: str, method: Method, seed: int, budget: int) -> Run:
     while spent < budget:
         config = study.suggest(f"trial-{trials}")
         number, optuna_number = config[MARKER]["number"], config[MARKER]["optuna"]
-        curve = timed_curves(task, [params_of(config)])[0]
+        curve = cost_curves(task, [params_of(config)], cost)[0]
         trials += 1
         for epoch in range(1, MAX_T + 1):
             accuracy, seconds = curve[epoch - 1]
@@ -237,15 +268,15 @@ def hypervolumes(results: Sequence[Result], budget: int, reference: float) -> Di
 
 # --- the table -----------------------------------------------------------------------------------
 
-def _one(job: Tuple[str, int, int, Tuple[Method, ...]]) -> Dict[str, Any]:
-    task, seed, budget, methods = job
+def _one(job: Tuple[str, int, int, Tuple[Method, ...], Cost]) -> Dict[str, Any]:
+    task, seed, budget, methods, cost = job
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    reference = reference_seconds(task)
+    reference = reference_seconds(task, cost)
     out: Dict[str, Any] = {}
     for method in methods:
-        run = search(task, method, seed, budget)
+        run = search(task, method, seed, budget, cost)
         out[method.name] = {"hv": hypervolumes(run.results, budget, reference), "trials": run.trials,
                             "stopped": run.stopped, "spent": se.spent_epochs(run.results)[-1],
                             "seconds": run.seconds}
@@ -255,12 +286,12 @@ def _one(job: Tuple[str, int, int, Tuple[Method, ...]]) -> Dict[str, Any]:
 
 
 def benchmark(tasks: Sequence[str], seeds: int, budget: int, methods: Sequence[Method] = METHODS,
-              jobs: int = 1) -> Dict[str, List[Dict[str, Any]]]:
+              jobs: int = 1, cost: Cost = Cost.cumulative) -> Dict[str, List[Dict[str, Any]]]:
     """Every method on every (task, seed): per method, one measurement per (task, seed).
 
     Each (task, seed) is one job; with ``jobs`` > 1 they run in that many processes.
     """
-    work = [(task, seed, budget, tuple(methods)) for task in tasks for seed in range(seeds)]
+    work = [(task, seed, budget, tuple(methods), cost) for task in tasks for seed in range(seeds)]
     if jobs > 1:
         with ProcessPoolExecutor(jobs) as pool:
             done = list(pool.map(_one, work))
@@ -269,7 +300,8 @@ def benchmark(tasks: Sequence[str], seeds: int, budget: int, methods: Sequence[M
     return {m.name: [d[m.name] for d in done] for m in methods}
 
 
-def table(rows: Mapping[str, List[Dict[str, Any]]], tasks: int, seeds: int, budget: int) -> str:
+def table(rows: Mapping[str, List[Dict[str, Any]]], tasks: int, seeds: int, budget: int,
+          cost: Cost = Cost.cumulative) -> str:
     """The markdown table: median [IQR] per method, its gain over random search on the same (task, seed), and its
     wall time summed over tasks x seeds."""
     def cell(values: Sequence[float], digits: int, sign: str = "") -> str:
@@ -279,6 +311,7 @@ def table(rows: Mapping[str, List[Dict[str, Any]]], tasks: int, seeds: int, budg
     baseline = [r["hv"][1.0] for r in rows[BASELINE]]
     lines = [f"LCBench surrogate, {tasks} tasks x {seeds} seeds, budget {budget} epochs ({budget // MAX_T} full "
              f"trials of {MAX_T} epochs), one trial at a time; MO-ASHA grace {GRACE}, reduction factor {FACTOR}; "
+             f"runtime cost {cost.value} ({COST_TITLES[cost]}); "
              "hypervolume of (val accuracy, -runtime / reference), median [IQR]",
              "| method | HV @25% | HV @50% | HV @100% | HV @100% minus random's (paired) | trials | stopped early "
              "| wall s (sum) |",
@@ -298,12 +331,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--seeds", type=int, default=SEEDS)
     parser.add_argument("--full-trials", type=int, default=FULL_TRIALS, help="the budget, in full trials")
     parser.add_argument("--jobs", type=int, default=2, help="processes, one (task, seed) each at a time")
+    parser.add_argument("--cost", choices=[c.value for c in Cost], default=Cost.cumulative.value,
+                        help="the runtime objective: cumulative seconds at the last epoch run, or the "
+                             "configuration's mean seconds per epoch (a property of it, like a latency)")
     args = parser.parse_args(argv)
     tasks, seeds = (TASKS[:2], 2) if args.quick else (TASKS[:args.tasks], args.seeds)
     budget = (QUICK_FULL_TRIALS if args.quick else args.full_trials) * MAX_T
     start = time.perf_counter()
-    rows = benchmark(tasks, seeds, budget, jobs=args.jobs)
-    print(table(rows, len(tasks), seeds, budget))
+    cost = Cost(args.cost)
+    rows = benchmark(tasks, seeds, budget, jobs=args.jobs, cost=cost)
+    print(table(rows, len(tasks), seeds, budget, cost))
     print(f"whole table: {time.perf_counter() - start:.0f} s ({args.jobs} processes)")
     return 0 if all(math.isfinite(r["hv"][1.0]) for runs in rows.values() for r in runs) else 1
 

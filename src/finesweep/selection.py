@@ -135,7 +135,8 @@ def ranked_by(objective: ObjectiveConfig, metric: str) -> ObjectiveConfig:
 
 def scored_by(records: Sequence[TrialRecord], metric: str) -> List[TrialRecord]:
     """The records with ``best_value`` read as ``metric`` at each one's best epoch (the epoch the primary objective
-    chose: the weights the trial stands for); the primary metric leaves them as they are."""
+    chose: the weights the trial stands for). For ranking by another objective than the primary one (``final.select``):
+    the primary one's values may have been scored again on the whole split (``on_whole_validation``)."""
     found = []
     for record in records:
         value = record.at_best.get(metric) if record.best_value is not None else None
