@@ -183,7 +183,7 @@ def reference_seconds(task: str, cost: Cost = Cost.cumulative) -> float:
 def searcher(method: Method, seed: int, budget: int) -> Any:
     """finesweep's StudySearcher over a two-objective study, proposing as ``samplers.sampler_factory`` would."""
     from finesweep.config import Mode, ObjectiveConfig, ObjectiveTerm, Sampler, SearchConfig
-    from finesweep.search import samplers
+    from finesweep.search import fidelity, samplers
     from finesweep.search.searcher import Numbering, StudySearcher, new_study
 
     objective = ObjectiveConfig(metric=ACCURACY, mode=Mode.max, also=[ObjectiveTerm(metric=RUNTIME, mode=Mode.min)])
@@ -191,10 +191,12 @@ def searcher(method: Method, seed: int, budget: int) -> Any:
     trials = budget // GRACE if method.asha else budget // MAX_T
     search = SearchConfig(sampler=Sampler(method.sampler), num_trials=trials, seed=seed, start_from_config=False)
     share = samplers.ASHA_RANDOM_SHARE if method.asha else 0.0
+    # under MO-ASHA, MOTPE is fitted one rung at a time, as samplers.sampler_factory does (fidelity.RungMOTPESampler)
+    milestones = fidelity.rungs(GRACE, FACTOR, MAX_T) if method.asha else None
     space = params()
 
     def sampler(proposal_seed: int) -> Any:
-        return samplers.make_sampler(search, space, seed=proposal_seed, random_share=share, milestones=None,
+        return samplers.make_sampler(search, space, seed=proposal_seed, random_share=share, milestones=milestones,
                                      objective=objective)
 
     return StudySearcher(new_study([Mode.max, Mode.min]), space, sampler, seed, trials, Mode.max, Numbering(),

@@ -111,8 +111,11 @@ def _past_trial(record: TrialRecord, config: ExperimentConfig, stopped: Optional
         state, values = TrialState.FAIL, None  # what Optuna made of a NaN value when the trial was told
     constraints = (constraint_values(record.at_best, objective)
                    if objective.constraints and record.best_value is not None else None)
+    steps = ({str(progress_of(m, i + 1)): [float(m.get(k, math.nan)) for k in objective.metrics]
+              for i, m in enumerate(record.history) if objective.metric in m and not math.isnan(m[objective.metric])}
+             if objective.multi else None)
     return PastTrial(int(record.optuna_number or 0), _searched(record.params, config), state, record.best_value,
-                     intermediate, values, constraints, dict(record.sampler_attrs))
+                     intermediate, values, constraints, dict(record.sampler_attrs), steps)
 
 
 def _searched(params: Dict[str, Any], config: ExperimentConfig) -> Dict[str, Any]:

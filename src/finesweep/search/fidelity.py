@@ -13,6 +13,11 @@ rung has enough trials, proposals are random (TPE's start-up).
 
 Everything it reads is in the study (intermediate values by epoch), so a study rebuilt from the sweep's
 log proposes exactly what the lost one would have.
+
+``RungMOTPESampler`` does the same for several objectives (Optuna's MOTPE): a trial's values at each report are in
+its ``searcher.STEPS_ATTR`` (Optuna keeps intermediate values of one objective only), and at a rung each trial
+stands for its values at its best report up to it by the primary objective, the checkpoint it would keep. Without
+it MOTPE is told stopped trials' low-fidelity values beside full-budget ones.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from optuna.study import Study, StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from finesweep.adapters import optuna_private
+from finesweep.search.searcher import STEPS_ATTR
 
 
 def rungs(grace_period: int, reduction_factor: float, max_epochs: int) -> List[int]:
@@ -107,4 +113,41 @@ def _at_rung(trial: FrozenTrial, score: Optional[float]) -> FrozenTrial:
     if score is None:
         return trial  # running, not at the rung yet: a pending point for the constant liar
     return optuna.trial.create_trial(params=trial.params, distributions=trial.distributions, value=score,
+                                     system_attrs=trial.system_attrs)
+
+
+def values_at(trial: FrozenTrial, rung: int, maximize: bool) -> Optional[List[float]]:
+    """A multi-objective trial's values at its best report (by the primary objective) up to ``rung``, or None if it
+    did not reach the rung."""
+    steps: Dict[int, List[float]] = {int(step): [float(v) for v in values]
+                                     for step, values in (trial.user_attrs.get(STEPS_ATTR) or {}).items()}
+    if not steps or max(steps) < rung:
+        return None
+    seen = [values for step, values in steps.items() if step <= rung and not math.isnan(values[0])]
+    if not seen:
+        return None
+    primary = [values[0] for values in seen]
+    return seen[primary.index(max(primary) if maximize else min(primary))]
+
+
+class RungMOTPESampler(RungTPESampler):
+    """MOTPE fitted at the highest rung with at least ``min_points`` trials, each at its values there (see the
+    module's docstring); the same arguments as ``RungTPESampler``."""
+
+    def view(self, study: Study, current: FrozenTrial) -> Optional[optuna_private.StudyView]:
+        maximize = study.directions[0] is StudyDirection.MAXIMIZE
+        trials = [t for t in optuna_private.every_trial(study)
+                  if t.number != current.number and t.state in (TrialState.COMPLETE, TrialState.RUNNING)]
+        for rung in reversed(self.milestones):
+            scored = [(t, values_at(t, rung, maximize)) for t in trials]
+            if sum(s is not None for _, s in scored) >= self.min_points:
+                return optuna_private.StudyView(study, [_values_at_rung(t, s) for t, s in scored
+                                                        if s is not None or t.state is TrialState.RUNNING])
+        return None
+
+
+def _values_at_rung(trial: FrozenTrial, values: Optional[List[float]]) -> FrozenTrial:
+    if values is None:
+        return trial  # running, not at the rung yet: a pending point for the constant liar
+    return optuna.trial.create_trial(params=trial.params, distributions=trial.distributions, values=values,
                                      system_attrs=trial.system_attrs)

@@ -11,7 +11,7 @@ import optuna
 
 from finesweep.config import ExperimentConfig, ObjectiveConfig, Sampler, SchedulerKind, SearchConfig
 from finesweep.config.space import Param, grid
-from finesweep.search.fidelity import RungTPESampler, rungs
+from finesweep.search.fidelity import RungMOTPESampler, RungTPESampler, rungs
 from finesweep.search.searcher import constraints_of
 
 Milestones = Optional[Sequence[int]]
@@ -43,8 +43,6 @@ def fidelity_rungs(config: ExperimentConfig) -> Optional[List[int]]:
 def sampler_factory(config: ExperimentConfig, params: Sequence[Param]) -> Callable[[int], optuna.samplers.BaseSampler]:
     """seed -> the sampler that proposes one trial of this sweep (see ``make_sampler``)."""
     share, milestones = random_share(config), fidelity_rungs(config)
-    if config.objective.multi:  # rungs hold intermediate values of one objective; several are told whole
-        milestones = None
     return lambda seed: make_sampler(config.search, params, seed, share, milestones, config.objective)
 
 
@@ -63,14 +61,13 @@ def make_sampler(search: SearchConfig, params: Sequence[Param], seed: Optional[i
         search = dataclasses.replace(search, seed=seed)
     if search.sampler is Sampler.tpe and random_share > 0 and random.Random(search.seed).random() < random_share:
         return optuna.samplers.RandomSampler(seed=search.seed)
-    constrained = objective is not None and bool(objective.constraints)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return _FACTORIES[search.sampler](search, params, milestones, constrained)
+        return _FACTORIES[search.sampler](search, params, milestones, objective)
 
 
 def _grid(search: SearchConfig, params: Sequence[Param], milestones: Milestones,
-          constrained: bool) -> optuna.samplers.BaseSampler:
+          objective: Optional[ObjectiveConfig]) -> optuna.samplers.BaseSampler:
     grid(params)  # raises on continuous ranges
     # BruteForceSampler, not GridSampler: it finds what is left from the study's own trials (their
     # values), so a study rebuilt from the sweep's log on resume walks on where it stopped, and it
@@ -81,23 +78,28 @@ def _grid(search: SearchConfig, params: Sequence[Param], milestones: Milestones,
 
 
 def _random(search: SearchConfig, params: Sequence[Param], milestones: Milestones,
-            constrained: bool) -> optuna.samplers.BaseSampler:
+            objective: Optional[ObjectiveConfig]) -> optuna.samplers.BaseSampler:
     return optuna.samplers.RandomSampler(seed=search.seed)
 
 
 def _tpe(search: SearchConfig, params: Sequence[Param], milestones: Milestones,
-         constrained: bool) -> optuna.samplers.BaseSampler:
+         objective: Optional[ObjectiveConfig]) -> optuna.samplers.BaseSampler:
     # Optuna's default of 10 random start-up trials would leave a 12-trial sweep almost all random;
     # a quarter of the budget (2..10) keeps TPE useful on small budgets.
     startup = max(2, min(10, (search.num_trials or 0) // 4))
     # constant_liar: concurrent trials see each other as pending, so they are not proposed twice.
     options: Dict[str, Any] = dict(seed=search.seed, multivariate=True, group=True, constant_liar=True,
-                                   constraints_func=constraints_of if constrained else None)
+                                   constraints_func=constraints_of if _constrained(objective) else None)
     if milestones is None:
         return optuna.samplers.TPESampler(n_startup_trials=startup, **options)
     # BOHB fits a rung once it holds dimensions + 1 trials; small sweeps start at their start-up count.
     points = max(2, min(len(params) + 1, startup))
-    return RungTPESampler(milestones, points, n_startup_trials=points, **options)
+    rung_wise = RungMOTPESampler if objective is not None and objective.multi else RungTPESampler
+    return rung_wise(milestones, points, n_startup_trials=points, **options)
+
+
+def _constrained(objective: Optional[ObjectiveConfig]) -> bool:
+    return objective is not None and bool(objective.constraints)
 
 
 NSGA2_MAX_POPULATION = 50
@@ -106,13 +108,13 @@ generations instead of one random one."""
 
 
 def _nsga2(search: SearchConfig, params: Sequence[Param], milestones: Milestones,
-           constrained: bool) -> optuna.samplers.BaseSampler:
+           objective: Optional[ObjectiveConfig]) -> optuna.samplers.BaseSampler:
     population = max(4, min(NSGA2_MAX_POPULATION, (search.num_trials or 0) // 4))
     return optuna.samplers.NSGAIISampler(population_size=population, seed=search.seed,
-                                         constraints_func=constraints_of if constrained else None)
+                                         constraints_func=constraints_of if _constrained(objective) else None)
 
 
-_FACTORIES: Dict[Sampler, Callable[[SearchConfig, Sequence[Param], Milestones, bool],
+_FACTORIES: Dict[Sampler, Callable[[SearchConfig, Sequence[Param], Milestones, Optional[ObjectiveConfig]],
                                    optuna.samplers.BaseSampler]] = {
     Sampler.grid: _grid,
     Sampler.random: _random,

@@ -49,6 +49,10 @@ score beside full-budget ones. Under ASHA finesweep's TPE reads the intermediate
 CONSTRAINTS_ATTR = "constraints"
 """The user attribute holding a trial's constraint values for Optuna's ``constraints_func`` (<= 0: met)."""
 
+STEPS_ATTR = "values_by_step"
+"""The user attribute holding a multi-objective trial's objective values at each report (``{"step": [values]}``):
+what Optuna's intermediate values hold for one objective, read by the rung-wise MOTPE (``fidelity.py``)."""
+
 MISSING_VIOLATION = 1.0e12
 """A constrained metric a trial never reported breaks its constraint by this much (Optuna refuses NaN)."""
 
@@ -175,6 +179,7 @@ class StudySearcher(Searcher):
         self.objective = objective
         self._points: Dict[int, List[float]] = {}  # number -> every objective's value at its best epoch
         self._constraints: Dict[int, List[float]] = {}  # number -> Optuna's constraint values at its best epoch
+        self._steps: Dict[int, Dict[str, List[float]]] = {}  # number -> every objective's values at each report
 
     def suggest(self, trial_id: str) -> Optional[Any]:
         if self.queue.items:
@@ -215,6 +220,10 @@ class StudySearcher(Searcher):
         multi = self.objective is not None and self.objective.multi
         if not multi:
             trial.report(value, step)
+        elif self.objective is not None:
+            seen_now = dict(metrics or {})
+            self._steps.setdefault(number, {})[str(step)] = [float(seen_now.get(m, math.nan))
+                                                             for m in self.objective.metrics]
         if self.direction.better(value, self._best.get(number)):
             self._best[number] = value
             if self.objective is not None:
@@ -235,6 +244,8 @@ class StudySearcher(Searcher):
             state = TrialState.FAIL  # a trial that never reported its objective taught nothing
         if number in self._constraints and self.objective is not None and self.objective.constraints:
             trial.set_user_attr(CONSTRAINTS_ATTR, self._constraints[number])
+        if multi and number in self._steps:
+            trial.set_user_attr(STEPS_ATTR, self._steps[number])
         try:
             self.study.tell(trial, value if state is TrialState.COMPLETE else None, state=state)
         except RuntimeError:
@@ -300,6 +311,8 @@ class PastTrial:
     """Optuna's constraint values (``constraint_values``), when the sweep has constraints."""
     sampler_attrs: Optional[Dict[str, Any]] = None
     """What the sampler recorded on the trial when it was asked for (``optuna_private.sampler_attrs``)."""
+    steps: Optional[Dict[str, List[float]]] = None
+    """A multi-objective trial's values at each report (``STEPS_ATTR``)."""
 
 
 Modes = Union[Mode, Sequence[Mode]]
@@ -321,7 +334,9 @@ def rebuild_study(mode: Modes, params: Sequence[Param], past: Sequence[PastTrial
             distributions={k: by_key[k].to_optuna() for k in trial.params},
             value=told if not isinstance(told, list) else None, values=told if isinstance(told, list) else None,
             state=trial.state, intermediate_values=trial.intermediate,
-            user_attrs={CONSTRAINTS_ATTR: trial.constraints} if constrained else None,
+            user_attrs={**({CONSTRAINTS_ATTR: trial.constraints} if constrained else {}),
+                        **({STEPS_ATTR: trial.steps} if trial.steps and trial.state is not TrialState.RUNNING
+                           else {})} or None,
             # what the samplers' after_trial stored when the trial was told
             system_attrs={**(trial.sampler_attrs or {}),
                           **(optuna_private.constraint_attrs(trial.constraints) if constrained else {})} or None))
