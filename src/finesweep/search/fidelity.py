@@ -97,23 +97,26 @@ class RungTPESampler(optuna.samplers.TPESampler):
 
     def view(self, study: Study, current: FrozenTrial) -> Optional[optuna_private.StudyView]:
         """The study as seen at the highest rung with enough trials; None while no rung has them."""
-        maximize = study.direction is StudyDirection.MAXIMIZE
+        maximize = study.directions[0] is StudyDirection.MAXIMIZE
         trials = [t for t in optuna_private.every_trial(study)
                   if t.number != current.number and t.state in (TrialState.COMPLETE, TrialState.PRUNED,
                                                                  TrialState.RUNNING)]
         for rung in reversed(self.milestones):
-            scored = [(t, score_at(t, rung, maximize)) for t in trials]
+            scored = [(t, self.score(t, rung, maximize)) for t in trials]
             if sum(s is not None for _, s in scored) >= self.min_points:
-                return optuna_private.StudyView(study, [_at_rung(t, s) for t, s in scored
+                # a trial running below the rung stays as it is: a pending point for the constant liar
+                return optuna_private.StudyView(study, [t if s is None else self.at_rung(t, s) for t, s in scored
                                                         if s is not None or t.state is TrialState.RUNNING])
         return None
 
+    def score(self, trial: FrozenTrial, rung: int, maximize: bool) -> Any:
+        """What the trial stands for at ``rung`` (``score_at``), or None if it did not reach it."""
+        return score_at(trial, rung, maximize)
 
-def _at_rung(trial: FrozenTrial, score: Optional[float]) -> FrozenTrial:
-    if score is None:
-        return trial  # running, not at the rung yet: a pending point for the constant liar
-    return optuna.trial.create_trial(params=trial.params, distributions=trial.distributions, value=score,
-                                     system_attrs=trial.system_attrs)
+    def at_rung(self, trial: FrozenTrial, score: Any) -> FrozenTrial:
+        """The trial as TPE sees it at the rung: finished, with ``score``."""
+        return optuna.trial.create_trial(params=trial.params, distributions=trial.distributions, value=score,
+                                         system_attrs=trial.system_attrs)
 
 
 def values_at(trial: FrozenTrial, rung: int, maximize: bool) -> Optional[List[float]]:
@@ -134,20 +137,10 @@ class RungMOTPESampler(RungTPESampler):
     """MOTPE fitted at the highest rung with at least ``min_points`` trials, each at its values there (see the
     module's docstring); the same arguments as ``RungTPESampler``."""
 
-    def view(self, study: Study, current: FrozenTrial) -> Optional[optuna_private.StudyView]:
-        maximize = study.directions[0] is StudyDirection.MAXIMIZE
-        trials = [t for t in optuna_private.every_trial(study)
-                  if t.number != current.number and t.state in (TrialState.COMPLETE, TrialState.RUNNING)]
-        for rung in reversed(self.milestones):
-            scored = [(t, values_at(t, rung, maximize)) for t in trials]
-            if sum(s is not None for _, s in scored) >= self.min_points:
-                return optuna_private.StudyView(study, [_values_at_rung(t, s) for t, s in scored
-                                                        if s is not None or t.state is TrialState.RUNNING])
-        return None
+    def score(self, trial: FrozenTrial, rung: int, maximize: bool) -> Any:
+        """Every objective's values at the trial's best report up to ``rung`` (``values_at``)."""
+        return values_at(trial, rung, maximize)
 
-
-def _values_at_rung(trial: FrozenTrial, values: Optional[List[float]]) -> FrozenTrial:
-    if values is None:
-        return trial  # running, not at the rung yet: a pending point for the constant liar
-    return optuna.trial.create_trial(params=trial.params, distributions=trial.distributions, values=values,
-                                     system_attrs=trial.system_attrs)
+    def at_rung(self, trial: FrozenTrial, score: Any) -> FrozenTrial:
+        return optuna.trial.create_trial(params=trial.params, distributions=trial.distributions, values=score,
+                                         system_attrs=trial.system_attrs)
