@@ -15,7 +15,7 @@ import random
 import re
 from datetime import datetime
 from types import SimpleNamespace
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import pytest
@@ -51,39 +51,43 @@ def pareto(objectives: Objectives, **kwargs: Any) -> ParetoASHA:
     return scheduler
 
 
-def run(scheduler: Any, arrivals: Sequence[Arrival]) -> List[str]:
-    """Feed the results in order; a stopped trial's later results are skipped ("-"), as Tune would."""
-    trials: Dict[int, Any] = {}
-    decisions, stopped = [], set()
+def drive(arrivals: Sequence[Arrival], decide: Callable[[int, Dict[str, float]], str]) -> List[str]:
+    """Feed the results in order to ``decide(trial number, result)``; a stopped trial's later results are skipped
+    ("-"), as Tune would."""
+    decisions: List[str] = []
+    stopped = set()
     for number, result in arrivals:
-        if number in stopped:
-            decisions.append("-")
-            continue
-        if number not in trials:
-            trials[number] = tune_trial(number)
-            scheduler.on_trial_add(None, trials[number])
-        decisions.append(scheduler.on_trial_result(None, trials[number], dict(result)))
+        decisions.append("-" if number in stopped else decide(number, dict(result)))
         if decisions[-1] == STOP:
             stopped.add(number)
     return decisions
+
+
+def run(scheduler: Any, arrivals: Sequence[Arrival]) -> List[str]:
+    """finesweep's scheduler, through Ray's scheduler API."""
+    trials: Dict[int, Any] = {}
+
+    def decide(number: int, result: Dict[str, float]) -> str:
+        if number not in trials:
+            trials[number] = tune_trial(number)
+            scheduler.on_trial_add(None, trials[number])
+        return str(scheduler.on_trial_result(None, trials[number], result))
+
+    return drive(arrivals, decide)
 
 
 def run_syne_tune(scheduler: MOASHA, arrivals: Sequence[Arrival], objectives: Objectives) -> List[str]:
     """The same, for Syne Tune, which minimises every metric: a maximised one is negated."""
     trials: Dict[int, SyneTrial] = {}
-    decisions, stopped = [], set()
-    for number, result in arrivals:
-        if number in stopped:
-            decisions.append("-")
-            continue
+
+    def decide(number: int, result: Dict[str, float]) -> str:
         if number not in trials:
             trials[number] = SyneTrial(trial_id=number, config={}, creation_time=datetime(2024, 1, 1))
             scheduler.on_trial_add(trials[number])
         costs = {m: -result[m] if mode == "max" else result[m] for m, mode in objectives}
-        decisions.append(str(scheduler.on_trial_result(trials[number], {"epoch": result["epoch"], **costs})))
-        if decisions[-1] == STOP:
-            stopped.add(number)
-    return decisions
+        return str(scheduler.on_trial_result(trials[number], {"epoch": result["epoch"], **costs}))
+
+    return drive(arrivals, decide)
 
 
 class MeantRanking(MOPriority):  # type: ignore[misc]  # Syne Tune ships no types
