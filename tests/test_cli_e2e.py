@@ -142,6 +142,8 @@ BAD_INPUTS = [
      ["data.text_column=tweet"], "data.text_column: column 'tweet' not in"),
     ("grace-gt-max", "space:\n  optim.lr: {distribution: uniform, low: 0.01, high: 0.1}\n",
      ["scheduler.grace_period=9"], "scheduler.grace_period must be between 1 and scheduler.max_epochs"),
+    ("prior-off-range", "space:\n  optim.lr: {distribution: loguniform, low: 1.0e-5, high: 1.0e-3, prior: 0.1}\n",
+     ["search.sampler=tpe"], "space.optim.lr: prior=0.1 is not a value the space can produce"),
 ]
 
 
@@ -216,3 +218,15 @@ def test_strategy_sweep_registers_a_model_that_reproduces_the_test_metric(
     predicted = model.predict(pd.DataFrame({"text": test_rows["text"]}))
     accuracy = float((predicted["label"].to_numpy() == test_rows["label"].to_numpy()).mean())
     assert accuracy == pytest.approx(metrics["test/accuracy"], abs=1e-6)
+
+
+@pytest.mark.timeout(180)
+def test_show_prints_the_prior_of_each_searched_key_and_that_its_mode_is_the_first_trial(tmp_path: Path) -> None:
+    result = run_cli(["show", "demo", "search.prior=config", "optim.lr=1e-4"], tmp_path, timeout=170)
+    assert result.returncode == 0, result.stderr
+    rows = {line.split("│")[1].strip(): line for line in result.stdout.splitlines() if line.count("│") > 4}
+    assert "0.0001 (medium)" in rows["optim.lr"] and "full (medium)" in rows["finetune.strategy"]
+    assert "first trial(s): the recipe (the config's own values, the prior's mode)" in result.stdout
+    plain = run_cli(["show", "demo"], tmp_path, timeout=170)
+    assert plain.returncode == 0 and "prior" not in plain.stdout.split("# composed config")[0] + plain.stdout.split(
+        "search space")[-1]

@@ -21,7 +21,9 @@ import finesweep
 from finesweep import api, commands
 from finesweep.config import ExperimentConfig
 from finesweep.config.compose import display, location_overrides, locations
+from finesweep.config.recipe import mode_point, recipe
 from finesweep.config.schema import BATCH_FACTORS
+from finesweep.config.space import Param
 from finesweep.errors import FinesweepError, SweepFailedError, SweepInterrupted, UserError
 
 DEFAULT_UI_PORT = 5000
@@ -82,7 +84,7 @@ def cmd_show(args: argparse.Namespace, console: Console) -> int:
     console.print(f"{config.search.sampler.value} sampler, {composed.planned_trials} trials, "
                   f"{config.search.max_concurrent} at a time; {config.scheduler.kind.value} scheduler over "
                   f"{config.scheduler.budget} {config.scheduler.unit.value}; {objective_line(config)}; "
-                  f"{_first_trials(config)}", markup=False)
+                  f"{_first_trials(config, composed.params)}", markup=False)
     console.print(trial_shape(config, [p.key for p in composed.params]), markup=False)
     console.print(notes.export_text(), end="", markup=False)
     console.print("[green]valid[/green]: nothing was started.")
@@ -114,9 +116,13 @@ def trial_shape(config: ExperimentConfig, searched: Sequence[str]) -> str:
             + " x ".join(f"{value} {what}" for _, value, what in factors))
 
 
-def _first_trials(config: ExperimentConfig) -> str:
+def _first_trials(config: ExperimentConfig, params: Sequence[Param]) -> str:
     known = len(config.search.enqueue)
-    first = (["the recipe (the config's own values)"] if config.search.start_from_config else []) + (
+    mode = mode_point(params)
+    same = config.search.start_from_config and mode == recipe(config, params, strict=False)
+    own = "the config's own values, the prior's mode" if mode and same else "the config's own values"
+    first = ([] if not mode or same else ["the prior's mode"]) + (
+        [f"the recipe ({own})"] if config.search.start_from_config else []) + (
         [f"{known} enqueued configuration(s)"] if known else [])
     return f"first trial(s): {' then '.join(first)}" if first else "no recipe trial (search.start_from_config=false)"
 

@@ -10,13 +10,18 @@
   stores a trial's constraint values under; a study rebuilt from the journal sets it as the lost one had it.
 - ``FrozenTrial._trial_id``: the storage id that continues a trial of a study rebuilt from the sweep's journal
   (``optuna.trial.Trial(study, trial_id)``).
+- TPE's proposal step (``TPESampler._sample``): its trials split into good and bad (``_split_trials`` with
+  ``_gamma``, running trials with ``_constant_liar``), its Parzen estimators (``_build_parzen_estimator``), its
+  random state (``_rng``) and candidate count (``_n_ei_candidates``). The prior-weighted TPE (``search/prior.py``)
+  proposes as that step does, with the prior's candidates and weight added.
 """
 
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, Container, List, Optional
+from typing import Any, Callable, Container, Dict, List, Optional, Tuple
 
+import numpy as np
 import optuna
 from optuna.study import Study
 from optuna.trial import FrozenTrial, TrialState
@@ -30,7 +35,12 @@ TESTED_WITH = "5.0"
 def missing() -> List[str]:
     """What of Optuna's private API this Optuna lacks (empty when everything finesweep uses is there)."""
     sampler = optuna.samplers.TPESampler(seed=0)
-    gone = [f"TPESampler.{name}" for name in ("_gamma", "_random_sampler") if not hasattr(sampler, name)]
+    names = ("_gamma", "_random_sampler", "_rng", "_n_ei_candidates", "_constant_liar", "_build_parzen_estimator")
+    gone = [f"TPESampler.{name}" for name in names if not hasattr(sampler, name)]
+    try:
+        from optuna.samplers._tpe.sampler import _split_trials  # noqa: F401
+    except ImportError:
+        gone.append("optuna.samplers._tpe.sampler._split_trials")
     method = getattr(Study, "_get_trials", None)
     if method is None or not {"deepcopy", "states", "use_cache"} <= set(inspect.signature(method).parameters):
         gone.append("Study._get_trials(deepcopy, states, use_cache)")
@@ -57,6 +67,43 @@ def set_good_share(sampler: optuna.samplers.TPESampler, good: Callable[[int], in
 def startup_sampler(sampler: optuna.samplers.TPESampler) -> optuna.samplers.BaseSampler:
     """The random sampler TPE proposes with before it has enough trials."""
     return sampler._random_sampler
+
+
+def set_startup_sampler(sampler: optuna.samplers.TPESampler, startup: optuna.samplers.BaseSampler) -> None:
+    """Make TPE propose with ``startup`` before it has enough trials (and for keys outside its joint space)."""
+    sampler._random_sampler = startup  # type: ignore[assignment]  # TPE only calls BaseSampler's methods on it
+
+
+def tpe_split(sampler: optuna.samplers.TPESampler, study: Study,
+              trial: FrozenTrial) -> Tuple[List[FrozenTrial], List[FrozenTrial]]:
+    """TPE's good and bad trials for proposing ``trial``, as ``TPESampler._sample`` splits them."""
+    from optuna.samplers._tpe.sampler import _split_trials, default_gamma, default_gamma_multiobjective
+
+    states = [TrialState.COMPLETE, TrialState.PRUNED] + ([TrialState.RUNNING] if sampler._constant_liar else [])
+    trials = [t for t in study._get_trials(deepcopy=False, states=states, use_cache=not sampler._constant_liar)
+              if t.number != trial.number]
+    if sampler._gamma is None:
+        sampler._gamma = default_gamma if len(study.directions) <= 1 else default_gamma_multiobjective
+    finished = sum(t.state is not TrialState.RUNNING for t in trials)
+    below, above = _split_trials(study, trials, sampler._gamma(finished))
+    return below, above
+
+
+def parzen_estimators(sampler: optuna.samplers.TPESampler, study: Study, search_space: Dict[str, Any],
+                      below: List[FrozenTrial], above: List[FrozenTrial]) -> Tuple[Any, Any]:
+    """TPE's densities l(x) of the good and g(x) of the bad trials over ``search_space``."""
+    return (sampler._build_parzen_estimator(study, search_space, below, handle_below=True),
+            sampler._build_parzen_estimator(study, search_space, above, handle_below=False))
+
+
+def tpe_rng(sampler: optuna.samplers.TPESampler) -> np.random.RandomState:
+    """The random state TPE draws its candidates with."""
+    return sampler._rng.rng
+
+
+def candidate_count(sampler: optuna.samplers.TPESampler) -> int:
+    """How many candidates TPE draws from l(x) for each proposal (``n_ei_candidates``)."""
+    return int(sampler._n_ei_candidates)
 
 
 def every_trial(study: Study) -> List[FrozenTrial]:

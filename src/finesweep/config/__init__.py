@@ -9,11 +9,13 @@ sweep), ``compose`` (Hydra, the only module that touches its runtime), ``preflig
 from finesweep.config.choices import (
     Accelerator,
     Augment,
+    Confidence,
     Mode,
     Parallelism,
     Placement,
     Precision,
     Prefer,
+    PriorSource,
     Sampler,
     Schedule,
     SchedulerKind,
@@ -41,8 +43,8 @@ from finesweep.config.schema import (
     TrainerConfig,
 )
 
-__all__ = ["Accelerator", "Augment", "Bound", "ClusterConfig", "DataConfig", "ExperimentConfig", "FinalConfig",
-           "FinetuneConfig", "LoraConfig", "Mode", "ModelConfig", "ObjectiveConfig", "ObjectiveTerm", "OptimConfig",
-           "Parallelism",
-           "Placement", "Precision", "Prefer", "ProbeConfig", "Sampler", "Schedule", "SchedulerConfig", "SchedulerKind",
-           "SearchConfig", "Strategy", "TextMetric", "TrackingConfig", "TrainerConfig", "Unit", "progress_of"]
+__all__ = ["Accelerator", "Augment", "Bound", "Confidence", "ClusterConfig", "DataConfig", "ExperimentConfig",
+           "FinalConfig", "FinetuneConfig", "LoraConfig", "Mode", "ModelConfig", "ObjectiveConfig", "ObjectiveTerm",
+           "OptimConfig", "Parallelism", "Placement", "Precision", "Prefer", "PriorSource", "ProbeConfig", "Sampler",
+           "Schedule", "SchedulerConfig", "SchedulerKind", "SearchConfig", "Strategy", "TextMetric",
+           "TrackingConfig", "TrainerConfig", "Unit", "progress_of"]

@@ -22,6 +22,23 @@ class Sampler(str, enum.Enum):
     """Optuna's NSGA-II: a genetic search for a Pareto front (one or several objectives)."""
 
 
+class PriorSource(str, enum.Enum):
+    """Where the search's prior belief about each searched key comes from (``search.prior``)."""
+
+    none = "none"
+    """No prior, except where a space entry sets its own ``prior:``."""
+    config = "config"
+    """Each searched key's value in the composed config (the recipe in ``conf/``) is its prior's mode."""
+
+
+class Confidence(str, enum.Enum):
+    """How sure a prior is (``prior_confidence``): how narrow its distribution around the value is."""
+
+    low = "low"
+    medium = "medium"
+    high = "high"
+
+
 class Augment(str, enum.Enum):
     """On-the-fly augmentation of training images (``data.augment``); validation and test images never are."""
 

@@ -26,6 +26,7 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, MissingMandat
 import finesweep
 from finesweep.config import preflight
 from finesweep.config.overrides import key_hint, leaf_keys, value_at
+from finesweep.config.prior import with_priors
 from finesweep.config.recipe import check_start
 from finesweep.config.schema import ExperimentConfig
 from finesweep.config.space import parse_space
@@ -52,7 +53,7 @@ def compose(sweep: str, overrides: Sequence[str]) -> Sweep:
         cfg = _compose(document, [f"name={sweep_file.stem}", *overrides])
         config = _typed(cfg)
         preflight.check_objective(config)
-        params = parse_space(config.space, config)
+        params = with_priors(config, parse_space(config.space, config), config.space)
         preflight.check_budget(config, params)
         preflight.check_values(config, params)
         check_start(config, params)
@@ -84,7 +85,7 @@ def stored(config_yaml: str, sweep_file: Path, overrides: Sequence[str]) -> Swee
     if "start_from_config" not in (yaml.safe_load(config_yaml) or {}).get("search", {}):
         # a sweep from before the recipe was a first trial: it goes on as it ran
         config = dataclasses.replace(config, search=dataclasses.replace(config.search, start_from_config=False))
-    params = parse_space(config.space, config)
+    params = with_priors(config, parse_space(config.space, config), config.space)
     preflight.check_values(config, params)
     return Sweep(config, params, sweep_file, config_yaml)
 

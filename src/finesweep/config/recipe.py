@@ -59,14 +59,26 @@ def enqueued(config: ExperimentConfig, params: Sequence[Param]) -> List[Dict[str
     return [_point(config, params, point, f"search.enqueue[{i}]") for i, point in enumerate(config.search.enqueue)]
 
 
+def mode_point(params: Sequence[Param]) -> Dict[str, Any]:
+    """The prior's mode (``config/prior.py``): every key with a prior at its value, a conditional key only on its
+    parent's branch; empty without a prior."""
+    values: Dict[str, Any] = {}
+    for param in params:
+        if param.prior is not None and param.is_active(values):
+            values[param.key] = param.prior
+    return values
+
+
 def start_points(config: ExperimentConfig, params: Sequence[Param]) -> List[Dict[str, Any]]:
-    """What the search runs before the sampler proposes anything: the recipe (``search.start_from_config``),
-    then ``search.enqueue``; each distinct point once, empty ones (no searched key) left out.
+    """What the search runs before the sampler proposes anything: the prior's mode (where a searched key has a
+    prior), the recipe (``search.start_from_config``), then ``search.enqueue``; each distinct point once, empty
+    ones (no searched key) left out.
 
     Raises:
         SearchSpaceError: as ``recipe`` and ``enqueued``.
     """
-    points = ([recipe(config, params)] if config.search.start_from_config else []) + enqueued(config, params)
+    points = ([mode_point(params)] + ([recipe(config, params)] if config.search.start_from_config else [])
+              + enqueued(config, params))
     distinct: Dict[str, Dict[str, Any]] = {}
     for point in points:
         if point:

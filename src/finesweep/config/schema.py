@@ -25,6 +25,7 @@ from finesweep.config.choices import (
     Placement,
     Precision,
     Prefer,
+    PriorSource,
     Sampler,
     Schedule,
     SchedulerKind,
@@ -584,6 +585,9 @@ class SearchConfig:
     enqueue: List[Dict[str, Any]] = field(default_factory=list)
     """More known configurations to run first (after the recipe): ``[{optim.lr: 3.0e-5, ...}, ...]``; a
     searched key a point leaves out is proposed by the sampler."""
+    prior: PriorSource = PriorSource.none
+    """``config``: each searched key's value in the composed config is the mode of TPE's prior belief about it
+    (πBO's weighting, fading as trials come in; ``search/prior.py``). A space entry's own ``prior:`` wins."""
 
     def __post_init__(self) -> None:
         _raise_problems([

@@ -22,7 +22,7 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import optuna
 
-from finesweep.config.choices import Sampler
+from finesweep.config.choices import Confidence, Sampler
 from finesweep.config.overrides import SWEEP_SECTIONS, field_type, has_key, key_hint, leaf_keys
 from finesweep.config.schema import ExperimentConfig
 from finesweep.errors import SearchSpaceError
@@ -49,7 +49,10 @@ class Distribution(str, enum.Enum):
     categorical = "categorical"
 
 
-_FIELDS = {  # per distribution; every distribution may also have `when`
+PRIOR_FIELDS = {"prior", "prior_confidence"}
+"""Fields every distribution may have: the prior's mode and how sure it is (``config/prior.py`` checks them)."""
+
+_FIELDS = {  # per distribution; every distribution may also have `when` and the PRIOR_FIELDS
     Distribution.uniform: {"low", "high", "step"},
     Distribution.float: {"low", "high", "step"},
     Distribution.loguniform: {"low", "high"},
@@ -71,6 +74,10 @@ class Param:
     choices: Tuple[Any, ...] = ()
     when: Tuple[Tuple[str, Tuple[Any, ...]], ...] = ()
     """Conditions: the parameter exists only while each named categorical holds one of the values."""
+    prior: Any = None
+    """The mode of the search's prior belief about this value (None: no prior), as the space spells it."""
+    prior_confidence: Confidence = Confidence.medium
+    """How narrow the prior is around ``prior`` (``search/prior.py`` says what each level means)."""
 
     def is_active(self, values: Mapping[str, Any]) -> bool:
         """Whether this parameter exists given the values sampled so far (its parents come first)."""
@@ -95,6 +102,8 @@ class Param:
             described["choices"] = list(self.choices)
         if self.when:
             described["when"] = {key: list(values) for key, values in self.when}
+        if self.prior is not None:
+            described.update(prior=self.prior, prior_confidence=self.prior_confidence.value)
         return described
 
     @property
@@ -251,11 +260,12 @@ def _parse_param(key: str, spec: Any, config: ExperimentConfig, earlier: Sequenc
             f"{where}: each entry must be a mapping with a distribution, got {spec!r}. "
             "Write e.g. {distribution: loguniform, low: 1.0e-5, high: 1.0e-3}.")
     dist = _distribution(where, spec["distribution"])
-    extra = set(spec) - _FIELDS[dist] - {"distribution", "when"}
+    extra = set(spec) - _FIELDS[dist] - {"distribution", "when"} - PRIOR_FIELDS
     if extra:
         raise SearchSpaceError(
             f"{where}: unknown field(s) {', '.join(sorted(map(str, extra)))} for distribution "
-            f"{dist.value}. Allowed: {', '.join(sorted(_FIELDS[dist]))}.")
+            f"{dist.value}. Allowed: {', '.join(sorted(_FIELDS[dist]))}; every entry also takes "
+            f"{', '.join(sorted({'when'} | PRIOR_FIELDS))}.")
     param = _categorical(where, key, spec) if dist is Distribution.categorical else _numeric(where, key, dist, spec)
     if affects_tokenisation(key) and dist is not Distribution.categorical:
         raise SearchSpaceError(
@@ -264,7 +274,17 @@ def _parse_param(key: str, spec: Any, config: ExperimentConfig, earlier: Sequenc
     _check_types(where, key, param, config)
     if "when" in spec:
         param = dataclasses.replace(param, when=_conditions(where, spec["when"], earlier))
-    return param
+    return dataclasses.replace(param, prior=spec.get("prior"), prior_confidence=_confidence(where, spec))
+
+
+def _confidence(where: str, spec: Mapping[str, Any]) -> Confidence:
+    given = spec.get("prior_confidence", Confidence.medium.value)
+    try:
+        return Confidence(given)
+    except ValueError:
+        allowed = ", ".join(c.value for c in Confidence)
+        raise SearchSpaceError(f"{where}: prior_confidence must be one of {allowed}, got {given!r}. "
+                               "Use e.g. prior_confidence: medium.") from None
 
 
 def _conditions(where: str, when: Any, earlier: Sequence[Param]) -> Tuple[Tuple[str, Tuple[Any, ...]], ...]:

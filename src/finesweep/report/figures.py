@@ -19,6 +19,7 @@ from finesweep.config import Mode, progress_of
 from finesweep.journal.front import feasible, front_numbers, point
 from finesweep.journal.records import TrialRecord, TrialStatus, format_params, ranked
 from finesweep.report.facts import SweepFacts, TrialFacts, finished, slots, utilisation
+from finesweep.report.prior_marks import mark_priors
 from finesweep.search.pareto import dominates, hypervolume
 from finesweep.selection import FOLD_KEY, SEED_KEY
 from finesweep.verdict import mean_interval
@@ -270,7 +271,11 @@ def slices(facts: SweepFacts, study: Any) -> Figure:
 
     caption = ("The objective against each searched value, one panel a parameter (darker: later trials). Look for "
                "values where good trials cluster, and for edges of a range that are still improving.")
-    return _optuna_figure("slice", "Slice plot", optuna.visualization.plot_slice, study, 1, caption)
+    drawn = _optuna_figure("slice", "Slice plot", optuna.visualization.plot_slice, study, 1, caption)
+    if drawn.figure is not None and mark_priors(drawn.figure, facts.params):
+        drawn.caption += (" The dashed line is each key's prior (search.prior, or the key's prior:): where the "
+                          "search started from, and how far the good trials moved away from it.")
+    return drawn
 
 
 def parallel(facts: SweepFacts, study: Any) -> Figure:

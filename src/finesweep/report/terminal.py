@@ -162,12 +162,22 @@ def _natural_width(table: Table) -> int:
 def space_table(params: Sequence[Param]) -> Table:
     """The search space, one row per searched key (``finesweep show``)."""
     table = Table(title="search space")
-    for column in ("key", "distribution", "values", "only when"):
+    priors = any(param.prior is not None for param in params)
+    for column in ("key", "distribution", "values", "only when") + (("prior (confidence)",) if priors else ()):
         table.add_column(column)
     for param in params:
         values = (f"{list(param.choices)}" if param.distribution is Distribution.categorical
                   else f"[{param.low}, {param.high}]" + (f" step {param.step}" if param.step else "")
                   + (" log" if param.log or param.distribution is Distribution.loguniform else ""))
         when = ", ".join(f"{k} in {list(v)}" for k, v in param.when)
-        table.add_row(Text(param.key), param.distribution.value, Text(values), Text(when))
+        table.add_row(Text(param.key), param.distribution.value, Text(values), Text(when),
+                      *((Text(prior_text(param)),) if priors else ()))
     return table
+
+
+def prior_text(param: Param) -> str:
+    """A key's prior for ``finesweep show``: ``5e-05 (medium)``, or ``none``."""
+    if param.prior is None:
+        return "none"
+    value = f"{param.prior:g}" if isinstance(param.prior, float) else str(param.prior)
+    return f"{value} ({param.prior_confidence.value})"

@@ -12,6 +12,7 @@ import optuna
 from finesweep.config import ExperimentConfig, ObjectiveConfig, Sampler, SchedulerKind, SearchConfig
 from finesweep.config.space import Param, grid
 from finesweep.search.fidelity import RungMOTPESampler, RungTPESampler, rungs
+from finesweep.search.prior import Prior, PriorRungMOTPESampler, PriorRungTPESampler, PriorTPESampler
 from finesweep.search.searcher import constraints_of
 
 Milestones = Optional[Sequence[int]]
@@ -90,12 +91,20 @@ def _tpe(search: SearchConfig, params: Sequence[Param], milestones: Milestones,
     # constant_liar: concurrent trials see each other as pending, so they are not proposed twice.
     options: Dict[str, Any] = dict(seed=search.seed, multivariate=True, group=True, constant_liar=True,
                                    constraints_func=constraints_of if _constrained(objective) else None)
+    prior = Prior(params)
+    sampler: optuna.samplers.TPESampler
     if milestones is None:
-        return optuna.samplers.TPESampler(n_startup_trials=startup, **options)
-    # BOHB fits a rung once it holds dimensions + 1 trials; small sweeps start at their start-up count.
-    points = max(2, min(len(params) + 1, startup))
-    rung_wise = RungMOTPESampler if objective is not None and objective.multi else RungTPESampler
-    return rung_wise(milestones, points, n_startup_trials=points, **options)
+        sampler = (PriorTPESampler if prior else optuna.samplers.TPESampler)(n_startup_trials=startup, **options)
+    else:
+        # BOHB fits a rung once it holds dimensions + 1 trials; small sweeps start at their start-up count.
+        points = max(2, min(len(params) + 1, startup))
+        multi = objective is not None and objective.multi
+        rung_wise = ((PriorRungMOTPESampler if multi else PriorRungTPESampler) if prior
+                     else RungMOTPESampler if multi else RungTPESampler)
+        sampler = rung_wise(milestones, points, n_startup_trials=points, **options)
+    if isinstance(sampler, (PriorTPESampler, PriorRungTPESampler, PriorRungMOTPESampler)):
+        sampler.install_prior(prior, search.seed)  # the search's prior (config/prior.py): πBO's weighting
+    return sampler
 
 
 def _constrained(objective: Optional[ObjectiveConfig]) -> bool:
