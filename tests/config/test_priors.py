@@ -15,7 +15,6 @@ from finesweep.config.recipe import mode_point, recipe, start_points
 from finesweep.config.sweep import Sweep
 from finesweep.errors import SearchSpaceError, UserError
 
-
 ROOT = Path(__file__).resolve().parents[2]
 
 

@@ -70,7 +70,8 @@ BAD = [
     ("not-a-mapping", {"optim.lr": 0.1},
      r"space\.optim\.lr: each entry must be a mapping with a distribution, got 0\.1\."),
     ("unknown-field", {"optim.lr": {"distribution": "uniform", "low": 0, "hgih": 1}},
-     r"space\.optim\.lr: unknown field\(s\) hgih for distribution uniform\. Allowed: high, low, step; every entry also takes prior, prior_confidence, when\."),
+     r"space\.optim\.lr: unknown field\(s\) hgih for distribution uniform\. Allowed: high, low, step; every entry "
+     r"also takes prior, prior_confidence, when\."),
     ("missing-high", {"optim.lr": {"distribution": "uniform", "low": 0}},
      r"space\.optim\.lr: uniform needs a numeric high, got high=None\."),
     ("string-bound", {"optim.lr": {"distribution": "uniform", "low": "a", "high": 1}},
