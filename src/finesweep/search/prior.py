@@ -9,9 +9,12 @@ The prior enters TPE in three places:
 - the prior's mode is the search's first trial (``config.recipe.mode_point``, enqueued like the recipe);
 - TPE's start-up proposals (before its model has enough trials) are drawn from the prior, not uniformly;
 - after that, each proposal scores TPE's candidates (drawn from l(x), the good trials' density, and as many from
-  the prior) by log l(x) - log g(x) + (β / n) log π(x): πBO's prior-weighted acquisition, the prior's weight
-  fading with n, the trials finished so far (β = ``DECAY``). A misleading prior costs the first few proposals;
-  after a few dozen trials TPE's own model decides.
+  the prior) by log l(x) - log g(x) + t (β / n) log π(x): πBO's prior-weighted acquisition, the prior's weight
+  fading with n, the trials finished so far (β = ``DECAY``);
+- t, the prior's trust (``trust``), weighs the prior by the evidence, as PriorBand does: it stays 1 while the
+  finished trials do not contradict the prior, and falls to 0 once the better trials lie away from it. It also is
+  the chance that a start-up proposal comes from the prior rather than uniformly. A misleading prior costs the
+  first few proposals; a good one keeps its weight until TPE's own model has the trials to decide.
 
 Keys without a prior are drawn uniformly among the prior's candidates and weigh nothing. Everything a proposal
 reads is in the study and the sampler's seed, so a study rebuilt from the journal proposes what the lost one would.
@@ -21,12 +24,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
-from optuna.study import Study
+from optuna.study import Study, StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 from scipy import stats
 
@@ -43,6 +46,9 @@ CATEGORICAL_WEIGHT = {Confidence.low: 2.0, Confidence.medium: 4.0, Confidence.hi
 
 DECAY = 10.0
 """β of πBO: after n finished trials the prior's log density is weighed by β / n (all of it until n = β)."""
+
+MIN_EVIDENCE = 6
+"""Finished trials before the search checks the prior against them (``trust``); until then it trusts it wholly."""
 
 
 @dataclass(frozen=True)
@@ -133,6 +139,9 @@ class PriorStartup(optuna.samplers.BaseSampler):
         self.prior = prior
         self.uniform = optuna.samplers.RandomSampler(seed=seed)
         self.rng = np.random.RandomState(seed)
+        self.trust = 1.0
+        """The chance that a proposal is drawn from the prior (``trust``), set by the TPE sampler before it asks."""
+        self._from_prior: Dict[int, bool] = {}
 
     def infer_relative_search_space(self, study: Study, trial: FrozenTrial) -> Dict[str, BaseDistribution]:
         return {}
@@ -144,7 +153,9 @@ class PriorStartup(optuna.samplers.BaseSampler):
     def sample_independent(self, study: Study, trial: FrozenTrial, param_name: str,
                            param_distribution: BaseDistribution) -> Any:
         key = self.prior.keys.get(param_name)
-        if key is None or key.distribution != param_distribution:
+        if trial.number not in self._from_prior:  # one draw a trial: all its keys from the prior, or none
+            self._from_prior[trial.number] = bool(self.rng.uniform() < self.trust)
+        if key is None or key.distribution != param_distribution or not self._from_prior[trial.number]:
             return self.uniform.sample_independent(study, trial, param_name, param_distribution)
         return param_distribution.to_external_repr(float(key.sample(self.rng, 1)[0]))
 
@@ -159,21 +170,28 @@ class PriorWeighting(optuna.samplers.TPESampler):
 
     prior: Prior
     _finished: int = 0
+    _trust: float = 1.0
+    _startup: PriorStartup
 
     def install_prior(self, prior: Prior, seed: Optional[int]) -> None:
         """Use ``prior`` (called once, after the TPE sampler is built)."""
         self.prior = prior
-        optuna_private.set_startup_sampler(self, PriorStartup(prior, seed))
+        self._startup = PriorStartup(prior, seed)
+        optuna_private.set_startup_sampler(self, self._startup)
 
     def sample_relative(self, study: Study, trial: FrozenTrial,
                         search_space: Dict[str, BaseDistribution]) -> Dict[str, Any]:
-        self._finished = finished_trials(study)
+        self._read(study)
         return super().sample_relative(study, trial, search_space)
 
     def sample_independent(self, study: Study, trial: FrozenTrial, param_name: str,
                            param_distribution: BaseDistribution) -> Any:
-        self._finished = finished_trials(study)
+        self._read(study)
         return super().sample_independent(study, trial, param_name, param_distribution)
+
+    def _read(self, study: Study) -> None:
+        self._finished = finished_trials(study)
+        self._trust = self._startup.trust = trust(self.prior, study)
 
     def _sample(self, study: Study, trial: FrozenTrial,
                 search_space: Dict[str, BaseDistribution]) -> Dict[str, Any]:
@@ -185,7 +203,7 @@ class PriorWeighting(optuna.samplers.TPESampler):
         from_model, from_prior = good.sample(rng, count), self.prior.sample(search_space, rng, count)
         candidates = {key: np.concatenate([from_model[key], from_prior[key]]) for key in search_space}
         score = (good.log_pdf(candidates) - bad.log_pdf(candidates)
-                 + self.prior.weight(self._finished) * self.prior.log_pdf(candidates))
+                 + self._trust * self.prior.weight(self._finished) * self.prior.log_pdf(candidates))
         best = int(np.argmax(score))
         return {key: distribution.to_external_repr(candidates[key][best].item())
                 for key, distribution in search_space.items()}
@@ -201,6 +219,40 @@ class PriorRungTPESampler(PriorWeighting, RungTPESampler):
 
 class PriorRungMOTPESampler(PriorWeighting, RungMOTPESampler):
     """The rung-wise MOTPE (``fidelity.RungMOTPESampler``) with a prior."""
+
+
+def trust(prior: Prior, study: Study) -> float:
+    """How far the trials so far bear the prior out, 0 to 1: 1 until ``MIN_EVIDENCE`` trials finished, then
+    1 + z, clipped, where z = ρ √(n - 1) is the rank correlation ρ between the trials' prior density and their
+    scores, in standard errors of a ρ that knows nothing (PriorBand's idea: weigh the prior by the evidence).
+
+    The prior keeps its whole weight while the trials do not contradict it, and loses all of it once the good
+    trials lie away from it by one standard error or more. A trial is scored by its objective at its first report
+    when any trial was stopped early (ASHA: every trial reached it), else by its value.
+    """
+    trials = [t for t in optuna_private.every_trial(study) if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    early = any(t.state is TrialState.PRUNED for t in trials)
+    scored: List[Tuple[FrozenTrial, float]] = []
+    for t in trials:
+        score = _score(t, early)
+        if score is not None and math.isfinite(score) and any(key in t.params for key in prior.keys):
+            scored.append((t, score))
+    if len(scored) < MIN_EVIDENCE:
+        return 1.0
+    density = [float(prior.log_pdf({key: np.array([t.distributions[key].to_internal_repr(t.params[key])])
+                                    for key in prior.keys if key in t.params})[0]) for t, _ in scored]
+    sign = 1.0 if study.directions[0] is StudyDirection.MAXIMIZE else -1.0
+    rho = float(stats.spearmanr(density, [sign * score for _, score in scored]).statistic)
+    if not math.isfinite(rho):
+        return 1.0
+    return float(min(1.0, max(0.0, 1.0 + rho * math.sqrt(len(scored) - 1))))
+
+
+def _score(trial: FrozenTrial, early: bool) -> Optional[float]:
+    if early and trial.intermediate_values:
+        return trial.intermediate_values[min(trial.intermediate_values)]
+    values = trial.values
+    return None if not values else values[0]
 
 
 def finished_trials(study: Study) -> int:
