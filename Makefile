@@ -5,9 +5,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml .ci/constraints.txt | cksum | cut -d' ' -f1)
 
-PHONY_BENCH := bench bench-search bench-ties bench-throughput bench-scale bench-overhead bench-selection bench-small-data \
+PHONY_BENCH := bench bench-search bench-peers bench-ties bench-throughput bench-scale bench-overhead bench-selection bench-small-data \
 	bench-images bench-recipes bench-llm bench-workers bench-mo
-.PHONY: demo test test-fast lint $(PHONY_BENCH) install \
+.PHONY: demo test test-fast lint $(PHONY_BENCH) install peers \
 	system-deps clean
 
 install: $(STAMP)
@@ -25,6 +25,24 @@ $(STAMP): pyproject.toml .ci/constraints.txt
 	$(BIN)/pip install --quiet --no-deps syne-tune==0.16.0 dill==0.4.1
 	rm -f $(VENV)/.installed-* && touch $@
 
+# The other libraries benchmarks/search_efficiency.py --peers compares with, each in its own environment: their
+# pins (numpy < 2, pandas < 3, gpytorch 1.13, Syne Tune 0.14) clash with finesweep's. Every package is pinned in the
+# requirements file and installed without resolution, so nothing can pull another torch.
+PEERS_STAMP := .venv-peers/.installed-$(shell cat benchmarks/peers/requirements-peers.txt | cksum | cut -d' ' -f1)
+NEPS_STAMP := .venv-neps/.installed-$(shell cat benchmarks/peers/requirements-neps.txt | cksum | cut -d' ' -f1)
+peers: $(PEERS_STAMP) $(NEPS_STAMP)  ## the peers' environments: Syne Tune, DEHB, SMAC3 (.venv-peers), NePS (.venv-neps)
+
+$(PEERS_STAMP): benchmarks/peers/requirements-peers.txt
+	$(PYTHON) -m venv .venv-peers
+	.venv-peers/bin/pip install --quiet --no-deps -r benchmarks/peers/requirements-peers.txt
+	rm -f .venv-peers/.installed-* && touch $@
+
+$(NEPS_STAMP): benchmarks/peers/requirements-neps.txt
+	$(PYTHON) -m venv .venv-neps
+	.venv-neps/bin/pip install --quiet torch==2.14.1
+	.venv-neps/bin/pip install --quiet --no-deps -r benchmarks/peers/requirements-neps.txt
+	rm -f .venv-neps/.installed-* && touch $@
+
 demo: install  ## fine-tune MiniLM on tweet sentiment: 14 TPE trials over strategies, ASHA, 3-6 min on 2 CPU cores
 	$(BIN)/finesweep run demo
 
@@ -39,7 +57,7 @@ system-deps:
 	  else echo "the tests need Debian's $(SYSTEM_PACKAGES): sudo apt-get install $(SYSTEM_PACKAGES)" >&2; exit 1; fi; \
 	fi
 
-test: install system-deps lint  ## lint, types, then the whole suite, real servers included (35-45 min on 2 cores after install)
+test: install peers system-deps lint  ## lint, types, then the whole suite, real servers included (35-45 min on 2 cores after install)
 	$(BIN)/python -m pytest
 
 lint: install  ## ruff and mypy --strict (the strict flags are in pyproject.toml)
@@ -55,6 +73,9 @@ bench: bench-search bench-ties bench-throughput bench-scale bench-overhead bench
 
 bench-search: install  ## TPE+ASHA vs random, TPE, random+ASHA and hand-written Optuna+Hyperband on LCBench (~18 min)
 	$(BIN)/python benchmarks/search_efficiency.py
+
+bench-peers: install peers  ## the same table with Syne Tune, DEHB, SMAC3 and NePS, and the prior experiment
+	$(BIN)/python benchmarks/search_efficiency.py --peers --priors
 
 bench-mo: install  ## multi-objective on LCBench (accuracy vs runtime): MO-ASHA + MOTPE vs random, NSGA-II, MOTPE (~8 min)
 	$(BIN)/python benchmarks/multiobjective.py
@@ -85,7 +106,7 @@ bench-overhead: install  ## finesweep's whole run vs hand-written scripts: 16 sy
 	$(BIN)/python benchmarks/overhead.py --real
 
 clean:
-	rm -rf $(VENV)
+	rm -rf $(VENV) .venv-peers .venv-neps
 
 bench-workers: install  ## one trial's samples/s on 1 and 2 workers; ASHA's stop -> the workers' resources free (~5 min)
 	$(BIN)/python benchmarks/workers.py

@@ -86,3 +86,44 @@ def curve(task: str, config: Mapping[str, float]) -> Curve:
     out = session.run(None, {names[0]: x_cat, names[1]: x_cont})[0]
     accuracy = np.clip(out[:, TARGETS.index("val_accuracy")] / 100.0, 0.0, 1.0)
     return Curve(accuracy=accuracy.astype(float), loss=out[:, TARGETS.index("val_cross_entropy")].astype(float))
+
+
+TABLE_SEED = 2023
+"""Seed of the table the priors come from: not a seed any search is measured with (those are 0..4)."""
+
+
+def random_config(rng: np.random.Generator) -> Dict[str, float]:
+    """One configuration drawn uniformly (on the log scale where the key is log) from the space."""
+    config: Dict[str, float] = {}
+    for key, spec in space().items():
+        low, high = float(spec["low"]), float(spec["high"])
+        log = spec["distribution"] == "loguniform" or spec.get("log", False)
+        value = float(np.exp(rng.uniform(np.log(low), np.log(high)))) if log else float(rng.uniform(low, high))
+        config[key] = float(round(value)) if spec["distribution"] == "int" else value
+    return config
+
+
+@functools.lru_cache(maxsize=None)
+def table(task: str, rows: int = 1000) -> List[Any]:
+    """The surrogate's own table for ``task``: ``rows`` random configurations and their best accuracy, best first."""
+    rng = np.random.default_rng(TABLE_SEED)
+    configs = [random_config(rng) for _ in range(rows)]
+    scored = [(float(curve(task, config).accuracy.max()), config) for config in configs]
+    return sorted(scored, key=lambda pair: -pair[0])
+
+
+def prior(task: str, quality: str) -> Dict[str, float]:
+    """A prior for ``task``: a configuration of the table's best 5% (``good``) or worst 25% (``misleading``).
+
+    Picked by a fixed draw inside that slice (its own seed, never a measured search's), so every method and
+    every measured seed gets the same prior for the task.
+    """
+    rows = table(task)
+    if quality == "good":
+        pool = rows[: len(rows) // 20]
+    elif quality == "misleading":
+        pool = rows[len(rows) - len(rows) // 4:]
+    else:
+        raise ValueError(f"prior quality is 'good' or 'misleading', got {quality!r}")
+    pick = np.random.default_rng([TABLE_SEED, int(task)]).integers(len(pool))
+    return dict(pool[int(pick)][1])

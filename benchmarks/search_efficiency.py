@@ -51,6 +51,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import lcbench  # noqa: E402  (beside this file)
+import peers  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MAX_EPOCHS = lcbench.EPOCHS
@@ -75,6 +76,10 @@ class Method:
     stopped_told: str = "PRUNED"
     rungwise: bool = True
     """TPE under ASHA fitted one rung at a time (finesweep's default), or Optuna's TPE over every trial."""
+    prior: str = "none"
+    """``good`` or ``misleading``: every searched key's prior (``lcbench.prior``, medium confidence)."""
+    peer: Optional[str] = None
+    """Another library's search (``peers.PEERS``), run in its own environment."""
     run: Optional[Callable[..., List[Result]]] = field(default=None, compare=False)
 
 
@@ -126,10 +131,13 @@ def sweep_yaml(task: str, method: Method, seed: int, trials: int) -> str:
     scheduler = (f"{{kind: asha, max_epochs: {MAX_EPOCHS}, grace_period: {GRACE}, reduction_factor: {FACTOR}}}"
                  if method.scheduler == "asha" else f"{{kind: fifo, max_epochs: {MAX_EPOCHS}}}")
     def value(v: Any) -> str:  # YAML reads 1e-05 as a string: floats need a dot
-        return f"{v:.6e}" if isinstance(v, float) else json.dumps(v)
+        return f"{v:.9e}" if isinstance(v, float) else json.dumps(v)
 
+    prior = {} if method.prior == "none" else lcbench.prior(task, method.prior)
+    entries = {key: {**spec, **({"prior": prior[key], "prior_confidence": "medium"} if prior else {})}
+               for key, spec in lcbench.space().items()}
     space = "\n".join(f"  {key}: {{{', '.join(f'{k}: {value(v)}' for k, v in spec.items())}}}"
-                      for key, spec in lcbench.space().items())
+                      for key, spec in entries.items())
     return (f"# LCBench task {task}: {method.name}\n"
             "objective: {metric: val/accuracy, mode: max}\n"
             f"search: {{sampler: {method.sampler}, num_trials: {trials}, max_concurrent: {CONCURRENT}, "
@@ -264,34 +272,54 @@ def typical_value(task: str, samples: int = 1000, seed: int = 12345) -> float:
     return float(np.median(values))
 
 
+OURS = "TPE+ASHA (finesweep)"
 METHODS = (
     Method("random", sampler="random", scheduler="fifo"),
     Method("random+ASHA", sampler="random"),
     Method("TPE", scheduler="fifo"),
-    Method("TPE+ASHA (finesweep)"),
+    Method(OURS),
     Method("TPE+ASHA, stopped told COMPLETE (as Ray's OptunaSearch)", rungwise=False, stopped_told="COMPLETE"),
     Method("Optuna TPE+Hyperband (by hand)", run=lambda task, seed, _: run_optuna(task, "hyperband", seed)),
     Method("Optuna TPE+SHA (by hand)", run=lambda task, seed, _: run_optuna(task, "sha", seed)),
 )
+SLOW_PEERS = ("Syne Tune MOBSTER", "Syne Tune DyHPO")
+"""Peers whose Gaussian-process refits with their authors' settings take 6-10 minutes a search on 2 cores (5-8 hours
+for the table): only with ``--slow-peers``."""
+PEERS = tuple(Method(name, peer=name) for name in peers.PEERS if name not in SLOW_PEERS)
+"""With ``--peers``: other libraries' multi-fidelity searches, on the same tasks, seeds, budget and surrogate."""
+PRIORS = (Method(f"{OURS}, good prior", prior="good"), Method(f"{OURS}, misleading prior", prior="misleading"),
+          Method("NePS PriorBand, good prior", peer="NePS PriorBand", prior="good"),
+          Method("NePS PriorBand, misleading prior", peer="NePS PriorBand", prior="misleading"))
+"""With ``--priors``: finesweep and PriorBand given a good prior (a configuration from the best 5% of a 1,000-row
+random table of the task, ``lcbench.prior``) and a misleading one (from its worst 25%), medium confidence."""
 ABLATION = Method("TPE+ASHA, Optuna's TPE over PRUNED trials", rungwise=False)
 """With ``--ablation``: stopped trials PRUNED but TPE fitted over every trial, as Optuna's TPE ranks them (the
 rung-wise fit switched off), to tell the two halves of finesweep's default apart (about 3.5 more minutes)."""
 
 
-def search_all(tasks: Sequence[str], seeds: int, methods: Sequence[Method]) -> Dict[str, Any]:
-    """Every method on every (task, seed): the results, in one Ray session."""
+def search_all(tasks: Sequence[str], seeds: int, methods: Sequence[Method], peer_results: Optional[Path] = None,
+               known: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """Every method on every (task, seed): the results. finesweep's in one Ray session, then each peer's in its
+    own environment (``peers.run_peer``; ``peer_results`` keeps and reuses their files). A search in ``known``
+    (an earlier run's ``--runs`` file) is not run again."""
     import ray
 
     from finesweep.execution.cluster import DRIVER_ENV
 
     os.environ.update({**DRIVER_ENV, "FINESWEEP_PROJECT": str(ROOT)})  # as `finesweep run` sets them
     workdir = Path(tempfile.mkdtemp(prefix="fs-lcbench-"))
-    ray.init(num_cpus=CONCURRENT, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    runs: Dict[str, Any] = {}
+    runs: Dict[str, Any] = {key: run for key, run in (known or {}).items()
+                            if any(key.endswith(f"/{m.name}") for m in methods)}
+    ours = [m for m in methods if m.peer is None
+            and any(f"{t}/{s}/{m.name}" not in runs for t in tasks for s in range(seeds))]
+    if ours:
+        ray.init(num_cpus=CONCURRENT, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
         for task in tasks:
             for seed in range(seeds):
-                for method in methods:
+                for method in ours:
+                    if f"{task}/{seed}/{method.name}" in runs:
+                        continue
                     start = time.perf_counter()
                     results = (run_finesweep(task, method, seed, workdir) if method.run is None
                                else method.run(task, seed, workdir))
@@ -299,7 +327,20 @@ def search_all(tasks: Sequence[str], seeds: int, methods: Sequence[Method]) -> D
                     print(f"{task} seed {seed} {method.name}: {len(results)} results, "
                           f"{time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
     finally:
-        ray.shutdown()
+        if ours:
+            ray.shutdown()
+    for method in (m for m in methods if m.peer is not None):
+        assert method.peer is not None
+        if all(f"{t}/{s}/{method.name}" in runs for t in tasks for s in range(seeds)):
+            continue
+        try:
+            found = peers.run_peer(method.peer, tasks, seeds, BUDGET, method.prior, peer_results)
+        except RuntimeError as exc:  # a peer that cannot run here (ifBO without its weights) is left out, said why
+            print(f"{method.name}: not measured: {str(exc).strip().splitlines()[-1]}", file=sys.stderr, flush=True)
+            continue
+        for key, run in found.items():
+            runs[f"{key}/{method.name}"] = {"results": [tuple(r) for r in run["results"]], "seconds": run["seconds"]}
+        print(f"{method.name}: {sum(r['seconds'] for r in found.values()):.0f} s", file=sys.stderr, flush=True)
     return runs
 
 
@@ -354,13 +395,48 @@ def plot(runs: Dict[str, Any], tasks: Sequence[str], seeds: int, methods: Sequen
             for seed in range(seeds):
                 results = runs[f"{task}/{seed}/{method.name}"]["results"]
                 curves.append([regret(best_by(results, g), optimum, typical) for g in grid])
+        dash = "dash" if method.prior != "none" else "dot" if method.peer is not None else "solid"
         figure.add_scatter(x=grid / MAX_EPOCHS, y=np.nanmedian(np.array(curves, dtype=float), axis=0), name=method.name,
-                           mode="lines")
+                           mode="lines", line={"dash": dash, "width": 3 if method.name == OURS else 2})
     figure.update_layout(title="LCBench: median normalised regret by compute spent", template="plotly_white",
                          xaxis_title="compute spent (full-trial equivalents, 52 epochs each)",
                          yaxis_title="normalised regret (log)", yaxis_type="log", width=900, height=520)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.write_image(str(path))
+
+
+def prior_table(rows: Dict[str, Dict[str, List[float]]]) -> str:
+    """Each search with a prior against itself without one, paired by task and seed: how many times faster it
+    reaches random search's final best (its speed-up over random with the prior / without), and its final regret."""
+    def cell(values: List[float], digits: int) -> str:
+        q1, median, q3 = np.percentile(values, [25, 50, 75])
+        return f"{median:.{digits}f} [{q1:.{digits}f}-{q3:.{digits}f}]"
+
+    lines = ["| search | prior | speed-up over random | x faster than without the prior (paired) | "
+             "reached random's best | regret @25% | regret @100% |", "|---|---|---:|---:|---:|---:|---:|"]
+    for method in PRIORS:
+        base = OURS if method.peer is None else method.peer
+        if method.name not in rows or base not in rows:
+            continue
+        for name, label in ((base, "none"), (method.name, method.prior)):
+            row = rows[name]
+            ratio = [w / wo for w, wo in zip(row["speedup"], rows[base]["speedup"], strict=True)]
+            lines.append(f"| {base} | {label} | {cell(row['speedup'], 1)}x | {cell(ratio, 2)}x | "
+                         f"{100 * np.mean(row['reached']):.0f}% | {cell(row['regret@0.25'], 3)} | "
+                         f"{cell(row['regret@1'], 3)} |")
+    return "\n".join(dict.fromkeys(lines))  # each search's no-prior row once
+
+
+def chosen_methods(args: argparse.Namespace) -> List[Method]:
+    """The rows a run measures: finesweep's and Optuna's, then the peers and prior searches asked for."""
+    methods = [*METHODS[:5], ABLATION, *METHODS[5:]] if args.ablation else list(METHODS)
+    if args.peers:
+        methods += PEERS
+    if args.slow_peers:
+        methods += [Method(name, peer=name) for name in SLOW_PEERS]
+    if args.priors:
+        methods += [m for m in PEERS if m.peer == "NePS PriorBand" and m not in methods] + list(PRIORS)
+    return methods
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -369,20 +445,35 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--tasks", type=int, default=len(TASKS))
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--ablation", action="store_true", help="also TPE+ASHA without the rung-wise fit")
+    parser.add_argument("--peers", action="store_true", help="also Syne Tune, DEHB, SMAC3 and NePS (make peers)")
+    parser.add_argument("--slow-peers", action="store_true", help="also Syne Tune's MOBSTER and DyHPO (hours)")
+    parser.add_argument("--priors", action="store_true",
+                        help="also finesweep and NePS PriorBand with a good and a misleading prior")
+    parser.add_argument("--peer-results", type=Path, default=None,
+                        help="a folder to keep the peers' results in and reuse them from")
+    parser.add_argument("--runs", type=Path, default=None,
+                        help="a JSON file to keep every search's results in; searches already there are not run again")
     parser.add_argument("--plot", type=Path, default=ROOT / "docs" / "search_efficiency.png")
     args = parser.parse_args(argv)
     tasks, seeds = (TASKS[:2], 2) if args.quick else (TASKS[:args.tasks], args.seeds)
     start = time.perf_counter()
-    methods = (*METHODS[:5], ABLATION, *METHODS[5:]) if args.ablation else METHODS
-    runs = search_all(tasks, seeds, methods)
+    methods = chosen_methods(args)
+    known = json.loads(args.runs.read_text()) if args.runs and args.runs.is_file() else {}
+    runs = search_all(tasks, seeds, methods, args.peer_results, known)
+    methods = [m for m in methods if all(f"{t}/{s}/{m.name}" in runs for t in tasks for s in range(seeds))]
+    if args.runs:
+        args.runs.write_text(json.dumps({**known, **runs}))
+    runs = {key: {**run, "results": [tuple(r) for r in run["results"]]} for key, run in runs.items()}
     rows = measure(runs, tasks, seeds, methods)
-    print(table(rows, len(tasks), seeds))
+    print(table({name: row for name, row in rows.items() if name not in {m.name for m in PRIORS}}, len(tasks), seeds))
+    if args.priors:
+        print("\n" + prior_table(rows))
     if not args.quick:
         plot(runs, tasks, seeds, methods, args.plot)
     spent = {m.name: sum(r["seconds"] for k, r in runs.items() if k.endswith(f"/{m.name}")) for m in methods}
     print("seconds per method: " + ", ".join(f"{name} {seconds:.0f}" for name, seconds in spent.items()))
     print(f"whole table: {time.perf_counter() - start:.0f} s")
-    ours, random = rows["TPE+ASHA (finesweep)"], rows["random"]
+    ours, random = rows[OURS], rows["random"]
     better = np.median(ours["regret@0.25"]) < np.median(random["regret@0.25"]) and np.median(ours["speedup"]) > 1
     print("TPE+ASHA beats random on the median" if better else "TPE+ASHA does NOT beat random on the median")
     return 0 if better else 1

@@ -125,3 +125,35 @@ def test_the_real_trial_overhead_case_runs_the_same_sweep_on_both_sides(tmp_path
     assert config.scheduler.kind.value == "fifo" and {p.key for p in composed.params} == {"optim.lr",
                                                                                           "optim.weight_decay"}
     assert (config.data.text_column, config.data.label_column) == (hand.TEXT, hand.LABEL)
+
+
+def test_the_priors_come_from_the_best_5_and_the_worst_25_percent_of_the_tasks_own_table() -> None:
+    rows = lcbench.table("3945")
+    assert len(rows) == 1000 and rows[0][0] >= rows[-1][0]
+    good, misleading = lcbench.prior("3945", "good"), lcbench.prior("3945", "misleading")
+    best = lambda config: float(lcbench.curve("3945", config).accuracy.max())  # noqa: E731
+    assert best(good) >= rows[49][0] and best(misleading) <= rows[750][0]
+    assert lcbench.prior("3945", "good") == good, "the same prior for every method and seed"
+    assert lcbench.prior("7593", "good") != good
+
+
+def test_a_prior_search_composes_with_every_key_at_its_prior_and_runs_the_mode_first(tmp_path: Path) -> None:
+    from unittest import mock
+
+    import finesweep.config.preflight
+    import finesweep.config.space
+    from finesweep.config.compose import compose
+    from finesweep.config.recipe import start_points
+
+    method = next(m for m in se.PRIORS if m.peer is None and m.prior == "good")
+    path = tmp_path / "prior.yaml"
+    path.write_text(se.sweep_yaml("3945", method, 0, 400))
+    with mock.patch.object(finesweep.config.space, "_check_key"), \
+            mock.patch.object(finesweep.config.space, "_check_types"), \
+            mock.patch.object(finesweep.config.preflight, "check_values"):
+        sweep = compose(str(path), [])
+    prior = lcbench.prior("3945", "good")
+    assert {p.key: p.prior for p in sweep.params} == pytest.approx(prior, rel=1e-8)
+    assert all(p.prior_confidence.value == "medium" for p in sweep.params)
+    (first,) = start_points(sweep.config, sweep.params)
+    assert first == pytest.approx(prior, rel=1e-8)
