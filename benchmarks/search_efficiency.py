@@ -26,8 +26,13 @@ Measured per (task, seed, method), from the results in the order they arrived, c
   their best epoch (0 = the best seen, 1 = a typical random configuration).
 The table gives the median and the inter-quartile range over tasks x seeds.
 
+With ``--peers``, other libraries' searches (``benchmarks/peers``: Syne Tune, DEHB, SMAC3, NePS) run on the same
+tasks, seeds, budget and surrogate, each in its own loop and virtual environment; with ``--priors``, finesweep's
+TPE+ASHA and NePS's PriorBand run with a good and a misleading prior (``lcbench.prior``).
+
 Usage:
-  python benchmarks/search_efficiency.py            # 10 tasks x 5 seeds: the README's table and plot
+  python benchmarks/search_efficiency.py            # 10 tasks x 5 seeds: finesweep's and Optuna's rows, the plot
+  python benchmarks/search_efficiency.py --peers --priors --runs runs.json   # the README's tables (make peers first)
   python benchmarks/search_efficiency.py --quick    # 2 tasks x 2 seeds; exit 1 unless TPE+ASHA beats random
 """
 
@@ -76,6 +81,8 @@ class Method:
     stopped_told: str = "PRUNED"
     rungwise: bool = True
     """TPE under ASHA fitted one rung at a time (finesweep's default), or Optuna's TPE over every trial."""
+    grace: int = GRACE
+    """ASHA's grace period in epochs (its first rung)."""
     prior: str = "none"
     """``good`` or ``misleading``: every searched key's prior (``lcbench.prior``, medium confidence)."""
     peer: Optional[str] = None
@@ -128,7 +135,7 @@ class Collector:
 
 def sweep_yaml(task: str, method: Method, seed: int, trials: int) -> str:
     """The sweep file finesweep composes for one search."""
-    scheduler = (f"{{kind: asha, max_epochs: {MAX_EPOCHS}, grace_period: {GRACE}, reduction_factor: {FACTOR}}}"
+    scheduler = (f"{{kind: asha, max_epochs: {MAX_EPOCHS}, grace_period: {method.grace}, reduction_factor: {FACTOR}}}"
                  if method.scheduler == "asha" else f"{{kind: fifo, max_epochs: {MAX_EPOCHS}}}")
     def value(v: Any) -> str:  # YAML reads 1e-05 as a string: floats need a dot
         return f"{v:.9e}" if isinstance(v, float) else json.dumps(v)
@@ -295,6 +302,9 @@ random table of the task, ``lcbench.prior``) and a misleading one (from its wors
 ABLATION = Method("TPE+ASHA, Optuna's TPE over PRUNED trials", rungwise=False)
 """With ``--ablation``: stopped trials PRUNED but TPE fitted over every trial, as Optuna's TPE ranks them (the
 rung-wise fit switched off), to tell the two halves of finesweep's default apart (about 3.5 more minutes)."""
+LATE_START = Method("TPE+ASHA, grace period 12", grace=12)
+"""With ``--ablation``: finesweep's default with ASHA's first rung at 12 epochs instead of 4 (rungs 12, 36, 52): how
+much of a search's end depends on how well the first rung ranks configurations (Hyper-Tune's bracket question)."""
 
 
 def search_all(tasks: Sequence[str], seeds: int, methods: Sequence[Method], peer_results: Optional[Path] = None,
@@ -429,7 +439,7 @@ def prior_table(rows: Dict[str, Dict[str, List[float]]]) -> str:
 
 def chosen_methods(args: argparse.Namespace) -> List[Method]:
     """The rows a run measures: finesweep's and Optuna's, then the peers and prior searches asked for."""
-    methods = [*METHODS[:5], ABLATION, *METHODS[5:]] if args.ablation else list(METHODS)
+    methods = [*METHODS[:5], ABLATION, LATE_START, *METHODS[5:]] if args.ablation else list(METHODS)
     if args.peers:
         methods += PEERS
     if args.slow_peers:
