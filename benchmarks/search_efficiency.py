@@ -57,6 +57,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import lcbench  # noqa: E402  (beside this file)
 import peers  # noqa: E402
+from peers import spent_epochs  # noqa: E402  (the one cost rule, shared with the peers' files)
 
 ROOT = Path(__file__).resolve().parents[1]
 MAX_EPOCHS = lcbench.EPOCHS
@@ -224,17 +225,6 @@ def run_optuna(task: str, pruner_name: str, seed: int) -> List[Result]:
 
 # --- what a search's results say -----------------------------------------------------------------
 
-def spent_epochs(results: Sequence[Result]) -> List[int]:
-    """Cumulative epochs after each result: a result at epoch e costs e minus the trial's previous epoch."""
-    last: Dict[int, int] = {}
-    total, out = 0, []
-    for number, epoch, _ in results:
-        total += epoch - last.get(number, 0)
-        last[number] = epoch
-        out.append(total)
-    return out
-
-
 def cut(results: Sequence[Result], budget: int) -> List[Result]:
     """The results that fit in the budget (in arrival order)."""
     return [r for r, spent in zip(results, spent_epochs(results), strict=True) if spent <= budget]
@@ -267,15 +257,7 @@ def regret(best: float, optimum: float, typical: float) -> float:
 def typical_value(task: str, samples: int = 1000, seed: int = 12345) -> float:
     """The median over random configurations of their best epoch: what regret 1 means."""
     rng = np.random.default_rng(seed)
-    values = []
-    for _ in range(samples):
-        config = {}
-        for key, spec in lcbench.space().items():
-            low, high = float(spec["low"]), float(spec["high"])
-            log = spec["distribution"] == "loguniform" or spec.get("log", False)
-            value = math.exp(rng.uniform(math.log(low), math.log(high))) if log else rng.uniform(low, high)
-            config[key] = round(value) if spec["distribution"] == "int" else value
-        values.append(float(lcbench.curve(task, config).accuracy.max()))
+    values = [float(lcbench.curve(task, lcbench.random_config(rng)).accuracy.max()) for _ in range(samples)]
     return float(np.median(values))
 
 

@@ -87,9 +87,9 @@ def run_peer(name: str, tasks: Sequence[str], seeds: int, budget: int, prior: st
     cached = None if results is None else results / f"{slug(name)}{'' if prior == 'none' else '-' + prior}.json"
     if cached is not None and cached.is_file():
         found = json.loads(cached.read_text())
-        if all(f"{task}/{seed}" in found for task in tasks for seed in range(seeds)) and \
-                all(spent(found[f"{t}/{s}"]["results"]) <= budget for t in tasks for s in range(seeds)):
-            return {key: found[key] for key in (f"{t}/{s}" for t in tasks for s in range(seeds))}
+        keys = [f"{task}/{seed}" for task in tasks for seed in range(seeds)]
+        if all(key in found and (spent_epochs(found[key]["results"]) or [0])[-1] <= budget for key in keys):
+            return {key: found[key] for key in keys}
     python = ROOT / venv / "bin" / "python"
     if not python.is_file():
         raise RuntimeError(f"{name} runs in {venv}/, which is missing: run `make peers` first")
@@ -105,11 +105,12 @@ def run_peer(name: str, tasks: Sequence[str], seeds: int, budget: int, prior: st
     return found
 
 
-def spent(results: Sequence[Sequence[Any]]) -> int:
-    """Epochs a search's results cost, by the Ledger's rule."""
+def spent_epochs(results: Sequence[Sequence[Any]]) -> List[int]:
+    """Cumulative epochs after each result: a result at epoch e costs e minus the trial's previous epoch."""
     last: Dict[int, int] = {}
-    total = 0
+    total, out = 0, []
     for trial, epoch, _ in results:
         total += int(epoch) - last.get(int(trial), 0)
-        last[int(trial)] = max(int(epoch), last.get(int(trial), 0))
-    return total
+        last[int(trial)] = int(epoch)
+        out.append(total)
+    return out

@@ -52,11 +52,6 @@ def with_priors(config: ExperimentConfig, params: Sequence[Param], spec: Dict[st
     return tuple(out)
 
 
-def has_prior(params: Sequence[Param]) -> bool:
-    """Whether any searched key has a prior."""
-    return any(param.prior is not None for param in params)
-
-
 def _checked(param: Param, value: Any, config: ExperimentConfig, where: str) -> Any:
     found = in_space(param, value, config)
     if found is None:
