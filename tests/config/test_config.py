@@ -125,8 +125,8 @@ def test_with_overrides_runs_the_section_rules() -> None:
 
 BAD: List[tuple] = [
     ("unknown-sampler", ["search.sampler=bayes"],
-     r"sweeps/demo\.yaml: search\.sampler: Invalid value 'bayes', expected one of \[grid, random, tpe, nsga2\]\. "
-     r"Use one of those\."),
+     r"sweeps/demo\.yaml: search\.sampler: Invalid value 'bayes', expected one of "
+     r"\[grid, random, tpe, gp, nsga2, auto\]\. Use one of those\."),
     ("unknown-scheduler", ["scheduler.kind=hyperband"],
      r"scheduler\.kind: Invalid value 'hyperband', expected one of \[asha, fifo\]"),
     ("bad-mode", ["objective.mode=maximize"],

@@ -1,5 +1,5 @@
-"""TPE fitted one rung at a time: the rungs, a trial's score at a rung, which rung TPE is shown, and what it
-proposes from there; and the per-trial seeds that make two sweeps' seeds independent."""
+"""TPE and GP fitted one rung at a time: the rungs, a trial's score at a rung, which rung the model is shown, and
+what it proposes from there; and the per-trial seeds that make two sweeps' seeds independent."""
 
 from __future__ import annotations
 
@@ -12,10 +12,11 @@ import pytest
 from optuna.distributions import FloatDistribution
 from optuna.trial import FrozenTrial, TrialState
 
+from finesweep.config import Sampler, SearchConfig
 from finesweep.config.compose import compose
-from finesweep.config.space import parse_space
-from finesweep.search.fidelity import RungTPESampler, rung_gamma, rungs, score_at
-from finesweep.search.samplers import sampler_factory
+from finesweep.config.space import Distribution, Param, parse_space
+from finesweep.search.fidelity import RungGPSampler, RungTPESampler, rung_gamma, rungs, score_at
+from finesweep.search.samplers import make_sampler, sampler_factory
 from finesweep.search.searcher import Numbering, StudySearcher, new_study, params_of, proposal_seed
 
 X = FloatDistribution(0.0, 1.0)
@@ -71,11 +72,12 @@ def crossing_study(deep: int) -> optuna.Study:
     return study_of(trials)
 
 
-def proposals(study: optuna.Study, min_points: int, n: int = 12) -> List[float]:
+def proposals(study: optuna.Study, min_points: int, n: int = 12, gp: bool = False) -> List[float]:
     drawn = []
     for seed in range(n):
-        sampler = RungTPESampler([1, 3, 9], min_points, rung_gamma, seed=seed, n_startup_trials=min_points,
-                                 multivariate=True, group=True, constant_liar=True)
+        sampler = (RungGPSampler([1, 3, 9], min_points, seed=seed) if gp else
+                   RungTPESampler([1, 3, 9], min_points, rung_gamma, seed=seed, n_startup_trials=min_points,
+                                  multivariate=True, group=True, constant_liar=True))
         study.sampler = sampler
         trial = study.ask()
         drawn.append(trial.suggest_float("x", 0.0, 1.0))
@@ -88,6 +90,29 @@ def test_tpe_is_fitted_on_the_highest_rung_that_enough_trials_reached() -> None:
     assert sorted(proposals(crossing_study(deep=8), min_points=8))[6] > 0.7
     # Too few at the top (8 < 10): it falls back to epoch 1, where 38 trials say low x.
     assert sorted(proposals(crossing_study(deep=8), min_points=10))[6] < 0.3
+
+
+def test_the_gp_is_fitted_on_the_highest_rung_that_enough_trials_reached() -> None:
+    # the same crossing curves: the GP's expected improvement at epoch 9 lies at high x, at epoch 1 at low x
+    assert sorted(proposals(crossing_study(deep=8), min_points=8, n=6, gp=True))[3] > 0.7
+    assert sorted(proposals(crossing_study(deep=8), min_points=10, n=6, gp=True))[3] < 0.3
+    study = study_of([frozen({1: 0.5}, x=0.5) for _ in range(3)])
+    assert RungGPSampler([1, 3], 4, seed=0).sample_relative(study, study.ask(), {"x": X}) == {}, "random start-up"
+
+
+LR = Param("optim.lr", Distribution.loguniform, 1e-5, 1e-2)
+
+
+@pytest.mark.parametrize(("sampler", "milestones", "expected"), [
+    (Sampler.gp, None, optuna.samplers.GPSampler), (Sampler.gp, (1, 3), RungGPSampler),
+    (Sampler.auto, (1, 3), RungGPSampler), (Sampler.tpe, (1, 3), RungTPESampler),
+])
+def test_the_gp_sampler_is_optunas_gp_rung_wise_under_asha(sampler: Sampler, milestones, expected: type) -> None:
+    # seed 0's draw is not among ASHA's random third (samplers.ASHA_RANDOM_SHARE); seed 1's is
+    config = SearchConfig(sampler=sampler, num_trials=40)
+    assert type(make_sampler(config, [LR], seed=0, random_share=1 / 3, milestones=milestones)) is expected
+    found = make_sampler(config, [LR], seed=1, random_share=1 / 3, milestones=milestones)
+    assert type(found) is optuna.samplers.RandomSampler
 
 
 def test_no_rung_with_enough_trials_means_random_start_up_proposals() -> None:
@@ -144,3 +169,28 @@ def test_two_seeds_of_a_sweep_propose_different_trials_not_the_same_ones_shifted
 def test_the_proposal_seed_is_the_same_in_every_process() -> None:
     # SeedSequence's mixing is specified, not Python's hash: a resumed sweep on another machine agrees.
     assert proposal_seed(0, 0) == 2968811710 and proposal_seed(7, 3) == proposal_seed(7, 3)
+
+
+@pytest.mark.parametrize("milestones", [None, (1, 3)], ids=["fifo", "asha"])
+def test_a_rebuilt_study_proposes_what_the_lost_gp_would_have(milestones) -> None:
+    # the GP keeps nothing between proposals (a fresh sampler each, seeded by the trial's index): its next proposal
+    # is a function of the seed and the study's trials alone
+    config = SearchConfig(sampler=Sampler.gp, num_trials=40)
+
+    def step(study: optuna.Study, index: int) -> float:
+        study.sampler = make_sampler(config, [LR], seed=proposal_seed(0, index), milestones=milestones)
+        trial = study.ask()
+        lr = trial.suggest_float("optim.lr", 1e-5, 1e-2, log=True)
+        score = -abs(math.log10(lr) + 3.5)
+        for epoch in (1, 2, 3):
+            trial.report(score - 0.1 / epoch, epoch)
+        study.tell(trial, score)
+        return lr
+
+    lost = optuna.create_study(direction="maximize")
+    for index in range(12):
+        step(lost, index)
+    rebuilt = optuna.create_study(direction="maximize")
+    rebuilt.add_trials(lost.trials)
+    assert step(rebuilt, 12) == step(lost, 12)
+    assert isinstance(lost.sampler, optuna.samplers.GPSampler)

@@ -112,7 +112,8 @@ def test_every_trial_is_told_its_values_at_its_best_epoch_and_its_constraints(sa
         assert trial.intermediate_values == {}  # Optuna reports one objective only
 
 
-@pytest.mark.parametrize("sampler,milestones", [(Sampler.tpe, None), (Sampler.nsga2, None), (Sampler.tpe, (1, 3))])
+@pytest.mark.parametrize("sampler,milestones", [(Sampler.tpe, None), (Sampler.nsga2, None), (Sampler.tpe, (1, 3)),
+                                               (Sampler.gp, None), (Sampler.gp, (1, 3))])
 def test_a_study_rebuilt_from_the_log_proposes_what_the_lost_one_would_have(sampler: Sampler, milestones) -> None:
     # NSGA-II's population of 4 (a quarter of 20, at least 4): 10 trials reach its second generation; with ASHA's
     # rungs TPE is the rung-wise MOTPE, which reads each trial's values by step

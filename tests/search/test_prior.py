@@ -12,7 +12,7 @@ import numpy as np
 import optuna
 import pytest
 
-from finesweep.config import Confidence, SchedulerKind, SearchConfig
+from finesweep.config import Confidence, Sampler, SchedulerKind, SearchConfig
 from finesweep.config.compose import compose
 from finesweep.config.recipe import start_points
 from finesweep.config.space import Distribution, Param
@@ -79,7 +79,7 @@ def search(params: Sequence[Param], trials: int, seed: int, asha: bool = False,
     """The first ``trials`` of a TPE search of ``budget`` trials as finesweep runs one: a fresh sampler per
     proposal, seeded by the trial's index."""
     study = optuna.create_study(direction="maximize")
-    config = SearchConfig(num_trials=budget or trials, seed=seed)
+    config = SearchConfig(sampler=Sampler.tpe, num_trials=budget or trials, seed=seed)
     for index in range(trials):
         study.sampler = make_sampler(config, params, seed=seed * 1000 + index,
                                      milestones=[1, 3] if asha else None)
@@ -95,7 +95,7 @@ def test_startup_proposals_come_from_the_prior_not_uniformly() -> None:
            for seed in range(4) for t in search([lr()], startup, seed, budget=40).trials]
     assert np.median(near) < 0.1 < np.median(far)
     assert isinstance(make_sampler(SearchConfig(num_trials=40), [lr(1e-4)]), PriorTPESampler)
-    assert type(make_sampler(SearchConfig(num_trials=40), [lr()])) is optuna.samplers.TPESampler
+    assert type(make_sampler(SearchConfig(sampler=Sampler.tpe, num_trials=40), [lr()])) is optuna.samplers.TPESampler
 
 
 def best_distance(study: optuna.Study) -> float:

@@ -14,6 +14,10 @@
   ``_gamma``, running trials with ``_constant_liar``), its Parzen estimators (``_build_parzen_estimator``), its
   random state (``_rng``) and candidate count (``_n_ei_candidates``). The prior-weighted TPE (``search/prior.py``)
   proposes as that step does, with the prior's candidates and weight added.
+- ``GPSampler._optimize_acqf(acqf, best_params)`` (the hook Optuna names for overriding how the acquisition is
+  maximised), ``GPSampler._rng``, and the acquisition's ``search_space`` (``sample_normalized_params``,
+  ``is_categorical``, ``discrete_indices``, ``get_choices_of_discrete_params``) and ``eval_acqf_no_grad``: the GP
+  sampler scores candidates instead of running local searches (``search/gp_acquisition.py``).
 """
 
 from __future__ import annotations
@@ -51,6 +55,16 @@ def missing() -> List[str]:
     trial = optuna.trial.create_trial(value=0.0)
     if not hasattr(trial, "_trial_id"):
         gone.append("FrozenTrial._trial_id")
+    gp = optuna.samplers.GPSampler(seed=0)
+    gone += [f"GPSampler.{name}" for name in ("_optimize_acqf", "_rng") if not hasattr(gp, name)]
+    try:
+        from optuna._gp.search_space import SearchSpace
+
+        gone += [f"optuna._gp.search_space.SearchSpace.{n}" for n in ("sample_normalized_params",
+                                                                      "get_choices_of_discrete_params")
+                 if not hasattr(SearchSpace, n)]
+    except ImportError:
+        gone.append("optuna._gp.search_space.SearchSpace")
     return gone
 
 

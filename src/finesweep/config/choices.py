@@ -18,8 +18,14 @@ class Sampler(str, enum.Enum):
     random = "random"
     tpe = "tpe"
     """TPE; with several objectives Optuna's multi-objective TPE (MOTPE)."""
+    gp = "gp"
+    """Optuna's Gaussian process with log expected improvement (MOBSTER's and Hyper-Tune's model): the most
+    sample-efficient on a flat space of numbers, a few tenths of a second a proposal."""
     nsga2 = "nsga2"
     """Optuna's NSGA-II: a genetic search for a Pareto front (one or several objectives)."""
+    auto = "auto"
+    """``gp`` where it serves (one objective, no constraints, no prior, no conditional keys), else ``tpe``:
+    settled when the sweep is composed (``config/sampler_choice.py``)."""
 
 
 class PriorSource(str, enum.Enum):

@@ -28,6 +28,7 @@ from finesweep.config import preflight
 from finesweep.config.overrides import key_hint, leaf_keys, value_at
 from finesweep.config.prior import with_priors
 from finesweep.config.recipe import check_start
+from finesweep.config.sampler_choice import settled
 from finesweep.config.schema import ExperimentConfig
 from finesweep.config.space import parse_space
 from finesweep.config.sweep import RESUMABLE, Sweep
@@ -54,6 +55,7 @@ def compose(sweep: str, overrides: Sequence[str]) -> Sweep:
         config = _typed(cfg)
         preflight.check_objective(config)
         params = with_priors(config, parse_space(config.space, config), config.space)
+        config = settled(config, params)
         preflight.check_budget(config, params)
         preflight.check_values(config, params)
         check_start(config, params)
@@ -86,6 +88,7 @@ def stored(config_yaml: str, sweep_file: Path, overrides: Sequence[str]) -> Swee
         # a sweep from before the recipe was a first trial: it goes on as it ran
         config = dataclasses.replace(config, search=dataclasses.replace(config.search, start_from_config=False))
     params = with_priors(config, parse_space(config.space, config), config.space)
+    config = settled(config, params)
     preflight.check_values(config, params)
     return Sweep(config, params, sweep_file, config_yaml)
 

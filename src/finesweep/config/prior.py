@@ -44,7 +44,7 @@ def with_priors(config: ExperimentConfig, params: Sequence[Param], spec: Dict[st
                 f"prior_confidence={param.prior_confidence.value}. Add prior: <value> or set search.prior=config.")
         else:
             out.append(param)
-    if any(p.prior is not None for p in out) and config.search.sampler is not Sampler.tpe:
+    if any(p.prior is not None for p in out) and config.search.sampler not in (Sampler.tpe, Sampler.auto):
         source = "search.prior=config" if from_config else f"space.{next(p.key for p in out if p.prior is not None)}"
         raise SearchSpaceError(
             f"{source}: a prior weighs TPE's proposals, and the sampler is {config.search.sampler.value}. "

@@ -572,7 +572,8 @@ class ObjectiveConfig:
 class SearchConfig:
     """How many trials, proposed by which Optuna sampler."""
 
-    sampler: Sampler = Sampler.tpe
+    sampler: Sampler = Sampler.auto
+    """``auto``: a Gaussian process on a flat space with one objective, else TPE (``config/sampler_choice.py``)."""
     num_trials: Optional[int] = None
     """Trials to run; a grid runs every combination once and may leave this null."""
     max_concurrent: int = 1

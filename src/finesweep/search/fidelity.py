@@ -31,6 +31,7 @@ from optuna.study import Study, StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from finesweep.adapters import optuna_private
+from finesweep.search.gp_acquisition import CandidateGPSampler
 from finesweep.search.searcher import STEPS_ATTR
 
 
@@ -63,39 +64,23 @@ def rung_gamma(n: int) -> int:
     return min(max(1, math.ceil(0.15 * n)), 25)
 
 
-class RungTPESampler(optuna.samplers.TPESampler):
-    """TPE fitted at the highest rung with at least ``min_points`` trials (see the module's docstring).
+class RungView:
+    """What a rung-wise sampler shows its model: the study at the highest rung that at least ``min_points`` trials
+    reached, each of them at its score there (see the module's docstring).
 
     Args:
         milestones: the rungs in epochs, lowest first, the full budget last (``rungs``).
-        min_points: trials a rung needs before TPE is fitted on it (BOHB: the number of dimensions + 1).
-        good: n trials at the rung -> how many of them are TPE's "good" ones (``rung_gamma``).
-        kwargs: ``TPESampler``'s.
+        min_points: trials a rung needs before a model is fitted on it (BOHB: the number of dimensions + 1).
+        multi: score each trial by every objective's values at its best report (``values_at``), not by its best
+            intermediate value (``score_at``).
     """
 
-    def __init__(self, milestones: Sequence[int], min_points: int, good: Callable[[int], int] = rung_gamma,
-                 **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        # Optuna 4.9 deprecated the ``gamma`` argument (to go in 6.0) but its split still reads this
-        # attribute; tests/search/test_fidelity.py checks that the split uses it.
-        optuna_private.set_good_share(self, good)
+    def __init__(self, milestones: Sequence[int], min_points: int, multi: bool = False) -> None:
         self.milestones = tuple(milestones)
         self.min_points = max(2, min_points)
+        self.multi = multi
 
-    def sample_relative(self, study: Study, trial: FrozenTrial,
-                        search_space: Dict[str, BaseDistribution]) -> Dict[str, Any]:
-        view = self.view(study, trial)
-        return {} if view is None else super().sample_relative(view, trial, search_space)  # type: ignore[arg-type]
-
-    def sample_independent(self, study: Study, trial: FrozenTrial, param_name: str,
-                           param_distribution: BaseDistribution) -> Any:
-        view = self.view(study, trial)
-        if view is None:
-            return optuna_private.startup_sampler(self).sample_independent(study, trial, param_name,
-                                                                           param_distribution)
-        return super().sample_independent(view, trial, param_name, param_distribution)  # type: ignore[arg-type]
-
-    def view(self, study: Study, current: FrozenTrial) -> Optional[optuna_private.StudyView]:
+    def __call__(self, study: Study, current: FrozenTrial) -> Optional[optuna_private.StudyView]:
         """The study as seen at the highest rung with enough trials; None while no rung has them."""
         maximize = study.directions[0] is StudyDirection.MAXIMIZE
         trials = [t for t in optuna_private.every_trial(study)
@@ -110,13 +95,78 @@ class RungTPESampler(optuna.samplers.TPESampler):
         return None
 
     def score(self, trial: FrozenTrial, rung: int, maximize: bool) -> Any:
-        """What the trial stands for at ``rung`` (``score_at``), or None if it did not reach it."""
-        return score_at(trial, rung, maximize)
+        """What the trial stands for at ``rung`` (``score_at`` or ``values_at``), or None if it did not reach it."""
+        return values_at(trial, rung, maximize) if self.multi else score_at(trial, rung, maximize)
 
     def at_rung(self, trial: FrozenTrial, score: Any) -> FrozenTrial:
-        """The trial as TPE sees it at the rung: finished, with ``score``."""
-        return optuna.trial.create_trial(params=trial.params, distributions=trial.distributions, value=score,
-                                         system_attrs=trial.system_attrs)
+        """The trial as the model sees it at the rung: finished, with ``score``."""
+        values = dict(values=score) if self.multi else dict(value=score)
+        return optuna.trial.create_trial(params=trial.params, distributions=trial.distributions,
+                                         system_attrs=trial.system_attrs, **values)
+
+
+class RungTPESampler(optuna.samplers.TPESampler):
+    """TPE fitted at the highest rung with at least ``min_points`` trials (see the module's docstring).
+
+    Args:
+        milestones: the rungs in epochs, lowest first, the full budget last (``rungs``).
+        min_points: trials a rung needs before TPE is fitted on it (BOHB: the number of dimensions + 1).
+        good: n trials at the rung -> how many of them are TPE's "good" ones (``rung_gamma``).
+        kwargs: ``TPESampler``'s.
+    """
+
+    multi = False
+
+    def __init__(self, milestones: Sequence[int], min_points: int, good: Callable[[int], int] = rung_gamma,
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        # Optuna 4.9 deprecated the ``gamma`` argument (to go in 6.0) but its split still reads this
+        # attribute; tests/search/test_fidelity.py checks that the split uses it.
+        optuna_private.set_good_share(self, good)
+        self.view = RungView(milestones, min_points, self.multi)
+        self.milestones, self.min_points = self.view.milestones, self.view.min_points
+
+    def sample_relative(self, study: Study, trial: FrozenTrial,
+                        search_space: Dict[str, BaseDistribution]) -> Dict[str, Any]:
+        view = self.view(study, trial)
+        return {} if view is None else super().sample_relative(view, trial, search_space)  # type: ignore[arg-type]
+
+    def sample_independent(self, study: Study, trial: FrozenTrial, param_name: str,
+                           param_distribution: BaseDistribution) -> Any:
+        view = self.view(study, trial)
+        if view is None:
+            return optuna_private.startup_sampler(self).sample_independent(study, trial, param_name,
+                                                                           param_distribution)
+        return super().sample_independent(view, trial, param_name, param_distribution)  # type: ignore[arg-type]
+
+
+class RungMOTPESampler(RungTPESampler):
+    """MOTPE fitted at the highest rung with at least ``min_points`` trials, each at its values there (see the
+    module's docstring); the same arguments as ``RungTPESampler``."""
+
+    multi = True
+
+
+class RungGPSampler(CandidateGPSampler):
+    """Optuna's Gaussian-process sampler (log expected improvement) fitted at the highest rung with at least
+    ``min_points`` trials, as MOBSTER's and Hyper-Tune's GP models are fitted on the results at a resource level;
+    random proposals until a rung has them. Several objectives: the trials' values there (Optuna's log EHVI).
+
+    Args:
+        milestones: the rungs in epochs, lowest first, the full budget last (``rungs``).
+        min_points: trials a rung needs before the GP is fitted on it.
+        multi: the sweep has several objectives.
+        kwargs: ``GPSampler``'s.
+    """
+
+    def __init__(self, milestones: Sequence[int], min_points: int, multi: bool = False, **kwargs: Any) -> None:
+        super().__init__(n_startup_trials=max(2, min_points), warn_independent_sampling=False, **kwargs)
+        self.view = RungView(milestones, min_points, multi)
+
+    def sample_relative(self, study: Study, trial: FrozenTrial,
+                        search_space: Dict[str, BaseDistribution]) -> Dict[str, Any]:
+        view = self.view(study, trial)
+        return {} if view is None else super().sample_relative(view, trial, search_space)  # type: ignore[arg-type]
 
 
 def values_at(trial: FrozenTrial, rung: int, maximize: bool) -> Optional[List[float]]:
@@ -131,16 +181,3 @@ def values_at(trial: FrozenTrial, rung: int, maximize: bool) -> Optional[List[fl
         return None
     primary = [values[0] for values in seen]
     return seen[primary.index(max(primary) if maximize else min(primary))]
-
-
-class RungMOTPESampler(RungTPESampler):
-    """MOTPE fitted at the highest rung with at least ``min_points`` trials, each at its values there (see the
-    module's docstring); the same arguments as ``RungTPESampler``."""
-
-    def score(self, trial: FrozenTrial, rung: int, maximize: bool) -> Any:
-        """Every objective's values at the trial's best report up to ``rung`` (``values_at``)."""
-        return values_at(trial, rung, maximize)
-
-    def at_rung(self, trial: FrozenTrial, score: Any) -> FrozenTrial:
-        return optuna.trial.create_trial(params=trial.params, distributions=trial.distributions, values=score,
-                                         system_attrs=trial.system_attrs)

@@ -10,8 +10,10 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import optuna
 
 from finesweep.config import ExperimentConfig, ObjectiveConfig, Sampler, SchedulerKind, SearchConfig
+from finesweep.config.sampler_choice import chosen_sampler
 from finesweep.config.space import Param, grid
-from finesweep.search.fidelity import RungMOTPESampler, RungTPESampler, rungs
+from finesweep.search.fidelity import RungGPSampler, RungMOTPESampler, RungTPESampler, rungs
+from finesweep.search.gp_acquisition import CandidateGPSampler
 from finesweep.search.prior import Prior, PriorRungMOTPESampler, PriorRungTPESampler, PriorTPESampler
 from finesweep.search.searcher import constraints_of
 
@@ -29,7 +31,7 @@ TPE proposes them all.
 
 
 def random_share(config: ExperimentConfig) -> float:
-    """The share of proposals a sweep's TPE draws at random (``ASHA_RANDOM_SHARE`` under ASHA, else 0)."""
+    """The share of proposals a sweep's TPE or GP draws at random (``ASHA_RANDOM_SHARE`` under ASHA, else 0)."""
     return ASHA_RANDOM_SHARE if config.scheduler.kind is SchedulerKind.asha else 0.0
 
 
@@ -52,18 +54,22 @@ def make_sampler(search: SearchConfig, params: Sequence[Param], seed: Optional[i
                  objective: Optional[ObjectiveConfig] = None) -> optuna.samplers.BaseSampler:
     """The Optuna sampler a sweep asks for, seeded with ``seed`` (default ``search.seed``).
 
-    ``random_share``: for TPE, the chance that this proposal is drawn at random instead; which ones are
+    ``random_share``: for TPE and GP, the chance that this proposal is drawn at random instead; which ones are
     is a function of the seed alone, so a resumed sweep proposes what the lost one would have.
-    ``milestones``: ASHA's rungs; TPE is then fitted one rung at a time (``fidelity.RungTPESampler``).
+    ``milestones``: ASHA's rungs; TPE and GP are then fitted one rung at a time (``fidelity``).
     ``objective``: with constraints, TPE and NSGA-II read each trial's (``constraints_of``) and prefer feasible
     configurations; TPE and NSGA-II serve several objectives as they come (Optuna's MOTPE and NSGA-II).
     """
     if seed is not None:
         search = dataclasses.replace(search, seed=seed)
-    if search.sampler is Sampler.tpe and random_share > 0 and random.Random(search.seed).random() < random_share:
+    # a composed sweep's ``auto`` is settled already (config.compose); a SearchConfig built in code is settled here
+    search = dataclasses.replace(search, sampler=chosen_sampler(search, params, objective))
+    if (search.sampler in (Sampler.tpe, Sampler.gp) and random_share > 0
+            and random.Random(search.seed).random() < random_share):
         return optuna.samplers.RandomSampler(seed=search.seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        warnings.simplefilter("ignore", FutureWarning)  # GPSampler's constraints_func: Optuna 5 deprecates it
         return _FACTORIES[search.sampler](search, params, milestones, objective)
 
 
@@ -83,11 +89,20 @@ def _random(search: SearchConfig, params: Sequence[Param], milestones: Milestone
     return optuna.samplers.RandomSampler(seed=search.seed)
 
 
+def _startup(search: SearchConfig) -> int:
+    # Optuna's default of 10 random start-up trials would leave a 12-trial sweep almost all random;
+    # a quarter of the budget (2..10) keeps TPE and GP useful on small budgets.
+    return max(2, min(10, (search.num_trials or 0) // 4))
+
+
+def _rung_points(search: SearchConfig, params: Sequence[Param]) -> int:
+    # BOHB fits a rung once it holds dimensions + 1 trials; small sweeps start at their start-up count.
+    return max(2, min(len(params) + 1, _startup(search)))
+
+
 def _tpe(search: SearchConfig, params: Sequence[Param], milestones: Milestones,
          objective: Optional[ObjectiveConfig]) -> optuna.samplers.BaseSampler:
-    # Optuna's default of 10 random start-up trials would leave a 12-trial sweep almost all random;
-    # a quarter of the budget (2..10) keeps TPE useful on small budgets.
-    startup = max(2, min(10, (search.num_trials or 0) // 4))
+    startup = _startup(search)
     # constant_liar: concurrent trials see each other as pending, so they are not proposed twice.
     options: Dict[str, Any] = dict(seed=search.seed, multivariate=True, group=True, constant_liar=True,
                                    constraints_func=constraints_of if _constrained(objective) else None)
@@ -96,14 +111,27 @@ def _tpe(search: SearchConfig, params: Sequence[Param], milestones: Milestones,
     if milestones is None:
         sampler = (PriorTPESampler if prior else optuna.samplers.TPESampler)(n_startup_trials=startup, **options)
     else:
-        # BOHB fits a rung once it holds dimensions + 1 trials; small sweeps start at their start-up count.
-        points = max(2, min(len(params) + 1, startup))
+        points = _rung_points(search, params)
         multi = objective is not None and objective.multi
         rung_wise = ((PriorRungMOTPESampler if multi else PriorRungTPESampler) if prior
                      else RungMOTPESampler if multi else RungTPESampler)
         sampler = rung_wise(milestones, points, n_startup_trials=points, **options)
     if isinstance(sampler, (PriorTPESampler, PriorRungTPESampler, PriorRungMOTPESampler)):
         sampler.install_prior(prior, search.seed)  # the search's prior (config/prior.py): πBO's weighting
+    return sampler
+
+
+def _gp(search: SearchConfig, params: Sequence[Param], milestones: Milestones,
+        objective: Optional[ObjectiveConfig]) -> optuna.samplers.BaseSampler:
+    constraints = constraints_of if _constrained(objective) else None
+    sampler: optuna.samplers.GPSampler
+    if milestones is None:
+        sampler = CandidateGPSampler(seed=search.seed, n_startup_trials=_startup(search),
+                                     constraints_func=constraints, warn_independent_sampling=False)
+    else:
+        multi = objective is not None and objective.multi
+        sampler = RungGPSampler(milestones, _rung_points(search, params), multi, seed=search.seed,
+                                constraints_func=constraints)
     return sampler
 
 
@@ -128,5 +156,6 @@ _FACTORIES: Dict[Sampler, Callable[[SearchConfig, Sequence[Param], Milestones, O
     Sampler.grid: _grid,
     Sampler.random: _random,
     Sampler.tpe: _tpe,
+    Sampler.gp: _gp,
     Sampler.nsga2: _nsga2,
 }
