@@ -71,7 +71,7 @@ test-fast: install  ## unit tests only
 bench: bench-search bench-ties bench-throughput bench-scale bench-overhead bench-selection bench-small-data \
 	bench-images bench-recipes bench-llm bench-workers bench-mo
 
-bench-search: install  ## TPE+ASHA vs random, TPE, random+ASHA and hand-written Optuna+Hyperband on LCBench (~18 min)
+bench-search: install  ## the default (GP+ASHA) vs TPE+ASHA, random, TPE, random+ASHA and hand-written Optuna on LCBench (~45 min)
 	$(BIN)/python benchmarks/search_efficiency.py
 
 bench-peers: install peers  ## the same table with Syne Tune, DEHB, SMAC3 and NePS, and the prior experiment
