@@ -16,6 +16,7 @@ from finesweep.config import Sampler, SearchConfig
 from finesweep.config.compose import compose
 from finesweep.config.space import Distribution, Param, parse_space
 from finesweep.search.fidelity import RungGPSampler, RungTPESampler, rung_gamma, rungs, score_at
+from finesweep.search.gp_acquisition import CandidateGPSampler
 from finesweep.search.samplers import make_sampler, sampler_factory
 from finesweep.search.searcher import Numbering, StudySearcher, new_study, params_of, proposal_seed
 
@@ -104,7 +105,7 @@ LR = Param("optim.lr", Distribution.loguniform, 1e-5, 1e-2)
 
 
 @pytest.mark.parametrize(("sampler", "milestones", "expected"), [
-    (Sampler.gp, None, optuna.samplers.GPSampler), (Sampler.gp, (1, 3), RungGPSampler),
+    (Sampler.gp, None, CandidateGPSampler), (Sampler.gp, (1, 3), RungGPSampler),
     (Sampler.auto, (1, 3), RungGPSampler), (Sampler.tpe, (1, 3), RungTPESampler),
 ])
 def test_the_gp_sampler_is_optunas_gp_rung_wise_under_asha(sampler: Sampler, milestones, expected: type) -> None:

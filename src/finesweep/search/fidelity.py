@@ -1,4 +1,4 @@
-"""TPE that compares trials at one fidelity at a time, for sweeps whose trials ASHA stops early (BOHB's rule).
+"""TPE and GP that compare trials at one fidelity at a time, for sweeps whose trials ASHA stops early (BOHB's rule).
 
 Under ASHA most trials end at a low rung. Optuna's TPE, given PRUNED trials, ranks every COMPLETE
 trial above every PRUNED one and the rest by how far they got: its "good" set mixes full-budget and
