@@ -124,7 +124,6 @@ class RungTPESampler(optuna.samplers.TPESampler):
         # attribute; tests/search/test_fidelity.py checks that the split uses it.
         optuna_private.set_good_share(self, good)
         self.view = RungView(milestones, min_points, self.multi)
-        self.milestones, self.min_points = self.view.milestones, self.view.min_points
 
     def sample_relative(self, study: Study, trial: FrozenTrial,
                         search_space: Dict[str, BaseDistribution]) -> Dict[str, Any]:

@@ -29,7 +29,7 @@ if TYPE_CHECKING:  # Optuna's GP internals: only their types are named here (ada
 RANDOM = 2048
 """Random candidates over the whole space (as many as Optuna scores first)."""
 LOCAL = 128
-"""Candidates around each local centre: the ``SEEDS`` best random ones and the best trial."""
+"""Candidates around each local centre: the ``SEEDS`` best candidates so far and the best trial."""
 SEEDS = 8
 """How many of the best candidates so far get candidates around them, each round."""
 ROUNDS = 2

@@ -57,8 +57,8 @@ def make_sampler(search: SearchConfig, params: Sequence[Param], seed: Optional[i
     ``random_share``: for TPE and GP, the chance that this proposal is drawn at random instead; which ones are
     is a function of the seed alone, so a resumed sweep proposes what the lost one would have.
     ``milestones``: ASHA's rungs; TPE and GP are then fitted one rung at a time (``fidelity``).
-    ``objective``: with constraints, TPE and NSGA-II read each trial's (``constraints_of``) and prefer feasible
-    configurations; TPE and NSGA-II serve several objectives as they come (Optuna's MOTPE and NSGA-II).
+    ``objective``: with constraints, TPE, GP and NSGA-II read each trial's (``constraints_of``) and prefer feasible
+    configurations; they serve several objectives as they come (Optuna's MOTPE, log EHVI and NSGA-II).
     """
     if seed is not None:
         search = dataclasses.replace(search, seed=seed)
